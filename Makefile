@@ -1,0 +1,35 @@
+# `make demo` and `make test` work on a fresh machine: they install uv if it is missing, create
+# the virtual environment from uv.lock, and run.
+
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := python3 -m uv
+endif
+RUN := $(UV) run --frozen
+
+.PHONY: demo test lint typecheck unit bootstrap clean
+
+bootstrap: .venv/.synced
+
+.venv/.synced: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --frozen
+	touch $@
+
+demo: bootstrap
+	$(RUN) rejoin demo
+
+test: lint typecheck unit
+
+lint: bootstrap
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+typecheck: bootstrap
+	$(RUN) mypy
+
+unit: bootstrap
+	$(RUN) pytest
+
+clean:
+	rm -rf .venv .mypy_cache .pytest_cache .ruff_cache .hypothesis
