@@ -1,0 +1,203 @@
+"""The event catalog: every fact a session's log can hold.
+
+Events are frozen msgspec structs in one tagged union (the tag is the class name, in the field
+`type`). Inputs record what happened to a session; decisions record what the session did about it,
+with a `why` a person can read and the `cause`: the id of the input event that led to it.
+
+Schema evolution: a new field needs a default; renaming or retyping a field needs an upcaster in
+`events.codec` and a bump of `SCHEMA_VERSION`. Old logs must keep decoding.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+DisconnectReason = Literal[
+    "UNKNOWN_REASON",
+    "CLIENT_INITIATED",
+    "DUPLICATE_IDENTITY",
+    "SERVER_SHUTDOWN",
+    "PARTICIPANT_REMOVED",
+    "ROOM_DELETED",
+    "STATE_MISMATCH",
+    "JOIN_FAILURE",
+    "MIGRATION",
+    "SIGNAL_CLOSE",
+    "ROOM_CLOSED",
+    "USER_UNAVAILABLE",
+    "USER_REJECTED",
+    "SIP_TRUNK_FAILURE",
+    "CONNECTION_TIMEOUT",
+    "MEDIA_FAILURE",
+    "AGENT_ERROR",
+]
+"""LiveKit's `DisconnectReason` names, kept as strings so a log outlives the SDK's numbering."""
+
+TimerKind = Literal["grace", "backoff", "cooldown"]
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+    """Base of every event."""
+
+
+class Input(Event, frozen=True, kw_only=True):
+    """A fact from outside the session: the glasses, the bridge's room, or a timer."""
+
+
+class Decision(Event, frozen=True, kw_only=True):
+    """What the session decided, why, and which input event caused it."""
+
+    cause: str
+    why: str
+
+
+# Inputs
+
+
+class GlassesConnected(Input, frozen=True, kw_only=True):
+    epoch: int
+
+
+class GlassesDisconnected(Input, frozen=True, kw_only=True):
+    pass
+
+
+class BridgeJoined(Input, frozen=True, kw_only=True):
+    generation: int
+    participant_sid: str
+    participant_count: int
+    phone_present: bool
+
+
+class BridgeJoinFailed(Input, frozen=True, kw_only=True):
+    generation: int
+    error: str
+
+
+class BridgeDisconnected(Input, frozen=True, kw_only=True):
+    generation: int
+    reason: DisconnectReason
+
+
+class FirstAudio(Input, frozen=True, kw_only=True):
+    """The first audio chunk a bridge received after its join."""
+
+    generation: int
+
+
+class BridgeStatusObserved(Input, frozen=True, kw_only=True):
+    """The bridge's answer to a status request."""
+
+    generation: int
+    connected: bool
+    phone_present: bool
+    last_disconnect_reason: DisconnectReason | None = None
+
+
+class IdentityHolderObserved(Input, frozen=True, kw_only=True):
+    """Who holds the bridge identity in the room now, as the room service reports it."""
+
+    holder_server: str | None
+    holder_epoch: int | None
+
+
+class TimerFired(Input, frozen=True, kw_only=True):
+    timer: TimerKind
+    deadline_ms: int
+
+
+class ProcessRestarted(Input, frozen=True, kw_only=True):
+    """The server restarted; the bridge and the glasses connection did not survive it."""
+
+
+# Decisions
+
+
+class SessionOpened(Decision, frozen=True, kw_only=True):
+    incarnation: int
+    epoch: int
+
+
+class SessionResumed(Decision, frozen=True, kw_only=True):
+    epoch: int
+
+
+class GraceStarted(Decision, frozen=True, kw_only=True):
+    deadline_ms: int
+
+
+class BridgeStatusRequested(Decision, frozen=True, kw_only=True):
+    generation: int
+
+
+class IdentityHolderRequested(Decision, frozen=True, kw_only=True):
+    pass
+
+
+class BridgeKept(Decision, frozen=True, kw_only=True):
+    generation: int
+
+
+class RejoinDecided(Decision, frozen=True, kw_only=True):
+    """The bridge will be (re)started after `delay_ms`."""
+
+    delay_ms: int
+    failure: bool
+
+
+class RejoinDeclined(Decision, frozen=True, kw_only=True):
+    """The bridge stays down; `why` says until when."""
+
+
+class RestartBudgetExhausted(Decision, frozen=True, kw_only=True):
+    retry_at_ms: int
+
+
+class BridgeStarted(Decision, frozen=True, kw_only=True):
+    generation: int
+    identity: str
+    epoch: int
+
+
+class BridgeStopped(Decision, frozen=True, kw_only=True):
+    generation: int
+
+
+class StaleInputIgnored(Decision, frozen=True, kw_only=True):
+    pass
+
+
+class SessionDisposed(Decision, frozen=True, kw_only=True):
+    pass
+
+
+AnyEvent = (
+    GlassesConnected
+    | GlassesDisconnected
+    | BridgeJoined
+    | BridgeJoinFailed
+    | BridgeDisconnected
+    | FirstAudio
+    | BridgeStatusObserved
+    | IdentityHolderObserved
+    | TimerFired
+    | ProcessRestarted
+    | SessionOpened
+    | SessionResumed
+    | GraceStarted
+    | BridgeStatusRequested
+    | IdentityHolderRequested
+    | BridgeKept
+    | RejoinDecided
+    | RejoinDeclined
+    | RestartBudgetExhausted
+    | BridgeStarted
+    | BridgeStopped
+    | StaleInputIgnored
+    | SessionDisposed
+)
+"""The tagged union the codec decodes."""

@@ -1,0 +1,41 @@
+"""The envelope around each stored event, and the names of session streams."""
+
+from __future__ import annotations
+
+import msgspec
+
+from events.catalog import SCHEMA_VERSION, AnyEvent
+
+
+class Pending(msgspec.Struct, frozen=True, kw_only=True):
+    """An event on its way into the log: everything but the positions the log assigns."""
+
+    event_id: str
+    time_ms: int
+    server: str
+    user: str
+    event: AnyEvent
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored event with its global position and its version within its stream."""
+
+    position: int
+    stream: str
+    version: int
+    event_id: str
+    time_ms: int
+    server: str
+    user: str
+    event: AnyEvent
+    schema: int = SCHEMA_VERSION
+
+
+def stream_name(server: str, user: str, incarnation: int) -> str:
+    """The stream of one session incarnation, e.g. `prod/alice@x.io/3`."""
+    return f"{server}/{user}/{incarnation}"
+
+
+def incarnation_of(stream: str) -> int:
+    """The incarnation number at the end of a stream name (a user id may contain `/`)."""
+    return int(stream.rsplit("/", 1)[1])

@@ -1,0 +1,81 @@
+"""The event log's contract, shared by every store, and its errors.
+
+`append(stream, expected_version, events)` is atomic for the batch, rejects a wrong expected
+version, is idempotent on event id (the same batch appended twice is stored once), and assigns
+gap-free global positions starting at 1. A stream's versions start at 1; an empty stream is at 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+from events.envelope import Envelope, Pending
+
+
+class LogError(Exception):
+    """Base of the log's errors; its message is one line a person can act on."""
+
+
+class WrongExpectedVersion(LogError):
+    def __init__(self, stream: str, expected: int, actual: int) -> None:
+        super().__init__(f"stream {stream}: expected version {expected}, found {actual}")
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+
+
+class DuplicateEventId(LogError):
+    """An event id already stored, in a batch that is not the stored one."""
+
+
+class CorruptLog(LogError):
+    """A record that cannot be read; every record before `position` is intact."""
+
+    def __init__(self, source: str, position: int, reason: str) -> None:
+        super().__init__(f"{source}: record at position {position} is corrupt: {reason}")
+        self.source = source
+        self.position = position
+        self.reason = reason
+
+
+class UnreadableLog(LogError):
+    """A file that is not an event log at all."""
+
+
+class EventStore(Protocol):
+    """Where events live. `read_all` yields in global order and raises `CorruptLog` at the
+    first bad record, after yielding every good one before it."""
+
+    def append(
+        self, stream: str, expected_version: int, events: Sequence[Pending]
+    ) -> list[Envelope]: ...
+
+    def read_all(self, from_position: int = 1) -> Iterator[Envelope]: ...
+
+    def read_stream(self, stream: str) -> list[Envelope]: ...
+
+    def stream_version(self, stream: str) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def read_valid_prefix(store: EventStore) -> tuple[list[Envelope], CorruptLog | None]:
+    """Every readable envelope up to the first corrupt record, and that record's error."""
+    envelopes: list[Envelope] = []
+    try:
+        envelopes.extend(store.read_all())
+    except CorruptLog as error:
+        return envelopes, error
+    return envelopes, None
+
+
+def check_batch(stream: str, events: Sequence[Pending]) -> None:
+    """Reject a batch no store should accept, whatever it holds."""
+    if not events:
+        msg = f"stream {stream}: an append needs at least one event"
+        raise LogError(msg)
+    ids = [pending.event_id for pending in events]
+    if len(set(ids)) != len(ids):
+        msg = f"stream {stream}: one batch repeats an event id"
+        raise DuplicateEventId(msg)

@@ -1,0 +1,76 @@
+"""An event store in memory, for simulations and tests."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+from events.envelope import Envelope, Pending
+from events.log import DuplicateEventId, WrongExpectedVersion, check_batch
+
+
+class MemoryStore:
+    """The log in a list. Thread-safe; holds envelopes as objects, so nothing is encoded."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._envelopes: list[Envelope] = []
+        self._streams: dict[str, list[int]] = {}
+        self._positions_by_id: dict[str, int] = {}
+
+    def append(
+        self, stream: str, expected_version: int, events: Sequence[Pending]
+    ) -> list[Envelope]:
+        check_batch(stream, events)
+        with self._lock:
+            stored = self._positions_by_id.get(events[0].event_id)
+            if stored is not None:
+                return self._stored_batch(stream, stored, events)
+            if any(pending.event_id in self._positions_by_id for pending in events):
+                msg = f"stream {stream}: a batch mixes stored and new event ids"
+                raise DuplicateEventId(msg)
+            positions = self._streams.setdefault(stream, [])
+            if len(positions) != expected_version:
+                raise WrongExpectedVersion(stream, expected_version, len(positions))
+            appended = []
+            for offset, pending in enumerate(events):
+                envelope = Envelope(
+                    position=len(self._envelopes) + 1,
+                    stream=stream,
+                    version=expected_version + offset + 1,
+                    event_id=pending.event_id,
+                    time_ms=pending.time_ms,
+                    server=pending.server,
+                    user=pending.user,
+                    event=pending.event,
+                )
+                self._envelopes.append(envelope)
+                positions.append(envelope.position)
+                self._positions_by_id[pending.event_id] = envelope.position
+                appended.append(envelope)
+            return appended
+
+    def _stored_batch(self, stream: str, first: int, events: Sequence[Pending]) -> list[Envelope]:
+        stored = self._envelopes[first - 1 : first - 1 + len(events)]
+        if [e.event_id for e in stored] != [p.event_id for p in events] or any(
+            e.stream != stream for e in stored
+        ):
+            msg = f"stream {stream}: event id {events[0].event_id} is stored with other events"
+            raise DuplicateEventId(msg)
+        return stored
+
+    def read_all(self, from_position: int = 1) -> Iterator[Envelope]:
+        with self._lock:
+            snapshot = self._envelopes[max(from_position, 1) - 1 :]
+        yield from snapshot
+
+    def read_stream(self, stream: str) -> list[Envelope]:
+        with self._lock:
+            return [self._envelopes[p - 1] for p in self._streams.get(stream, [])]
+
+    def stream_version(self, stream: str) -> int:
+        with self._lock:
+            return len(self._streams.get(stream, []))
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,159 @@
+"""Session views: what a log says about each session, folded event by event.
+
+The Session actor keeps its state as a `SessionView` and changes it only through `apply`, so the
+view rebuilt from the log by `replay` equals the live state at every point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import msgspec
+
+from events.catalog import (
+    BridgeDisconnected,
+    BridgeJoined,
+    BridgeJoinFailed,
+    BridgeStarted,
+    BridgeStatusObserved,
+    BridgeStatusRequested,
+    BridgeStopped,
+    DisconnectReason,
+    FirstAudio,
+    GraceStarted,
+    ProcessRestarted,
+    RejoinDecided,
+    RestartBudgetExhausted,
+    SessionDisposed,
+    SessionOpened,
+    SessionResumed,
+    TimerFired,
+)
+from events.envelope import Envelope, incarnation_of
+
+RESTART_HISTORY = 16
+"""How many failure-driven restarts a view remembers; a restart budget's intensity fits in it."""
+
+SessionState = Literal["ACTIVE", "GRACE", "DISPOSED"]
+BridgePhase = Literal["down", "joining", "up"]
+
+
+class SessionView(msgspec.Struct, frozen=True, kw_only=True):
+    """One session incarnation on one server, as its stream tells it."""
+
+    stream: str
+    server: str
+    user: str
+    incarnation: int
+    version: int
+    state: SessionState
+    epoch: int
+    time_ms: int
+    generation: int = 0
+    bridge: BridgePhase = "down"
+    identity: str | None = None
+    last_disconnect_reason: DisconnectReason | None = None
+    grace_deadline_ms: int | None = None
+    backoff_due_ms: int | None = None
+    failure_restarts_ms: tuple[int, ...] = ()
+    failure_streak: int = 0
+    escalated_until_ms: int | None = None
+    audio_since_join: bool = False
+    awaiting_status: bool = False
+    last_start_ms: int | None = None
+
+
+def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
+    """The view after `envelope`; `None` until the stream's `SessionOpened`."""
+    event = envelope.event
+    if view is None:
+        if not isinstance(event, SessionOpened):
+            return None
+        return SessionView(
+            stream=envelope.stream,
+            server=envelope.server,
+            user=envelope.user,
+            incarnation=incarnation_of(envelope.stream),
+            version=envelope.version,
+            state="ACTIVE",
+            epoch=event.epoch,
+            time_ms=envelope.time_ms,
+        )
+    view = msgspec.structs.replace(view, version=envelope.version, time_ms=envelope.time_ms)
+    current = getattr(event, "generation", None) == view.generation
+    replace = msgspec.structs.replace
+    match event:
+        case SessionResumed(epoch=epoch):
+            return replace(view, state="ACTIVE", epoch=epoch, grace_deadline_ms=None)
+        case GraceStarted(deadline_ms=deadline):
+            return replace(view, state="GRACE", grace_deadline_ms=deadline)
+        case SessionDisposed():
+            return replace(
+                view,
+                state="DISPOSED",
+                bridge="down",
+                grace_deadline_ms=None,
+                backoff_due_ms=None,
+                escalated_until_ms=None,
+            )
+        case BridgeStarted(generation=generation, identity=identity):
+            return replace(
+                view,
+                generation=generation,
+                identity=identity,
+                bridge="joining",
+                last_start_ms=envelope.time_ms,
+                awaiting_status=False,
+                backoff_due_ms=None,
+                escalated_until_ms=None,
+                audio_since_join=False,
+            )
+        case BridgeJoined() if current:
+            return replace(view, bridge="up")
+        case BridgeJoinFailed() if current:
+            return replace(
+                view, bridge="down", last_disconnect_reason="JOIN_FAILURE", awaiting_status=False
+            )
+        case BridgeDisconnected(reason=reason) if current:
+            return replace(
+                view, bridge="down", last_disconnect_reason=reason, awaiting_status=False
+            )
+        case BridgeStatusRequested():
+            return replace(view, awaiting_status=True)
+        case BridgeStatusObserved() if current:
+            return replace(view, awaiting_status=False)
+        case BridgeStopped() if current:
+            return replace(view, bridge="down")
+        case FirstAudio() if current:
+            return replace(view, audio_since_join=True, failure_streak=0)
+        case ProcessRestarted():
+            return replace(view, bridge="down")
+        case RejoinDecided(delay_ms=delay, failure=True):
+            return replace(
+                view,
+                backoff_due_ms=envelope.time_ms + delay if delay else None,
+                failure_restarts_ms=(*view.failure_restarts_ms, envelope.time_ms)[
+                    -RESTART_HISTORY:
+                ],
+                failure_streak=view.failure_streak + 1,
+            )
+        case RejoinDecided(delay_ms=delay):
+            return replace(view, backoff_due_ms=envelope.time_ms + delay if delay else None)
+        case RestartBudgetExhausted(retry_at_ms=retry_at):
+            return replace(view, escalated_until_ms=retry_at)
+        case TimerFired(timer="backoff"):
+            return replace(view, backoff_due_ms=None)
+        case TimerFired(timer="cooldown"):
+            return replace(view, escalated_until_ms=None, failure_restarts_ms=(), failure_streak=0)
+    return view
+
+
+def replay(envelopes: Iterable[Envelope]) -> dict[str, SessionView]:
+    """Fold a log into the latest view of each stream that opened a session."""
+    views: dict[str, SessionView] = {}
+    for envelope in envelopes:
+        view = apply(views.get(envelope.stream), envelope)
+        if view is not None:
+            views[envelope.stream] = view
+    return views

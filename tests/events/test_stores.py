@@ -1,0 +1,111 @@
+"""The log's contract, held by every store: atomic batches, expected versions, idempotent event
+ids, gap-free global positions."""
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from events.catalog import GlassesConnected, GlassesDisconnected, SessionOpened
+from events.envelope import Pending
+from events.log import DuplicateEventId, EventStore, LogError, WrongExpectedVersion
+from events.memory_store import MemoryStore
+from events.sqlite_store import SQLiteStore
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
+    made: EventStore = (
+        MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "log.db")
+    )
+    yield made
+    made.close()
+
+
+def pending(event_id: str, epoch: int = 1) -> Pending:
+    return Pending(
+        event_id=event_id,
+        time_ms=epoch,
+        server="prod",
+        user="ada@example.com",
+        event=GlassesConnected(epoch=epoch),
+    )
+
+
+def test_a_batch_gets_consecutive_versions_and_global_positions(store: EventStore) -> None:
+    first = store.append("prod/a/1", 0, [pending("a1"), pending("a2")])
+    second = store.append("prod/b/1", 0, [pending("b1")])
+    third = store.append("prod/a/1", 2, [pending("a3")])
+    assert [(e.position, e.version) for e in first + second + third] == [
+        (1, 1),
+        (2, 2),
+        (3, 1),
+        (4, 3),
+    ]
+    assert [e.event_id for e in store.read_all()] == ["a1", "a2", "b1", "a3"]
+    assert [e.event_id for e in store.read_all(from_position=3)] == ["b1", "a3"]
+    assert [e.event_id for e in store.read_stream("prod/a/1")] == ["a1", "a2", "a3"]
+    assert store.stream_version("prod/a/1") == 3
+    assert store.stream_version("prod/none/1") == 0
+
+
+def test_a_wrong_expected_version_is_rejected_and_writes_nothing(store: EventStore) -> None:
+    store.append("prod/a/1", 0, [pending("a1")])
+    with pytest.raises(WrongExpectedVersion, match="expected version 0, found 1"):
+        store.append("prod/a/1", 0, [pending("a2"), pending("a3")])
+    assert [e.event_id for e in store.read_all()] == ["a1"]
+
+
+def test_appending_the_same_batch_twice_stores_it_once(store: EventStore) -> None:
+    batch = [pending("a1"), pending("a2")]
+    first = store.append("prod/a/1", 0, batch)
+    again = store.append("prod/a/1", 0, batch)
+    assert again == first
+    assert len(list(store.read_all())) == 2
+
+
+def test_a_stored_event_id_in_another_batch_is_refused_whole(store: EventStore) -> None:
+    store.append("prod/a/1", 0, [pending("a1")])
+    with pytest.raises(DuplicateEventId):
+        store.append("prod/b/1", 0, [pending("a1")])
+    with pytest.raises(DuplicateEventId):
+        store.append("prod/a/1", 1, [pending("new"), pending("a1")])
+    assert [e.event_id for e in store.read_all()] == ["a1"]
+
+
+def test_empty_batches_and_repeated_ids_within_a_batch_are_refused(store: EventStore) -> None:
+    with pytest.raises(LogError, match="at least one event"):
+        store.append("prod/a/1", 0, [])
+    with pytest.raises(DuplicateEventId):
+        store.append("prod/a/1", 0, [pending("x"), pending("x")])
+
+
+def test_concurrent_writers_get_gap_free_unique_positions(store: EventStore) -> None:
+    def writer(name: str) -> None:
+        for version in range(50):
+            store.append(f"prod/{name}/1", version, [pending(f"{name}-{version}")])
+
+    threads = [threading.Thread(target=writer, args=(f"u{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [e.position for e in store.read_all()] == list(range(1, 201))
+
+
+def test_events_round_trip_with_their_types(store: EventStore) -> None:
+    events = [
+        GlassesConnected(epoch=5),
+        SessionOpened(cause="c", why="first", incarnation=1, epoch=5),
+        GlassesDisconnected(),
+    ]
+    store.append(
+        "prod/a/1",
+        0,
+        [
+            Pending(event_id=f"e{i}", time_ms=i, server="prod", user="a", event=event)
+            for i, event in enumerate(events)
+        ],
+    )
+    assert [e.event for e in store.read_all()] == events
