@@ -1,0 +1,265 @@
+"""Simulation executor: no threads, a virtual clock, and a seed-chosen interleaving.
+
+Each step delivers one message to one actor, picked by the seeded random source among the actors
+with mail, so the order across actors varies with the seed while each mailbox stays FIFO. When
+every mailbox is empty the clock jumps to the next deadline. The same seed gives the same run.
+
+Actors are ordinary pykka actors: the executor supplies pykka's runtime hooks (inbox, future, loop
+start) and delivers each message through pykka's own message handling, so proxies, asks, `stop()`
+and failure semantics behave as on threads.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import random
+import sys
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import hypothesis
+import pykka
+from pykka._envelope import Envelope as PykkaEnvelope
+
+A = TypeVar("A", bound=pykka.Actor)
+T = TypeVar("T")
+
+WALL_CLOCK_ORIGIN_MS = 1_760_000_000_000
+"""The simulated wall clock at virtual time zero (an October 2025 instant, like the seed's logs)."""
+
+
+class Livelock(RuntimeError):
+    """The actors kept messaging each other without the clock ever needing to move."""
+
+
+class _Timer:
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Inbox:
+    """A FIFO mailbox that tells its executor when it has mail."""
+
+    def __init__(self, executor: DeterministicExecutor) -> None:
+        self._executor = executor
+        self._queue: collections.deque[PykkaEnvelope[Any]] = collections.deque()
+        self.owner: _Runnable | None = None
+
+    def put(self, envelope: PykkaEnvelope[Any], /) -> None:
+        self._queue.append(envelope)
+        if self.owner is not None:
+            self._executor._mark_ready(self.owner)
+
+    def get(self) -> PykkaEnvelope[Any]:
+        return self._queue.popleft()
+
+    def empty(self) -> bool:
+        return not self._queue
+
+
+class _Future(pykka.Future[T]):
+    """A future whose `get()` runs the simulation until the reply arrives.
+
+    pykka builds futures with no arguments, so each executor binds `_executor` in a subclass.
+    """
+
+    _executor: DeterministicExecutor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._done = False
+        self._value: Any = None
+        self._exc_info: Any = None
+
+    def get(self, *, timeout: float | None = None) -> T:
+        try:
+            return super().get(timeout=timeout)
+        except NotImplementedError:
+            pass
+        if not self._done:
+            horizon = None if timeout is None else self._executor.now_ms() + int(timeout * 1000)
+            self._executor.run_until(lambda: self._done, horizon_ms=horizon)
+        if not self._done:
+            msg = f"no reply within {timeout} s of virtual time"
+            raise pykka.Timeout(msg)
+        if self._exc_info is not None:
+            raise self._exc_info[1]
+        return cast("T", self._value)
+
+    def set(self, value: Any | None = None) -> None:
+        self._value = value
+        self._done = True
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        self._exc_info = exc_info if exc_info is not None else sys.exc_info()
+        self._done = True
+
+
+class _Runnable(pykka.Actor):
+    """The runtime half of a deterministically executed actor."""
+
+    _executor: DeterministicExecutor
+    _started: bool = False
+
+    def _start_actor_loop(self) -> None:
+        inbox = cast("_Inbox", self.actor_inbox)
+        inbox.owner = self
+        self._executor._mark_ready(self)
+
+    def _run_one(self) -> None:
+        """Run `on_start` if it has not run yet, else handle the next message."""
+        if not self._started:
+            self._started = True
+            self._actor_loop_setup()
+        elif not self.actor_inbox.empty():
+            envelope = self.actor_inbox.get()
+            try:
+                response = self._handle_receive(envelope.message)
+                if envelope.reply_to is not None:
+                    envelope.reply_to.set(response)
+            except Exception:
+                if envelope.reply_to is not None:
+                    envelope.reply_to.set_exception()
+                else:
+                    self._handle_failure(*sys.exc_info())
+                    self.on_failure(*sys.exc_info())
+        if self.actor_stopped.is_set():
+            self._actor_loop_teardown()
+
+
+class DeterministicExecutor:
+    """Runs actors one message at a time in a seed-chosen order on a virtual clock."""
+
+    def __init__(self, seed: int, *, max_steps_per_instant: int = 1_000_000) -> None:
+        self.seed = seed
+        self._random = random.Random(seed)
+        hypothesis.register_random(self._random)
+        self._now_ms = 0
+        self._ready: list[_Runnable] = []
+        self._ready_set: set[int] = set()
+        self._heap: list[tuple[int, int, _Timer]] = []
+        self._sequence = itertools.count()
+        self._classes: dict[type[pykka.Actor], type[pykka.Actor]] = {}
+        self._actors: list[pykka.ActorRef[Any]] = []
+        self._max_steps = max_steps_per_instant
+        self._future_class = type("_Future", (_Future,), {"_executor": self})
+        self.steps = 0
+
+    @property
+    def random(self) -> random.Random:
+        return self._random
+
+    def spawn(self, actor_class: type[A], *args: Any, **kwargs: Any) -> pykka.ActorRef[A]:
+        runtime_class = self._classes.get(actor_class)
+        if runtime_class is None:
+            runtime_class = type(
+                actor_class.__name__,
+                (actor_class, _Runnable),
+                {
+                    "_executor": self,
+                    "_create_actor_inbox": staticmethod(lambda: _Inbox(self)),
+                    "_create_future": staticmethod(self._future_class),
+                },
+            )
+            self._classes[actor_class] = runtime_class
+        ref = cast("pykka.ActorRef[A]", runtime_class.start(*args, **kwargs))
+        self._actors = [known for known in self._actors if known.is_alive()]
+        self._actors.append(ref)
+        return ref
+
+    def now_ms(self) -> int:
+        return self._now_ms
+
+    def wall_ms(self) -> int:
+        return WALL_CLOCK_ORIGIN_MS + self._now_ms
+
+    def call_at(self, deadline_ms: int, callback: Callable[[], object]) -> _Timer:
+        timer = _Timer(callback)
+        heapq.heappush(self._heap, (max(deadline_ms, self._now_ms), next(self._sequence), timer))
+        return timer
+
+    def call_later(self, delay_ms: int, callback: Callable[[], object]) -> _Timer:
+        return self.call_at(self._now_ms + delay_ms, callback)
+
+    def new_id(self) -> str:
+        return str(uuid.UUID(int=self._random.getrandbits(128), version=4))
+
+    def wait(self, future: pykka.Future[T], timeout_s: float) -> T:
+        return future.get(timeout=timeout_s)
+
+    def live_actors(self) -> list[pykka.ActorRef[Any]]:
+        return [ref for ref in self._actors if ref.is_alive()]
+
+    def shutdown(self) -> None:
+        for ref in reversed(self.live_actors()):
+            ref.stop(block=False)
+        self.run_until_idle()
+        self._heap.clear()
+
+    def _mark_ready(self, actor: _Runnable) -> None:
+        if id(actor) not in self._ready_set:
+            self._ready_set.add(id(actor))
+            self._ready.append(actor)
+
+    def step(self) -> bool:
+        """Deliver one message to one seed-chosen actor; `False` when no actor has mail."""
+        while self._ready:
+            index = self._random.randrange(len(self._ready)) if len(self._ready) > 1 else 0
+            actor = self._ready[index]
+            if actor._started and (actor.actor_inbox.empty() or actor.actor_stopped.is_set()):
+                self._ready.pop(index)
+                self._ready_set.discard(id(actor))
+                continue
+            self.steps += 1
+            actor._run_one()
+            return True
+        return False
+
+    def run_until_idle(self) -> None:
+        """Deliver messages until every mailbox is empty, without moving the clock."""
+        for _ in range(self._max_steps):
+            if not self.step():
+                return
+        msg = f"more than {self._max_steps} messages at t={self._now_ms} ms"
+        raise Livelock(msg)
+
+    def _fire_next(self, horizon_ms: int | None) -> bool:
+        """Jump to the next live deadline within the horizon and run its callback."""
+        while self._heap:
+            deadline, _, timer = self._heap[0]
+            if horizon_ms is not None and deadline > horizon_ms:
+                return False
+            heapq.heappop(self._heap)
+            if timer.cancelled:
+                continue
+            self._now_ms = max(self._now_ms, deadline)
+            timer.callback()
+            return True
+        return False
+
+    def advance_to(self, t_ms: int) -> None:
+        """Run everything due up to `t_ms`; the clock ends at `t_ms`."""
+        self.run_until_idle()
+        while self._fire_next(t_ms):
+            self.run_until_idle()
+        self._now_ms = max(self._now_ms, t_ms)
+
+    def advance(self, delta_ms: int) -> None:
+        self.advance_to(self._now_ms + delta_ms)
+
+    def run_until(self, done: Callable[[], bool], *, horizon_ms: int | None = None) -> None:
+        """Run until `done()` holds, deadlines run out, or the clock would pass `horizon_ms`."""
+        while not done():
+            if self.step():
+                continue
+            if not self._fire_next(horizon_ms):
+                return

@@ -1,0 +1,69 @@
+"""What actors need from the world they run in: spawning, a clock, timers, ids and randomness.
+
+Two executors implement it: `ThreadingExecutor` (pykka threads, the real clock) and
+`DeterministicExecutor` (one thread, a virtual clock, a seeded interleaving). The actor classes
+subclass `pykka.Actor` and never name either; the executor supplies the runtime when it spawns.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+import pykka
+
+A = TypeVar("A", bound=pykka.Actor)
+T = TypeVar("T")
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Executor(Protocol):
+    """Where actors run. Times are integer milliseconds on the executor's monotonic clock."""
+
+    @property
+    def random(self) -> random.Random:
+        """The executor's random source (seeded on the deterministic executor)."""
+        ...
+
+    def spawn(self, actor_class: type[A], *args: Any, **kwargs: Any) -> pykka.ActorRef[A]: ...
+
+    def now_ms(self) -> int: ...
+
+    def wall_ms(self) -> int:
+        """Wall-clock milliseconds, for epochs when the glasses send none."""
+        ...
+
+    def call_at(self, deadline_ms: int, callback: Callable[[], object]) -> TimerHandle:
+        """Run `callback` (quick, non-blocking: it should only tell actors) at `deadline_ms`."""
+        ...
+
+    def new_id(self) -> str:
+        """A fresh event id."""
+        ...
+
+    def wait(self, future: pykka.Future[T], timeout_s: float) -> T:
+        """Wait for a reply from outside the actor system (the facade, tests)."""
+        ...
+
+    def shutdown(self) -> None:
+        """Stop every actor this executor started and its timers."""
+        ...
+
+
+def tell(ref: pykka.ActorRef[Any] | None, message: object) -> bool:
+    """Tell `ref` if it is alive; report whether the message was delivered to its mailbox.
+
+    Late callbacks from a room or a timer are normal: an actor that has stopped simply does not
+    get them, and nothing crashes.
+    """
+    if ref is None:
+        return False
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        return False
+    return True
