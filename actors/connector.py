@@ -1,0 +1,74 @@
+"""How a Bridge reaches a room: the connector contract every room backend implements.
+
+A connector never blocks its caller on the network: `join` returns a handle at once and reports
+what happens in the room through the `on_event` callback, from whatever thread it runs on. The
+Bridge turns those callbacks into messages to itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import msgspec
+
+from events.catalog import DisconnectReason
+
+
+class JoinRequest(msgspec.Struct, frozen=True, kw_only=True):
+    room: str
+    identity: str
+    server: str
+    epoch: int
+    generation: int
+    phone_identity: str
+
+
+class RoomJoined(msgspec.Struct, frozen=True, kw_only=True):
+    participant_sid: str
+    participant_count: int
+    phone_present: bool
+
+
+class RoomJoinFailed(msgspec.Struct, frozen=True, kw_only=True):
+    error: str
+
+
+class RoomDisconnected(msgspec.Struct, frozen=True, kw_only=True):
+    reason: DisconnectReason
+
+
+class RoomData(msgspec.Struct, frozen=True, kw_only=True):
+    """A data packet from the phone: a 1-byte rolling sequence number, then PCM16LE."""
+
+    payload: bytes
+
+
+class PhonePresence(msgspec.Struct, frozen=True, kw_only=True):
+    present: bool
+
+
+RoomEvent = RoomJoined | RoomJoinFailed | RoomDisconnected | RoomData | PhonePresence
+
+
+class IdentityHolder(msgspec.Struct, frozen=True, kw_only=True):
+    """The participant holding an identity, with the `{server, epoch}` of its metadata."""
+
+    server: str | None
+    epoch: int | None
+
+
+class RoomHandle(Protocol):
+    def leave(self) -> None:
+        """Leave the room and release every resource of this join; safe to call twice."""
+        ...
+
+
+class RoomConnector(Protocol):
+    def join(self, request: JoinRequest, on_event: Callable[[RoomEvent], object]) -> RoomHandle: ...
+
+    def lookup_holder(
+        self, room: str, identity: str, reply: Callable[[IdentityHolder | None], object]
+    ) -> None:
+        """Ask the room service who holds `identity` in `room`; `None` if nobody does."""
+        ...

@@ -1,0 +1,90 @@
+"""Messages between actors that are not events. Inputs (`events.catalog.Input`) travel as
+messages too: an actor that receives one records it as it came."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pykka
+
+from actors.connector import JoinRequest
+from events.catalog import GlassesConnected, GlassesDisconnected
+from events.projection import SessionView
+
+GlassesInput = GlassesConnected | GlassesDisconnected
+
+
+class ForUser(msgspec.Struct, frozen=True, kw_only=True):
+    """A glasses input for the session of `user`, routed by the supervisor."""
+
+    user: str
+    event: GlassesInput
+
+
+class Undeliverable(msgspec.Struct, frozen=True, kw_only=True):
+    """A glasses input that reached a disposed session, handed back for a new incarnation."""
+
+    user: str
+    event: GlassesInput
+
+
+class SessionEnded(msgspec.Struct, frozen=True, kw_only=True):
+    user: str
+    final: SessionView
+
+
+class StartBridge(msgspec.Struct, frozen=True, kw_only=True):
+    stream: str
+    user: str
+    request: JoinRequest
+    session: pykka.ActorRef[Any]
+    audio_open: bool
+
+
+class StopBridge(msgspec.Struct, frozen=True, kw_only=True):
+    stream: str
+    generation: int
+
+
+class BridgeAttached(msgspec.Struct, frozen=True, kw_only=True):
+    generation: int
+    bridge: pykka.ActorRef[Any]
+
+
+class BridgeExited(msgspec.Struct, frozen=True, kw_only=True):
+    stream: str
+    generation: int
+
+
+class StatusRequest(msgspec.Struct, frozen=True, kw_only=True):
+    generation: int
+
+
+class GateAudio(msgspec.Struct, frozen=True, kw_only=True):
+    open: bool
+
+
+class ViewQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Ask a session for its view."""
+
+
+class SessionQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Ask the supervisor for the session actor of `user` (or `None`)."""
+
+    user: str
+
+
+class TreeQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Ask the supervisor for its children: see `Tree`."""
+
+
+class Tree(msgspec.Struct, frozen=True, kw_only=True):
+    sessions: dict[str, pykka.ActorRef[Any]]
+    ended: dict[str, SessionView]
+    bridges: dict[str, int]
+    """Live bridge actors: stream to generation."""
+
+
+class Shutdown(msgspec.Struct, frozen=True, kw_only=True):
+    """Hand over every child to stop; the supervisor routes nothing afterwards."""

@@ -1,0 +1,41 @@
+"""The restart budget: how often and how soon a bridge may be restarted after failures.
+
+As in OTP, more than `intensity` failure-driven restarts within `period_ms` spends the budget and
+escalates; unlike OTP, giving up is never permanent: after `cooldown_ms` (or at the user's next
+reconnect) the session tries again. Delays grow exponentially with jitter, as in Akka's
+`restartWithBackoff`.
+"""
+
+from __future__ import annotations
+
+import random
+
+import msgspec
+
+from events.projection import RESTART_HISTORY, SessionView
+
+
+class RestartBudget(msgspec.Struct, frozen=True, kw_only=True):
+    intensity: int = 5
+    period_ms: int = 60_000
+    min_backoff_ms: int = 100
+    max_backoff_ms: int = 10_000
+    jitter: float = 0.2
+    cooldown_ms: int = 30_000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.intensity < RESTART_HISTORY:
+            msg = f"intensity must be within 1..{RESTART_HISTORY - 1}"
+            raise ValueError(msg)
+
+    def exhausted(self, view: SessionView, now_ms: int) -> bool:
+        """Whether one more failure-driven restart now would exceed the budget."""
+        recent = [t for t in view.failure_restarts_ms if now_ms - t < self.period_ms]
+        return len(recent) >= self.intensity
+
+    def backoff_ms(self, failures: int, rng: random.Random) -> int:
+        """The delay before restart number `failures` (1-based) in a row; 0 for none."""
+        if failures <= 0:
+            return 0
+        base = min(self.max_backoff_ms, self.min_backoff_ms * 2 ** (failures - 1))
+        return int(base * (1 + self.jitter * rng.random()))

@@ -1,0 +1,116 @@
+"""The runtime a server embeds: one supervisor, one grace timer, and the facade to drive them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pykka
+
+from actors.bridge import AudioChunk, AudioSink
+from actors.connector import RoomConnector
+from actors.executor import Executor, tell
+from actors.grace_timer import ArmedQuery, GraceTimer
+from actors.messages import ForUser, SessionQuery, Shutdown, Tree, TreeQuery, ViewQuery
+from actors.policy import SUPERVISED, Policy
+from actors.supervisor import Supervisor
+from events.catalog import GlassesConnected, GlassesDisconnected, TimerKind
+from events.log import EventStore
+from events.projection import SessionView, replay
+
+DEFAULT_GRACE_MS = 60_000
+
+
+def _discard(_chunk: AudioChunk) -> None:
+    """The sink of a runtime nobody listens to."""
+
+
+class Runtime:
+    """One server's actors. Starting it recovers every open session from the log.
+
+    The facade's methods may be called from any thread; each input reaches the user's session,
+    which appends it to the log before acting on it.
+    """
+
+    def __init__(
+        self,
+        *,
+        server: str,
+        executor: Executor,
+        store: EventStore,
+        connector: RoomConnector,
+        policy: Policy = SUPERVISED,
+        grace_ms: int = DEFAULT_GRACE_MS,
+        audio_sink: AudioSink = _discard,
+        reply_timeout_s: float = 5.0,
+    ) -> None:
+        self.server = server
+        self.policy = policy
+        self._executor = executor
+        self._store = store
+        self._timeout = reply_timeout_s
+        latest: dict[str, SessionView] = {}
+        for view in replay(store.read_all()).values():
+            if view.server == server and (
+                view.user not in latest or view.incarnation > latest[view.user].incarnation
+            ):
+                latest[view.user] = view
+        self._timer = executor.spawn(GraceTimer, executor)
+        self._supervisor: pykka.ActorRef[Supervisor] = executor.spawn(
+            Supervisor,
+            server=server,
+            store=store,
+            executor=executor,
+            policy=policy,
+            grace_ms=grace_ms,
+            connector=connector,
+            sink=audio_sink,
+            timer=self._timer,
+            recovered=latest,
+        )
+
+    def glasses_connected(self, user: str, epoch: int | None = None) -> None:
+        """The user's glasses connected to this server; `epoch` orders connections across
+        servers (default: this server's wall-clock milliseconds)."""
+        stamped = epoch if epoch is not None else self._executor.wall_ms()
+        tell(self._supervisor, ForUser(user=user, event=GlassesConnected(epoch=stamped)))
+
+    def glasses_disconnected(self, user: str) -> None:
+        tell(self._supervisor, ForUser(user=user, event=GlassesDisconnected()))
+
+    def status(self, user: str) -> SessionView | None:
+        """The user's current session on this server, or `None` if there is none."""
+        session = self._ask(self._supervisor, SessionQuery(user=user))
+        if session is None:
+            return None
+        view: SessionView | None = self._ask(session, ViewQuery())
+        return view
+
+    def views(self) -> dict[str, SessionView]:
+        """Every session this runtime has held, live or ended, by stream."""
+        tree: Tree = self._ask(self._supervisor, TreeQuery())
+        views = dict(tree.ended)
+        for session in tree.sessions.values():
+            view: SessionView | None = self._ask(session, ViewQuery())
+            if view is not None:
+                views[view.stream] = view
+        return views
+
+    def live_bridges(self) -> dict[str, int]:
+        """Bridge actors alive now: stream to generation."""
+        tree: Tree = self._ask(self._supervisor, TreeQuery())
+        return tree.bridges
+
+    def armed_timers(self) -> list[tuple[str, TimerKind]]:
+        armed: list[tuple[str, TimerKind]] = self._ask(self._timer, ArmedQuery())
+        return armed
+
+    def stop(self) -> None:
+        """Stop every session and bridge (bridges leave their rooms), then the runtime."""
+        if not self._supervisor.is_alive():
+            return
+        children: list[pykka.ActorRef[Any]] = self._ask(self._supervisor, Shutdown())
+        for ref in [*children, self._supervisor, self._timer]:
+            self._executor.wait(ref.stop(block=False), self._timeout)
+
+    def _ask(self, ref: pykka.ActorRef[Any], message: object) -> Any:
+        return self._executor.wait(ref.ask(message, block=False), self._timeout)

@@ -1,0 +1,498 @@
+"""The Session actor: one user's state on one server, and every decision about its bridge.
+
+Each input is handled in one turn: decide, append the input with its decisions to the log as one
+atomic batch, then act (tell the supervisor, arm timers, ask the bridge). Nothing acts on an input
+before it is durable, and the session's state changes only by applying the events it appended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+import pykka
+
+from actors.connector import IdentityHolder, JoinRequest, RoomConnector
+from actors.executor import Executor, tell
+from actors.grace_timer import Arm, Disarm, DisarmAll
+from actors.messages import (
+    BridgeAttached,
+    GateAudio,
+    SessionEnded,
+    StartBridge,
+    StatusRequest,
+    StopBridge,
+    Undeliverable,
+    ViewQuery,
+)
+from actors.policy import Policy
+from events.catalog import (
+    AnyEvent,
+    BridgeDisconnected,
+    BridgeJoined,
+    BridgeJoinFailed,
+    BridgeKept,
+    BridgeStarted,
+    BridgeStatusObserved,
+    BridgeStatusRequested,
+    BridgeStopped,
+    Decision,
+    DisconnectReason,
+    Event,
+    FirstAudio,
+    GlassesConnected,
+    GlassesDisconnected,
+    GraceStarted,
+    IdentityHolderObserved,
+    IdentityHolderRequested,
+    Input,
+    ProcessRestarted,
+    RejoinDecided,
+    RejoinDeclined,
+    RestartBudgetExhausted,
+    SessionDisposed,
+    SessionOpened,
+    SessionResumed,
+    StaleInputIgnored,
+    TimerFired,
+    TimerKind,
+)
+from events.envelope import Envelope, Pending
+from events.log import EventStore
+from events.projection import SessionView, apply
+
+OPERATOR_REASONS: frozenset[DisconnectReason] = frozenset(
+    {"PARTICIPANT_REMOVED", "ROOM_DELETED", "ROOM_CLOSED"}
+)
+"""Losses an operator caused: the bridge stays down until the user reconnects."""
+
+
+class Session(pykka.Actor):
+    def __init__(
+        self,
+        *,
+        server: str,
+        user: str,
+        stream: str,
+        store: EventStore,
+        executor: Executor,
+        policy: Policy,
+        grace_ms: int,
+        supervisor: pykka.ActorRef[Any],
+        timer: pykka.ActorRef[Any],
+        connector: RoomConnector,
+        recovered: SessionView | None = None,
+    ) -> None:
+        super().__init__()
+        self._server = server
+        self._user = user
+        self._stream = stream
+        self._store = store
+        self._executor = executor
+        self._policy = policy
+        self._grace_ms = grace_ms
+        self._supervisor = supervisor
+        self._timer = timer
+        self._connector = connector
+        self._view = recovered
+        self._version = recovered.version if recovered is not None else 0
+        self._before: SessionView | None = None
+        self._bridge: pykka.ActorRef[Any] | None = None
+        self._cause = ""
+        self._pending: list[Pending] = []
+        self._effects: list[Callable[[], object]] = []
+
+    def on_start(self) -> None:
+        if self._view is not None and self._view.state != "DISPOSED":
+            self._handle(ProcessRestarted())
+
+    def on_receive(self, message: object) -> object:
+        match message:
+            case ViewQuery():
+                return self._view
+            case BridgeAttached(generation=generation, bridge=bridge):
+                if self._view is not None and generation == self._view.generation:
+                    self._bridge = bridge
+                    if self._policy.audio_only_when_active:
+                        tell(bridge, GateAudio(open=self._audio_open()))
+            case Input():
+                self._handle(message)
+        return None
+
+    # One turn per input
+
+    @property
+    def view(self) -> SessionView:
+        assert self._view is not None, "a session has a view once opened"
+        return self._view
+
+    def _handle(self, event: Input) -> None:
+        if self._view is not None and self._view.state == "DISPOSED":
+            if isinstance(event, GlassesConnected | GlassesDisconnected):
+                tell(self._supervisor, Undeliverable(user=self._user, event=event))
+            return
+        self._before = self._view
+        self._cause = self._executor.new_id()
+        self._record(event, self._cause)
+        self._decide(event)
+        self._commit()
+
+    def _record(self, event: Event, event_id: str) -> None:
+        pending = Pending(
+            event_id=event_id,
+            time_ms=self._executor.now_ms(),
+            server=self._server,
+            user=self._user,
+            event=cast("AnyEvent", event),
+        )
+        version = self._version + len(self._pending) + 1
+        self._pending.append(pending)
+        self._view = apply(
+            self._view,
+            Envelope(
+                position=0,
+                stream=self._stream,
+                version=version,
+                event_id=pending.event_id,
+                time_ms=pending.time_ms,
+                server=pending.server,
+                user=pending.user,
+                event=pending.event,
+            ),
+        )
+
+    def _decide_that(self, decision: Decision) -> None:
+        self._record(decision, self._executor.new_id())
+
+    def _then(self, effect: Callable[[], object]) -> None:
+        self._effects.append(effect)
+
+    def _commit(self) -> None:
+        pending, effects = self._pending, self._effects
+        self._pending, self._effects = [], []
+        self._store.append(self._stream, self._version, pending)
+        self._version += len(pending)
+        for effect in effects:
+            effect()
+
+    def _decide(self, event: Input) -> None:
+        match event:
+            case GlassesConnected(epoch=epoch):
+                self._on_connected(epoch)
+            case GlassesDisconnected():
+                self._on_disconnected()
+            case TimerFired(timer=timer, deadline_ms=deadline):
+                self._on_timer(timer, deadline)
+            case ProcessRestarted():
+                self._on_restarted()
+            case IdentityHolderObserved(holder_server=server, holder_epoch=epoch):
+                self._on_identity_holder(server, epoch)
+            case (
+                BridgeJoined(generation=generation)
+                | BridgeJoinFailed(generation=generation)
+                | BridgeDisconnected(generation=generation)
+                | FirstAudio(generation=generation)
+                | BridgeStatusObserved(generation=generation)
+            ) if self._view is not None and generation != self._view.generation:
+                self._decide_that(
+                    StaleInputIgnored(
+                        cause=self._cause,
+                        why=f"from bridge generation {generation}; "
+                        f"generation {self._view.generation} is current",
+                    )
+                )
+            case BridgeJoinFailed(error=error):
+                self._on_bridge_lost("JOIN_FAILURE", f"join failed: {error}")
+            case BridgeDisconnected(reason=reason):
+                self._on_bridge_lost(reason, f"left the room: {reason}")
+            case BridgeStatusObserved(connected=connected, phone_present=phone):
+                self._on_status(connected=connected, phone_present=phone)
+
+    # Glasses
+
+    def _on_connected(self, epoch: int) -> None:
+        if self._view is None:
+            self._decide_that(
+                SessionOpened(
+                    cause=self._cause,
+                    why=f"first connection of the glasses to {self._server}",
+                    incarnation=int(self._stream.rsplit("/", 1)[1]),
+                    epoch=epoch,
+                )
+            )
+            self._start_bridge("a new session needs its bridge")
+            return
+        was = self.view.state
+        self._decide_that(
+            SessionResumed(
+                cause=self._cause,
+                why="reconnect within grace"
+                if was == "GRACE"
+                else "a new connection while the previous one was not yet seen closed",
+                epoch=epoch,
+            )
+        )
+        self._then(lambda: tell(self._timer, Disarm(owner_key=self._stream, timer="grace")))
+        self._gate_audio(open_=True)
+        self._on_reconnect()
+
+    def _on_reconnect(self) -> None:
+        view, policy = self.view, self._policy
+        if policy.on_reconnect == "reuse":
+            self._keep(f"{policy.name}: a reconnect reuses the bridge without checking it")
+        elif policy.on_reconnect == "restart":
+            self._stop_bridge(f"{policy.name}: a reconnect always starts a fresh bridge")
+            self._rejoin(f"{policy.name}: a reconnect always starts a fresh bridge")
+        elif view.backoff_due_ms is not None:
+            self._decide_that(
+                RejoinDeclined(
+                    cause=self._cause,
+                    why=f"a restart after failures is already due at {view.backoff_due_ms} ms",
+                )
+            )
+        elif view.bridge == "joining":
+            self._keep("a join is already in flight")
+        elif view.bridge == "up":
+            generation = view.generation
+            self._decide_that(
+                BridgeStatusRequested(
+                    cause=self._cause,
+                    why="reconnect: ask the bridge whether it is still in the room",
+                    generation=generation,
+                )
+            )
+            self._then(lambda: self._ask_status(generation))
+        else:
+            reason = view.last_disconnect_reason or "stopped"
+            self._rejoin(f"reconnect: the bridge is not in the room (last loss: {reason})")
+
+    def _ask_status(self, generation: int) -> None:
+        if not tell(self._bridge, StatusRequest(generation=generation)):
+            # An unreachable bridge is an answer too; observed here, recorded in the next turn.
+            unreachable = BridgeStatusObserved(
+                generation=generation, connected=False, phone_present=False
+            )
+            tell(self.actor_ref, unreachable)
+
+    def _on_disconnected(self) -> None:
+        if self.view.state != "ACTIVE":
+            return
+        deadline = self._executor.now_ms() + self._grace_ms
+        self._decide_that(
+            GraceStarted(
+                cause=self._cause,
+                why=f"glasses disconnected; the session waits {self._grace_ms / 1000:g} s",
+                deadline_ms=deadline,
+            )
+        )
+        self._arm("grace", deadline)
+        self._gate_audio(open_=False)
+        if self._policy.stop_bridge_on_grace:
+            self._stop_bridge(f"{self._policy.name}: the bridge is disposed when grace starts")
+
+    def _on_restarted(self) -> None:
+        view = self.view
+        if view.state == "ACTIVE":
+            deadline = self._executor.now_ms() + self._grace_ms
+            self._decide_that(
+                GraceStarted(
+                    cause=self._cause,
+                    why="the server restarted: the glasses connection did not survive it",
+                    deadline_ms=deadline,
+                )
+            )
+            self._arm("grace", deadline)
+        elif view.grace_deadline_ms is not None:
+            self._arm("grace", view.grace_deadline_ms)
+
+    # Timers
+
+    def _on_timer(self, timer: TimerKind, deadline: int) -> None:
+        # Judge the timer against the deadlines as they were before its firing cleared them.
+        view = self._before or self.view
+        if timer == "grace" and view.state == "GRACE" and view.grace_deadline_ms == deadline:
+            self._dispose(f"grace of {self._grace_ms / 1000:g} s expired without a reconnect")
+        elif timer == "backoff" and view.backoff_due_ms == deadline:
+            if view.state == "ACTIVE":
+                self._start_bridge("backoff elapsed")
+            else:
+                self._decline("backoff elapsed but the glasses are gone; waiting for a reconnect")
+        elif timer == "cooldown" and view.escalated_until_ms == deadline:
+            if view.state == "ACTIVE" and view.bridge == "down":
+                self._rejoin("cool-down over: the restart budget is back, trying again")
+            else:
+                self._decline("cool-down over; nothing to restart while the glasses are away")
+        else:
+            self._decide_that(
+                StaleInputIgnored(cause=self._cause, why=f"{timer} deadline no longer applies")
+            )
+
+    def _dispose(self, why: str) -> None:
+        self._stop_bridge(why)
+        self._decide_that(SessionDisposed(cause=self._cause, why=why))
+        self._then(lambda: tell(self._timer, DisarmAll(owner_key=self._stream)))
+        final = self.view
+        self._then(lambda: tell(self._supervisor, SessionEnded(user=self._user, final=final)))
+        self._bridge = None
+
+    # The bridge
+
+    def _on_status(self, *, connected: bool, phone_present: bool) -> None:
+        if self._before is None or not self._before.awaiting_status:
+            return
+        if connected:
+            phone = "" if phone_present else " (the phone is not in the room yet)"
+            self._keep(f"the bridge is still in the room: a blip keeps a healthy bridge{phone}")
+        elif self._policy.on_reconnect == "health_check":
+            self._stop_bridge("health check failed: dispose the bridge")
+            self._rejoin("health check failed: re-initialise the bridge")
+        else:
+            self._rejoin("status: the bridge is not in the room")
+
+    def _on_bridge_lost(self, reason: DisconnectReason, what: str) -> None:
+        view, policy = self.view, self._policy
+        self._bridge = None
+        if self._before is not None and self._before.awaiting_status:
+            self._rejoin(f"status: the bridge {what} before answering")
+        elif not policy.supervise_losses:
+            self._decline(f"{policy.name} does not rejoin on its own; the bridge {what}")
+        elif view.state != "ACTIVE":
+            self._decline(
+                f"{reason} while in grace: the user may be on another server, "
+                "and a rejoin would kick it"
+            )
+        elif reason == "DUPLICATE_IDENTITY":
+            self._decide_that(
+                IdentityHolderRequested(
+                    cause=self._cause,
+                    why="kicked while active: ask the room who holds the identity, "
+                    "to fence by epoch",
+                )
+            )
+            self._then(self._lookup_holder)
+        elif reason in OPERATOR_REASONS:
+            self._decline(f"removed by an operator ({reason}); down until the next reconnect")
+        else:
+            self._restart_after_failure(f"transient loss while active: the bridge {what}")
+
+    def _lookup_holder(self) -> None:
+        me = self.actor_ref
+        identity = self.view.identity or self._policy.identity(self._user, self._server)
+
+        def reply(holder: IdentityHolder | None) -> None:
+            tell(
+                me,
+                IdentityHolderObserved(
+                    holder_server=holder.server if holder else None,
+                    holder_epoch=holder.epoch if holder else None,
+                ),
+            )
+
+        self._connector.lookup_holder(self._user, identity, reply)
+
+    def _on_identity_holder(self, server: str | None, epoch: int | None) -> None:
+        view = self.view
+        if view.state != "ACTIVE" or view.bridge != "down" or view.backoff_due_ms is not None:
+            self._decline("the session moved on while the room service answered")
+        elif epoch is None:
+            self._restart_after_failure("nobody holds the identity now and the glasses are here")
+        elif epoch < view.epoch:
+            self._restart_after_failure(
+                f"fenced: {server} joined late with epoch {epoch}, older than ours ({view.epoch})"
+            )
+        else:
+            self._decline(f"{server} holds the identity for a newer connection (epoch {epoch})")
+
+    def _restart_after_failure(self, why: str) -> None:
+        view, budget = self.view, self._policy.budget
+        now = self._executor.now_ms()
+        if budget.exhausted(view, now):
+            retry_at = now + budget.cooldown_ms
+            self._decide_that(
+                RestartBudgetExhausted(
+                    cause=self._cause,
+                    why=f"{budget.intensity} restarts within {budget.period_ms / 1000:g} s: "
+                    f"waiting for a reconnect or the cool-down ({why})",
+                    retry_at_ms=retry_at,
+                )
+            )
+            self._arm("cooldown", retry_at)
+            return
+        delay = budget.backoff_ms(view.failure_streak + 1, self._executor.random)
+        self._decide_that(RejoinDecided(cause=self._cause, why=why, delay_ms=delay, failure=True))
+        self._arm("backoff", now + delay)
+
+    def _rejoin(self, why: str) -> None:
+        """A restart a reconnect asked for: now, unless the last restarts failed."""
+        view, policy = self.view, self._policy
+        now = self._executor.now_ms()
+        guard = policy.rejoin_guard_ms
+        if guard and view.last_start_ms is not None and now - view.last_start_ms < guard:
+            self._decline(f"skipped: within the {guard / 1000:g} s guard after the last rejoin")
+            return
+        delay = 0
+        if policy.supervise_losses:
+            delay = policy.budget.backoff_ms(view.failure_streak, self._executor.random)
+        self._decide_that(RejoinDecided(cause=self._cause, why=why, delay_ms=delay, failure=False))
+        if delay:
+            self._arm("backoff", now + delay)
+        else:
+            self._start_bridge(why)
+
+    def _start_bridge(self, why: str) -> None:
+        view = self.view
+        generation = view.generation + 1
+        identity = self._policy.identity(self._user, self._server)
+        self._decide_that(
+            BridgeStarted(
+                cause=self._cause,
+                why=why,
+                generation=generation,
+                identity=identity,
+                epoch=view.epoch,
+            )
+        )
+        request = JoinRequest(
+            room=self._user,
+            identity=identity,
+            server=self._server,
+            epoch=view.epoch,
+            generation=generation,
+            phone_identity=self._user,
+        )
+        start = StartBridge(
+            stream=self._stream,
+            user=self._user,
+            request=request,
+            session=self.actor_ref,
+            audio_open=self._audio_open(),
+        )
+        self._bridge = None
+        self._then(lambda: tell(self._supervisor, start))
+
+    def _stop_bridge(self, why: str) -> None:
+        view = self.view
+        if view.generation == 0 or view.bridge == "down":
+            return
+        generation = view.generation
+        self._decide_that(BridgeStopped(cause=self._cause, why=why, generation=generation))
+        stop = StopBridge(stream=self._stream, generation=generation)
+        self._then(lambda: tell(self._supervisor, stop))
+        self._bridge = None
+
+    def _keep(self, why: str) -> None:
+        self._decide_that(BridgeKept(cause=self._cause, why=why, generation=self.view.generation))
+
+    def _decline(self, why: str) -> None:
+        self._decide_that(RejoinDeclined(cause=self._cause, why=why))
+
+    def _audio_open(self) -> bool:
+        return not self._policy.audio_only_when_active or self.view.state == "ACTIVE"
+
+    def _gate_audio(self, *, open_: bool) -> None:
+        if self._policy.audio_only_when_active:
+            self._then(lambda: tell(self._bridge, GateAudio(open=open_)))
+
+    def _arm(self, timer: TimerKind, deadline: int) -> None:
+        arm = Arm(owner_key=self._stream, timer=timer, deadline_ms=deadline, owner=self.actor_ref)
+        self._then(lambda: tell(self._timer, arm))

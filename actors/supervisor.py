@@ -1,0 +1,151 @@
+"""The Supervisor actor: the root of a runtime's actors.
+
+It routes glasses inputs to the user's session (opening a new incarnation when there is none),
+starts and stops bridges when a session asks, and knows every live child, so a stopped runtime
+leaves nothing behind. A session addresses its bridge through the reference the supervisor hands
+it for that generation; a bridge of an older generation is stopped before a newer one starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pykka
+
+from actors.bridge import AudioSink, Bridge
+from actors.connector import RoomConnector
+from actors.executor import Executor, tell
+from actors.messages import (
+    BridgeAttached,
+    BridgeExited,
+    ForUser,
+    SessionEnded,
+    SessionQuery,
+    Shutdown,
+    StartBridge,
+    StopBridge,
+    Tree,
+    TreeQuery,
+    Undeliverable,
+)
+from actors.policy import Policy
+from actors.session import Session
+from events.catalog import GlassesConnected
+from events.envelope import stream_name
+from events.log import EventStore
+from events.projection import SessionView
+
+
+class Supervisor(pykka.Actor):
+    def __init__(
+        self,
+        *,
+        server: str,
+        store: EventStore,
+        executor: Executor,
+        policy: Policy,
+        grace_ms: int,
+        connector: RoomConnector,
+        sink: AudioSink,
+        timer: pykka.ActorRef[Any],
+        recovered: dict[str, SessionView],
+    ) -> None:
+        super().__init__()
+        self._server = server
+        self._store = store
+        self._executor = executor
+        self._policy = policy
+        self._grace_ms = grace_ms
+        self._connector = connector
+        self._sink = sink
+        self._timer = timer
+        self._recovered = recovered
+        self._incarnations = {user: view.incarnation for user, view in recovered.items()}
+        self._sessions: dict[str, pykka.ActorRef[Any]] = {}
+        self._ended: dict[str, SessionView] = {}
+        self._bridges: dict[str, tuple[int, pykka.ActorRef[Any]]] = {}
+
+    def on_start(self) -> None:
+        for user, view in self._recovered.items():
+            if view.state == "DISPOSED":
+                self._ended[view.stream] = view
+            else:
+                self._sessions[user] = self._spawn_session(user, view.stream, view)
+
+    def on_receive(self, message: object) -> object:
+        match message:
+            case ForUser(user=user, event=event) | Undeliverable(user=user, event=event):
+                session = self._sessions.get(user)
+                if session is None and isinstance(event, GlassesConnected):
+                    incarnation = self._incarnations.get(user, 0) + 1
+                    self._incarnations[user] = incarnation
+                    stream = stream_name(self._server, user, incarnation)
+                    session = self._spawn_session(user, stream, None)
+                    self._sessions[user] = session
+                tell(session, event)
+            case SessionEnded(user=user, final=final):
+                session = self._sessions.pop(user, None)
+                self._ended[final.stream] = final
+                if session is not None:
+                    session.stop(block=False)
+            case StartBridge():
+                self._start_bridge(message)
+            case StopBridge(stream=stream, generation=generation):
+                live = self._bridges.get(stream)
+                if live is not None and live[0] == generation:
+                    live[1].stop(block=False)
+            case BridgeExited(stream=stream, generation=generation):
+                live = self._bridges.get(stream)
+                if live is not None and live[0] == generation:
+                    del self._bridges[stream]
+            case SessionQuery(user=user):
+                return self._sessions.get(user)
+            case TreeQuery():
+                return Tree(
+                    sessions=dict(self._sessions),
+                    ended=dict(self._ended),
+                    bridges={stream: live[0] for stream, live in self._bridges.items()},
+                )
+            case Shutdown():
+                children = [bridge for _, bridge in self._bridges.values()]
+                children.extend(self._sessions.values())
+                self._sessions.clear()
+                return children
+        return None
+
+    def _spawn_session(
+        self, user: str, stream: str, recovered: SessionView | None
+    ) -> pykka.ActorRef[Any]:
+        return self._executor.spawn(
+            Session,
+            server=self._server,
+            user=user,
+            stream=stream,
+            store=self._store,
+            executor=self._executor,
+            policy=self._policy,
+            grace_ms=self._grace_ms,
+            supervisor=self.actor_ref,
+            timer=self._timer,
+            connector=self._connector,
+            recovered=recovered,
+        )
+
+    def _start_bridge(self, start: StartBridge) -> None:
+        older = self._bridges.get(start.stream)
+        if older is not None:
+            older[1].stop(block=False)
+        bridge = self._executor.spawn(
+            Bridge,
+            stream=start.stream,
+            request=start.request,
+            user=start.user,
+            session=start.session,
+            supervisor=self.actor_ref,
+            connector=self._connector,
+            executor=self._executor,
+            sink=self._sink,
+            audio_open=start.audio_open,
+        )
+        self._bridges[start.stream] = (start.request.generation, bridge)
+        tell(start.session, BridgeAttached(generation=start.request.generation, bridge=bridge))

@@ -1,0 +1,50 @@
+"""The restart budget: exponential backoff with jitter, a cap, and an OTP-style intensity."""
+
+import random
+
+import pytest
+
+from actors.restart_budget import RestartBudget
+from events.projection import SessionView
+
+BUDGET = RestartBudget(
+    intensity=3, period_ms=10_000, min_backoff_ms=100, max_backoff_ms=1_000, jitter=0.2
+)
+
+
+def view(restarts: tuple[int, ...]) -> SessionView:
+    return SessionView(
+        stream="prod/a/1",
+        server="prod",
+        user="a",
+        incarnation=1,
+        version=1,
+        state="ACTIVE",
+        epoch=1,
+        time_ms=0,
+        failure_restarts_ms=restarts,
+    )
+
+
+def test_backoff_doubles_from_the_minimum_up_to_the_cap_with_bounded_jitter() -> None:
+    rng = random.Random(0)
+    for failures, base in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1_000), (9, 1_000)]:
+        delays = [BUDGET.backoff_ms(failures, rng) for _ in range(200)]
+        assert base <= min(delays)
+        assert max(delays) <= base * 1.2
+        assert len(set(delays)) > 1, "jittered"
+
+
+def test_no_failures_means_no_backoff() -> None:
+    assert BUDGET.backoff_ms(0, random.Random(0)) == 0
+
+
+def test_the_budget_is_spent_by_intensity_restarts_within_the_period() -> None:
+    assert not BUDGET.exhausted(view((1_000, 2_000)), now_ms=3_000)
+    assert BUDGET.exhausted(view((1_000, 2_000, 2_500)), now_ms=3_000)
+    assert not BUDGET.exhausted(view((1_000, 2_000, 2_500)), now_ms=11_001), "window slid"
+
+
+def test_an_intensity_the_view_cannot_remember_is_refused() -> None:
+    with pytest.raises(ValueError, match="intensity"):
+        RestartBudget(intensity=40)

@@ -1,0 +1,196 @@
+"""The `supervised` policy, row by row (DESIGN section 4), driven through a simulated world."""
+
+from collections.abc import Iterator
+from typing import TypeVar
+
+import msgspec
+import pytest
+
+from actors.policy import SUPERVISED
+from actors.restart_budget import RestartBudget
+from events.catalog import (
+    BridgeKept,
+    BridgeStarted,
+    BridgeStatusRequested,
+    Event,
+    IdentityHolderRequested,
+    ProcessRestarted,
+    RejoinDecided,
+    RejoinDeclined,
+    RestartBudgetExhausted,
+    SessionDisposed,
+    SessionOpened,
+)
+from simulations.invariants import all_violations
+from simulations.sim_livekit import SfuConfig
+from simulations.world import World
+
+USER = "isaiah@mentra.glass"
+E = TypeVar("E", bound=Event)
+
+
+def events(world: World, server: str) -> list[Event]:
+    return [envelope.event for envelope in world.stores[server].read_all()]
+
+
+def decisions(world: World, server: str, kind: type[E]) -> list[E]:
+    return [event for event in events(world, server) if isinstance(event, kind)]
+
+
+def heard(world: World, server: str, after_ms: int) -> bool:
+    return any(d.server == server and d.time_ms > after_ms for d in world.deliveries)
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    made = World(servers=["prod", "debug"], seed=4)
+    yield made
+    assert all_violations(made) == []
+    made.stop()
+
+
+def test_a_first_connection_opens_a_session_and_starts_its_bridge(world: World) -> None:
+    world.connect(USER, "prod")
+    world.run_for(1_000)
+    assert [type(e) for e in events(world, "prod")][:3] == [
+        type(events(world, "prod")[0]),
+        SessionOpened,
+        BridgeStarted,
+    ]
+    assert heard(world, "prod", 0)
+
+
+def test_a_blip_keeps_the_healthy_bridge_and_never_rejoins(world: World) -> None:
+    world.connect(USER, "prod")
+    world.run_for(1_000)
+    joins = world.sfu.joins
+    world.disconnect(USER)
+    world.run_for(2_000)
+    assert [p.server for p in world.sfu.participants(USER)] == ["prod"], "kept during grace"
+    world.connect(USER, "prod")
+    world.run_for(1_000)
+    assert decisions(world, "prod", BridgeStatusRequested)
+    assert decisions(world, "prod", BridgeKept)
+    assert world.sfu.joins == joins
+    assert heard(world, "prod", 3_000)
+
+
+def test_grace_expiry_disposes_everything(world: World) -> None:
+    world.connect(USER, "prod")
+    world.run_for(1_000)
+    world.disconnect(USER)
+    world.run_for(60_000)
+    assert decisions(world, "prod", SessionDisposed)
+    assert world.runtimes["prod"].status(USER) is None
+    assert world.sfu.participants(USER) == []
+    assert world.runtimes["prod"].armed_timers() == []
+    world.connect(USER, "prod")
+    world.run_for(1_000)
+    assert world.runtimes["prod"].status(USER) is not None
+    assert "prod/isaiah@mentra.glass/2" in world.runtimes["prod"].views(), "a new incarnation"
+
+
+def test_an_operator_removal_stays_down_until_the_next_reconnect(world: World) -> None:
+    world.connect(USER, "prod")
+    world.run_for(1_000)
+    world.remove_bridge("prod", USER)
+    world.run_for(10_000)
+    declined = decisions(world, "prod", RejoinDeclined)
+    assert declined
+    assert "operator" in declined[-1].why
+    assert not heard(world, "prod", 1_100)
+    world.disconnect(USER)
+    world.connect(USER, "prod")
+    world.run_for(1_000)
+    assert heard(world, "prod", 11_000)
+
+
+def test_a_kick_by_a_newer_connection_while_active_stays_down(world: World) -> None:
+    world.connect(USER, "prod")
+    world.run_for(1_000)
+    world.connect(USER, "debug", close_noticed_after_ms=30_000)
+    world.run_for(5_000)
+    assert world.runtimes["prod"].status(USER).state == "ACTIVE"  # type: ignore[union-attr]
+    assert decisions(world, "prod", IdentityHolderRequested)
+    assert "newer connection" in decisions(world, "prod", RejoinDeclined)[-1].why
+    assert [p.server for p in world.sfu.participants(USER)] == ["debug"]
+
+
+def test_a_late_join_of_an_older_connection_is_fenced_by_epoch() -> None:
+    for seed in range(50):
+        world = World(
+            servers=["prod", "debug"], seed=seed, sfu=SfuConfig(join_latency_ms=(50, 1_200))
+        )
+        world.connect(USER, "prod")
+        world.connect(USER, "debug")
+        world.run_for(10_000)
+        if decisions(world, "debug", IdentityHolderRequested):
+            break
+    else:
+        pytest.fail("no seed made prod's join finish after debug's")
+    fenced = [d for d in decisions(world, "debug", RejoinDecided) if "fenced" in d.why]
+    assert fenced
+    assert [p.server for p in world.sfu.participants(USER)] == ["debug"]
+    assert all_violations(world) == []
+
+
+def test_an_expired_token_on_resume_is_replaced_by_a_fresh_join() -> None:
+    world = World(servers=["prod"], seed=2, sfu=SfuConfig(token_ttl_ms=1_000))
+    world.connect(USER, "prod")
+    world.run_for(2_000)
+    world.signal_loss("prod", USER)
+    world.run_for(5_000)
+    restart = decisions(world, "prod", RejoinDecided)
+    assert restart
+    assert restart[0].failure
+    assert "JOIN_FAILURE" in restart[0].why
+    assert len(decisions(world, "prod", BridgeStarted)) == 2
+    assert heard(world, "prod", 4_000)
+
+
+def test_a_spent_budget_escalates_then_retries_after_the_cooldown() -> None:
+    world = World(servers=["prod"], seed=3)
+    world.connect(USER, "prod")
+    world.run_for(1_000)
+    world.outage(90_000)
+    world.run_for(90_000)
+    exhausted = decisions(world, "prod", RestartBudgetExhausted)
+    assert exhausted, "repeated failures spend the budget"
+    cooldown = SUPERVISED.budget.cooldown_ms
+    world.run_for(cooldown + 5_000)
+    assert heard(world, "prod", 91_000), "giving up was not permanent"
+    assert all_violations(world) == []
+
+
+def test_a_reconnect_after_failures_waits_out_the_backoff() -> None:
+    slow_backoff = msgspec.structs.replace(
+        SUPERVISED, budget=RestartBudget(min_backoff_ms=2_000, max_backoff_ms=4_000)
+    )
+    world = World(servers=["prod"], seed=5, policy=slow_backoff)
+    world.outage(1_000)
+    world.connect(USER, "prod")
+    world.run_for(300)
+    failed = decisions(world, "prod", RejoinDecided)
+    assert failed[-1].delay_ms >= 2_000
+    world.disconnect(USER)
+    world.connect(USER, "prod")
+    world.run_for(100)
+    assert "already due" in decisions(world, "prod", RejoinDeclined)[-1].why
+    assert len(decisions(world, "prod", BridgeStarted)) == 1
+    world.run_for(5_000)
+    assert len(decisions(world, "prod", BridgeStarted)) == 2
+    assert heard(world, "prod", 2_000)
+
+
+def test_a_restarted_server_recovers_its_sessions_from_the_log(world: World) -> None:
+    world.connect(USER, "prod")
+    world.run_for(1_000)
+    world.restart_server("prod")
+    world.run_for(1_000)
+    recovered = world.runtimes["prod"].status(USER)
+    assert recovered is not None
+    assert recovered.state == "GRACE"
+    assert decisions(world, "prod", ProcessRestarted)
+    world.connect(USER, "prod")
+    world.run_for(1_000)
+    assert heard(world, "prod", 2_000)

@@ -1,0 +1,98 @@
+"""The same actor classes on pykka threads with the real clock: a short grace, a switch away and
+back, disposal after grace, and a stop that leaves no thread behind."""
+
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from actors.bridge import AudioChunk
+from actors.runtime import Runtime
+from actors.threading_executor import ThreadingExecutor
+from events.memory_store import MemoryStore
+from simulations.sim_livekit import SfuConfig, SimLiveKit
+
+USER = "isaiah@mentra.glass"
+GRACE_MS = 300
+
+pytestmark = pytest.mark.threads
+
+
+def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def test_actors_run_on_threads_with_the_real_clock() -> None:
+    threads_before = threading.active_count()
+    executor = ThreadingExecutor()
+    sfu = SimLiveKit(executor, random.Random(0), SfuConfig(join_latency_ms=(5, 20)))
+    heard: list[AudioChunk] = []
+    lock = threading.Lock()
+
+    def sink(chunk: AudioChunk) -> None:
+        with lock:
+            heard.append(chunk)
+
+    runtimes = {
+        server: Runtime(
+            server=server,
+            executor=executor,
+            store=MemoryStore(),
+            connector=sfu.connector(server),
+            grace_ms=GRACE_MS,
+            audio_sink=sink,
+        )
+        for server in ("prod", "debug")
+    }
+    ticks = 0
+
+    def phone() -> None:
+        nonlocal ticks
+        ticks += 1
+        sfu.publish(USER, bytes([ticks % 256]) + b"\x00\x00" * 160)
+        if ticks < 300:  # bounded: at most 3 s of 10 ms chunks
+            executor.call_at(executor.now_ms() + 10, phone)
+
+    def audio_on(server: str, since: int) -> Callable[[], bool]:
+        def check() -> bool:
+            with lock:
+                return any(c.server == server and c.time_ms > since for c in heard)
+
+        return check
+
+    sfu.phone_joined(USER)
+    executor.call_at(0, phone)
+
+    runtimes["prod"].glasses_connected(USER, epoch=1)
+    assert eventually(audio_on("prod", 0))
+
+    runtimes["prod"].glasses_disconnected(USER)
+    runtimes["debug"].glasses_connected(USER, epoch=2)
+    switched = executor.now_ms()
+    assert eventually(audio_on("debug", switched))
+
+    runtimes["debug"].glasses_disconnected(USER)
+    runtimes["prod"].glasses_connected(USER, epoch=3)
+    returned = executor.now_ms()
+    assert eventually(audio_on("prod", returned)), "prod's kicked bridge was restarted"
+    prod = runtimes["prod"].status(USER)
+    assert prod is not None
+    assert prod.generation == 2
+
+    assert eventually(lambda: runtimes["debug"].status(USER) is None), "debug disposed"
+    debug_views = list(runtimes["debug"].views().values())
+    assert [v.state for v in debug_views] == ["DISPOSED"]
+    assert runtimes["debug"].live_bridges() == {}
+
+    for runtime in runtimes.values():
+        runtime.stop()
+    assert [p.server for p in sfu.participants(USER)] == [], "stop left every room"
+    executor.shutdown()
+    assert eventually(lambda: threading.active_count() == threads_before)
