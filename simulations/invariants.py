@@ -1,0 +1,209 @@
+"""The invariants of DESIGN section 6, judged on a world after (or during) a run.
+
+Each check returns a list of violations, one readable line each; an empty list means it holds.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+
+from events.catalog import (
+    BridgeDisconnected,
+    BridgeJoinFailed,
+    BridgeKept,
+    BridgeStarted,
+    GlassesDisconnected,
+    SessionDisposed,
+    SessionResumed,
+)
+from events.codec import encode_envelope
+from events.envelope import Envelope
+from events.projection import SessionView, apply, replay
+from simulations.sim_livekit import RESUME_GIVE_UP_MS
+from simulations.world import World
+
+LIVENESS_WINDOW_MS = 2_000
+
+
+def fault_windows(world: World) -> list[tuple[int, int, str | None]]:
+    """When each fault (and its aftermath) may keep audio away: `(start, end, user or None)`.
+
+    The aftermath is what the policy allows itself after a fault: the longest backoff it may
+    still be waiting out, plus a join. An operator's removal lasts until the user's next connect.
+    """
+    budget = world.policy.budget
+    aftermath = int(budget.max_backoff_ms * (1 + budget.jitter)) + max(
+        world.sfu.config.join_latency_ms
+    )
+    windows: list[tuple[int, int, str | None]] = []
+    for fault in world.faults:
+        if fault.kind == "outage":
+            windows.append((fault.start_ms, fault.end_ms + RESUME_GIVE_UP_MS + aftermath, None))
+        elif fault.kind == "signal_loss":
+            windows.append(
+                (fault.start_ms, fault.start_ms + RESUME_GIVE_UP_MS + aftermath, fault.user)
+            )
+        elif fault.kind == "remove":
+            later = [
+                p.time_ms
+                for p in world.presence
+                if p.user == fault.user and p.time_ms > fault.start_ms and p.server is not None
+            ]
+            windows.append((fault.start_ms, min(later, default=world.now_ms) + 1, fault.user))
+    return windows
+
+
+def liveness(world: World, window_ms: int = LIVENESS_WINDOW_MS) -> list[str]:
+    """Glasses connected to S for `window_ms` with no fault active means audio reached S."""
+    heard: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for delivery in world.deliveries:
+        heard[(delivery.user, delivery.server)].append(delivery.time_ms)
+    faults = fault_windows(world)
+    violations = []
+    by_user = defaultdict(list)
+    for presence in world.presence:
+        by_user[presence.user].append(presence)
+    for user, moves in by_user.items():
+        for index, move in enumerate(moves):
+            if move.server is None:
+                continue
+            start = move.time_ms
+            end = moves[index + 1].time_ms if index + 1 < len(moves) else world.now_ms
+            due = start + window_ms
+            if end < due or any(
+                f_start <= due and start <= f_end and f_user in (None, user)
+                for f_start, f_end, f_user in faults
+            ):
+                continue
+            times = heard[(user, move.server)]
+            first = bisect.bisect_right(times, start)
+            if first == len(times) or times[first] > due:
+                violations.append(
+                    f"liveness: {user} connected to {move.server} at {start} ms, "
+                    f"no audio there by {due} ms"
+                )
+    return violations
+
+
+def kick_war(world: World) -> list[str]:
+    """Kicks never exceed glasses connections plus injected faults."""
+    allowed = world.connections + len(world.faults)
+    if world.sfu.kicks > allowed:
+        return [f"kick war: {world.sfu.kicks} kicks for {allowed} connections and faults"]
+    return []
+
+
+def zombies(world: World) -> list[str]:
+    """Nothing of a disposed session remains: no actor, participant, or timer."""
+    violations = []
+    live_sessions = 0
+    live_bridges = 0
+    for server, runtime in world.runtimes.items():
+        views = runtime.views()
+        bridges = runtime.live_bridges()
+        armed = {stream for stream, _ in runtime.armed_timers()}
+        open_users = {v.user for v in views.values() if v.state != "DISPOSED"}
+        live_sessions += len(open_users)
+        live_bridges += len(bridges)
+        for view in views.values():
+            if view.state != "DISPOSED":
+                continue
+            if view.stream in bridges:
+                violations.append(f"zombie: bridge actor of disposed {view.stream}")
+            if view.stream in armed:
+                violations.append(f"zombie: timer armed for disposed {view.stream}")
+            if view.user not in open_users:
+                for participant in world.sfu.participants(view.user):
+                    if participant.server == server and participant.state != "gone":
+                        violations.append(
+                            f"zombie: {participant.identity} of {server} still in the room "
+                            f"after {view.stream} was disposed"
+                        )
+    actors = world.executor.live_actors()
+    runtime_actors = 2 * len(world.runtimes)
+    if len(actors) != runtime_actors + live_sessions + live_bridges:
+        violations.append(
+            f"zombie: {len(actors)} live actors, expected {runtime_actors} runtime actors, "
+            f"{live_sessions} sessions and {live_bridges} bridges"
+        )
+    return violations
+
+
+def grace_preserved(world: World) -> list[str]:
+    """A blip shorter than grace on the same server never restarts a healthy bridge."""
+    violations = []
+    for server, store in world.stores.items():
+        streams: dict[str, list[Envelope]] = defaultdict(list)
+        for envelope in store.read_all():
+            streams[envelope.stream].append(envelope)
+        for stream, envelopes in streams.items():
+            violations.extend(_blips_restarting_healthy_bridges(server, stream, envelopes))
+    return violations
+
+
+def _blips_restarting_healthy_bridges(
+    server: str, stream: str, envelopes: list[Envelope]
+) -> list[str]:
+    view: SessionView | None = None
+    blip_since: int | None = None
+    resumed = False
+    violations = []
+    for envelope in envelopes:
+        event = envelope.event
+        before = view
+        view = apply(view, envelope)
+        if isinstance(event, GlassesDisconnected) and before is not None:
+            healthy = before.state == "ACTIVE" and before.bridge == "up"
+            blip_since, resumed = (envelope.time_ms if healthy else None), False
+        elif blip_since is None:
+            continue
+        elif isinstance(
+            event, BridgeDisconnected | BridgeJoinFailed | BridgeKept | SessionDisposed
+        ):
+            blip_since = None
+        elif isinstance(event, SessionResumed):
+            resumed = True
+        elif isinstance(event, BridgeStarted) and resumed:
+            violations.append(
+                f"grace: {server} restarted the healthy bridge of {stream} after a blip "
+                f"that began at {blip_since} ms ({event.why})"
+            )
+            blip_since = None
+    return violations
+
+
+def replay_matches_live(world: World) -> list[str]:
+    """The views rebuilt from each server's log equal its live sessions."""
+    violations = []
+    for server, runtime in world.runtimes.items():
+        rebuilt = replay(world.stores[server].read_all())
+        live = runtime.views()
+        if rebuilt != live:
+            differing = sorted(
+                stream
+                for stream in set(rebuilt) | set(live)
+                if rebuilt.get(stream) != live.get(stream)
+            )
+            violations.append(f"replay: {server} differs from live in {', '.join(differing)}")
+    return violations
+
+
+def log_bytes(world: World) -> dict[str, bytes]:
+    """Each server's log, byte for byte."""
+    return {
+        server: b"\n".join(encode_envelope(e) for e in store.read_all())
+        for server, store in world.stores.items()
+    }
+
+
+def all_violations(world: World) -> list[str]:
+    """Invariants 1 to 5; determinism (6) needs two runs and is checked by comparing
+    `log_bytes` of twin worlds."""
+    return [
+        *liveness(world),
+        *kick_war(world),
+        *zombies(world),
+        *grace_preserved(world),
+        *replay_matches_live(world),
+    ]

@@ -1,0 +1,319 @@
+"""A simulated LiveKit: rooms, identities, kicks, faults, and the phone's data packets.
+
+It follows what the real server and SDK do (research/livekit-wire-protocol.md):
+- one participant per identity per room; a newer join wins and the older one is disconnected
+  with `DUPLICATE_IDENTITY`;
+- a join completes after a seeded latency, or fails while the server is in an outage;
+- a dropped signal makes the SDK try to resume for about 16.8 s: it resumes if the server is
+  reachable and the token still valid, fails with `JOIN_FAILURE` on an expired token, learns of a
+  kick that happened meanwhile, and gives up with `UNKNOWN_REASON`;
+- admin removal and room deletion disconnect with `PARTICIPANT_REMOVED` and `ROOM_DELETED`;
+- data packets reach every other participant whose signal is up.
+
+All timing runs on the executor's clock, so the same seed gives the same room history.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+from collections.abc import Callable
+
+import msgspec
+
+from actors.connector import (
+    IdentityHolder,
+    JoinRequest,
+    PhonePresence,
+    RoomData,
+    RoomDisconnected,
+    RoomEvent,
+    RoomJoined,
+    RoomJoinFailed,
+)
+from actors.executor import Executor
+from events.catalog import DisconnectReason
+
+RESUME_GIVE_UP_MS = 16_800
+"""How long the SDK keeps trying to resume a dropped signal before it gives up."""
+
+
+class SfuConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    join_latency_ms: tuple[int, int] = (50, 200)
+    lookup_latency_ms: tuple[int, int] = (5, 30)
+    resume_attempt_ms: tuple[int, int] = (300, 1_500)
+    token_ttl_ms: int = 600_000
+    audio_chunk_ms: int = 100
+
+
+class _Connection:
+    """One join of one participant: pending, up, reconnecting, or gone."""
+
+    __slots__ = (
+        "identity",
+        "on_event",
+        "pending_reason",
+        "request",
+        "sid",
+        "state",
+        "token_expires_ms",
+    )
+
+    def __init__(
+        self,
+        request: JoinRequest,
+        on_event: Callable[[RoomEvent], object],
+        sid: str,
+        token_expires_ms: int,
+    ) -> None:
+        self.request = request
+        self.identity = request.identity
+        self.on_event = on_event
+        self.sid = sid
+        self.token_expires_ms = token_expires_ms
+        self.state = "pending"
+        self.pending_reason: DisconnectReason | None = None
+
+
+class Participant(msgspec.Struct, frozen=True, kw_only=True):
+    """A participant as the room service lists it."""
+
+    room: str
+    identity: str
+    sid: str
+    server: str
+    epoch: int
+    state: str
+
+
+class SimLiveKit:
+    """The room server and its room service, for simulations and threaded tests alike."""
+
+    def __init__(self, executor: Executor, rng: random.Random, config: SfuConfig) -> None:
+        self._executor = executor
+        self._rng = rng
+        self.config = config
+        self._lock = threading.RLock()
+        self._rooms: dict[str, dict[str, _Connection]] = {}
+        self._phones: set[str] = set()
+        self._sids = itertools.count(1)
+        self._outage_until_ms = -1
+        self.kicks = 0
+        self.joins = 0
+
+    def connector(self, server: str) -> SimConnector:
+        return SimConnector(self, server)
+
+    # What the connector calls
+
+    def join(self, request: JoinRequest, on_event: Callable[[RoomEvent], object]) -> _Connection:
+        with self._lock:
+            now = self._executor.now_ms()
+            connection = _Connection(
+                request, on_event, f"PA_{next(self._sids)}", now + self.config.token_ttl_ms
+            )
+            latency = self._rng.randint(*self.config.join_latency_ms)
+        self._executor.call_at(now + latency, lambda: self._complete_join(connection))
+        return connection
+
+    def _complete_join(self, connection: _Connection) -> None:
+        with self._lock:
+            if connection.state != "pending":
+                return
+            if self._in_outage():
+                connection.state = "gone"
+                connection.on_event(RoomJoinFailed(error="could not reach the LiveKit server"))
+                return
+            room = self._rooms.setdefault(connection.request.room, {})
+            holder = room.get(connection.identity)
+            if holder is not None:
+                self._disconnect(holder, "DUPLICATE_IDENTITY")
+                self.kicks += 1
+            room[connection.identity] = connection
+            connection.state = "up"
+            self.joins += 1
+            connection.on_event(
+                RoomJoined(
+                    participant_sid=connection.sid,
+                    participant_count=len(room) + (connection.request.room in self._phones),
+                    phone_present=connection.request.room in self._phones,
+                )
+            )
+
+    def leave(self, connection: _Connection) -> None:
+        with self._lock:
+            self._remove(connection)
+            connection.state = "gone"
+
+    def lookup_holder(
+        self, room: str, identity: str, reply: Callable[[IdentityHolder | None], object]
+    ) -> None:
+        with self._lock:
+            latency = self._rng.randint(*self.config.lookup_latency_ms)
+
+        def answer() -> None:
+            with self._lock:
+                holder = self._rooms.get(room, {}).get(identity)
+                found = (
+                    IdentityHolder(server=holder.request.server, epoch=holder.request.epoch)
+                    if holder is not None
+                    else None
+                )
+            reply(found)
+
+        self._executor.call_at(self._executor.now_ms() + latency, answer)
+
+    # The phone
+
+    def phone_joined(self, room: str) -> None:
+        with self._lock:
+            if room in self._phones:
+                return
+            self._phones.add(room)
+            for connection in self._rooms.get(room, {}).values():
+                if connection.state == "up":
+                    connection.on_event(PhonePresence(present=True))
+
+    def publish(self, room: str, payload: bytes) -> int:
+        """Deliver a data packet from the phone; returns how many participants got it."""
+        with self._lock:
+            if self._in_outage() or room not in self._phones:
+                return 0
+            delivered = 0
+            for connection in self._rooms.get(room, {}).values():
+                if connection.state == "up":
+                    connection.on_event(RoomData(payload=payload))
+                    delivered += 1
+            return delivered
+
+    # Faults and operator actions
+
+    def remove_participant(self, room: str, identity: str) -> bool:
+        with self._lock:
+            connection = self._rooms.get(room, {}).get(identity)
+            if connection is None:
+                return False
+            self._disconnect(connection, "PARTICIPANT_REMOVED")
+            return True
+
+    def delete_room(self, room: str) -> None:
+        with self._lock:
+            for connection in list(self._rooms.get(room, {}).values()):
+                self._disconnect(connection, "ROOM_DELETED")
+            self._rooms.pop(room, None)
+
+    def outage(self, duration_ms: int) -> None:
+        """The server is unreachable: joins fail and every signal drops."""
+        with self._lock:
+            now = self._executor.now_ms()
+            self._outage_until_ms = max(self._outage_until_ms, now + duration_ms)
+            connections = [c for room in self._rooms.values() for c in room.values()]
+            for connection in connections:
+                self._drop_signal(connection)
+
+    def drop_signal(self, room: str, server: str) -> bool:
+        """The signal of `server`'s participant in `room` drops without a leave."""
+        with self._lock:
+            for connection in self._rooms.get(room, {}).values():
+                if connection.request.server == server and connection.state == "up":
+                    self._drop_signal(connection)
+                    return True
+            return False
+
+    def participants(self, room: str | None = None) -> list[Participant]:
+        with self._lock:
+            rooms = [room] if room is not None else sorted(self._rooms)
+            return [
+                Participant(
+                    room=name,
+                    identity=c.identity,
+                    sid=c.sid,
+                    server=c.request.server,
+                    epoch=c.request.epoch,
+                    state=c.state,
+                )
+                for name in rooms
+                for c in self._rooms.get(name, {}).values()
+            ]
+
+    def in_outage(self) -> bool:
+        with self._lock:
+            return self._in_outage()
+
+    # Internals (called with the lock held)
+
+    def _in_outage(self) -> bool:
+        return self._executor.now_ms() < self._outage_until_ms
+
+    def _disconnect(self, connection: _Connection, reason: DisconnectReason) -> None:
+        if connection.state == "reconnecting":
+            # The leave cannot reach a dropped signal; the next resume attempt learns of it.
+            self._remove(connection)
+            connection.pending_reason = reason
+            return
+        self._disconnect_now(connection, reason)
+
+    def _remove(self, connection: _Connection) -> None:
+        room = self._rooms.get(connection.request.room, {})
+        if room.get(connection.identity) is connection:
+            del room[connection.identity]
+
+    def _drop_signal(self, connection: _Connection) -> None:
+        if connection.state != "up":
+            return
+        connection.state = "reconnecting"
+        self._schedule_resume(connection, self._executor.now_ms() + RESUME_GIVE_UP_MS)
+
+    def _schedule_resume(self, connection: _Connection, give_up_ms: int) -> None:
+        delay = self._rng.randint(*self.config.resume_attempt_ms)
+        self._executor.call_at(
+            self._executor.now_ms() + delay, lambda: self._try_resume(connection, give_up_ms)
+        )
+
+    def _try_resume(self, connection: _Connection, give_up_ms: int) -> None:
+        with self._lock:
+            now = self._executor.now_ms()
+            if connection.state != "reconnecting":
+                return
+            if connection.pending_reason is not None:
+                self._disconnect_now(connection, connection.pending_reason)
+                return
+            if not self._in_outage() and now >= connection.token_expires_ms:
+                self._disconnect_now(connection, "JOIN_FAILURE")
+            elif not self._in_outage():
+                connection.state = "up"
+            elif now >= give_up_ms:
+                self._disconnect_now(connection, "UNKNOWN_REASON")
+            else:
+                self._schedule_resume(connection, give_up_ms)
+
+    def _disconnect_now(self, connection: _Connection, reason: DisconnectReason) -> None:
+        self._remove(connection)
+        connection.state = "gone"
+        connection.on_event(RoomDisconnected(reason=reason))
+
+
+class SimConnector:
+    """The connector one server's bridges use to reach the simulated LiveKit."""
+
+    def __init__(self, sfu: SimLiveKit, server: str) -> None:
+        self._sfu = sfu
+        self.server = server
+
+    def join(self, request: JoinRequest, on_event: Callable[[RoomEvent], object]) -> _SimHandle:
+        return _SimHandle(self._sfu, self._sfu.join(request, on_event))
+
+    def lookup_holder(
+        self, room: str, identity: str, reply: Callable[[IdentityHolder | None], object]
+    ) -> None:
+        self._sfu.lookup_holder(room, identity, reply)
+
+
+class _SimHandle:
+    def __init__(self, sfu: SimLiveKit, connection: _Connection) -> None:
+        self._sfu = sfu
+        self._connection = connection
+
+    def leave(self) -> None:
+        self._sfu.leave(self._connection)
