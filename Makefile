@@ -6,6 +6,7 @@ ifeq ($(UV),)
 UV := python3 -m uv
 endif
 RUN := $(UV) run --frozen
+export HYPOTHESIS_PROFILE ?= ci
 
 .PHONY: demo test lint typecheck unit bootstrap clean
 

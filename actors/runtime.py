@@ -48,12 +48,7 @@ class Runtime:
         self._executor = executor
         self._store = store
         self._timeout = reply_timeout_s
-        latest: dict[str, SessionView] = {}
-        for view in replay(store.read_all()).values():
-            if view.server == server and (
-                view.user not in latest or view.incarnation > latest[view.user].incarnation
-            ):
-                latest[view.user] = view
+        recovered = [v for v in replay(store.read_all()).values() if v.server == server]
         self._timer = executor.spawn(GraceTimer, executor)
         self._supervisor: pykka.ActorRef[Supervisor] = executor.spawn(
             Supervisor,
@@ -65,7 +60,7 @@ class Runtime:
             connector=connector,
             sink=audio_sink,
             timer=self._timer,
-            recovered=latest,
+            recovered=recovered,
         )
 
     def glasses_connected(self, user: str, epoch: int | None = None) -> None:

@@ -48,7 +48,7 @@ class Supervisor(pykka.Actor):
         connector: RoomConnector,
         sink: AudioSink,
         timer: pykka.ActorRef[Any],
-        recovered: dict[str, SessionView],
+        recovered: list[SessionView],
     ) -> None:
         super().__init__()
         self._server = server
@@ -59,18 +59,19 @@ class Supervisor(pykka.Actor):
         self._connector = connector
         self._sink = sink
         self._timer = timer
-        self._recovered = recovered
-        self._incarnations = {user: view.incarnation for user, view in recovered.items()}
+        self._recovered = sorted(recovered, key=lambda view: view.incarnation)
+        self._incarnations: dict[str, int] = {}
         self._sessions: dict[str, pykka.ActorRef[Any]] = {}
         self._ended: dict[str, SessionView] = {}
         self._bridges: dict[str, tuple[int, pykka.ActorRef[Any]]] = {}
 
     def on_start(self) -> None:
-        for user, view in self._recovered.items():
+        for view in self._recovered:
+            self._incarnations[view.user] = view.incarnation
             if view.state == "DISPOSED":
                 self._ended[view.stream] = view
             else:
-                self._sessions[user] = self._spawn_session(user, view.stream, view)
+                self._sessions[view.user] = self._spawn_session(view.user, view.stream, view)
 
     def on_receive(self, message: object) -> object:
         match message:

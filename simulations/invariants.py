@@ -14,6 +14,7 @@ from events.catalog import (
     BridgeKept,
     BridgeStarted,
     GlassesDisconnected,
+    ProcessRestarted,
     SessionDisposed,
     SessionResumed,
 )
@@ -159,7 +160,8 @@ def _blips_restarting_healthy_bridges(
         elif blip_since is None:
             continue
         elif isinstance(
-            event, BridgeDisconnected | BridgeJoinFailed | BridgeKept | SessionDisposed
+            event,
+            BridgeDisconnected | BridgeJoinFailed | ProcessRestarted | BridgeKept | SessionDisposed,
         ):
             blip_since = None
         elif isinstance(event, SessionResumed):

@@ -1,8 +1,18 @@
 """The runtime under any schedule: random connects, switches, blips, disconnects, faults and
 clock jumps over 1-3 users and 2-3 servers, with invariants 1-6 checked after every step."""
 
+from collections import Counter
+from typing import ClassVar
+
+from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from simulations.invariants import all_violations, log_bytes
 from simulations.sim_livekit import SfuConfig
@@ -17,6 +27,8 @@ pauses = st.integers(min_value=0, max_value=3_000)
 
 class RejoinMachine(RuleBasedStateMachine):
     worlds: list[World]
+    reached: ClassVar[Counter[str]] = Counter()
+    """How many runs reached each kind of decision (with `why` prefixes for the notable ones)."""
 
     @initialize(
         users=st.integers(min_value=1, max_value=3),
@@ -71,6 +83,10 @@ class RejoinMachine(RuleBasedStateMachine):
     def signal_loss(self, user: int, server: int) -> None:
         self._each("signal_loss", self._server(server), self._user(user))
 
+    @rule(server=indices)
+    def restart_server(self, server: int) -> None:
+        self._each("restart_server", self._server(server))
+
     @rule(delta_ms=st.one_of(st.integers(0, 5_000), st.integers(55_000, 70_000)))
     def advance(self, delta_ms: int) -> None:
         self._each("run_for", delta_ms)
@@ -85,8 +101,44 @@ class RejoinMachine(RuleBasedStateMachine):
         assert first == twin, "same seed and schedule, different event logs"
 
     def teardown(self) -> None:
-        for world in getattr(self, "worlds", []):
+        worlds = getattr(self, "worlds", [])
+        if worlds:
+            RejoinMachine.reached.update(set(outcomes(worlds[0])))
+        for world in worlds:
             world.stop()
 
 
+def outcomes(world: World) -> list[str]:
+    names = []
+    for store in world.stores.values():
+        for envelope in store.read_all():
+            event = envelope.event
+            name = type(event).__name__
+            why = getattr(event, "why", "")
+            if "fenced" in why or "operator" in why or "already due" in why:
+                name += ": " + why.split(":")[0]
+            names.append(name)
+    return names
+
+
 TestRejoinMachine = RejoinMachine.TestCase
+
+
+def test_the_machine_reaches_the_states_that_matter() -> None:
+    """Sometimes-assertions: the invariants above are only as good as the states explored."""
+    RejoinMachine.reached.clear()
+    run_state_machine_as_test(RejoinMachine, settings=settings(max_examples=60))
+    reached = RejoinMachine.reached
+    for outcome in [
+        "BridgeKept",
+        "GraceStarted",
+        "SessionDisposed",
+        "BridgeDisconnected",
+        "IdentityHolderRequested",
+        "RejoinDecided: fenced",
+        "RestartBudgetExhausted",
+        "ProcessRestarted",
+        "RejoinDeclined: removed by an operator (PARTICIPANT_REMOVED); "
+        "down until the next reconnect",
+    ]:
+        assert reached[outcome] > 0, f"no run reached {outcome}"
