@@ -18,7 +18,7 @@ bootstrap: .venv/.synced
 	touch $@
 
 demo: bootstrap
-	$(RUN) rejoin demo
+	$(RUN) rejoin compare
 
 test: lint typecheck unit
 

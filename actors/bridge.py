@@ -121,6 +121,8 @@ class Bridge(pykka.Actor):
                 )
             case GateAudio(open=is_open):
                 self._audio_open = is_open
+                if is_open:
+                    self._heard_audio = False
             case RoomJoinFailed(error=error):
                 tell(self._session, BridgeJoinFailed(generation=generation, error=error))
                 self.stop()
@@ -138,10 +140,10 @@ class Bridge(pykka.Actor):
         if self._last_sequence is not None:
             self.lost_chunks += (sequence - self._last_sequence - 1) % 256
         self._last_sequence = sequence
-        if not self._heard_audio:
-            self._heard_audio = True
-            tell(self._session, FirstAudio(generation=self.generation))
         if self._audio_open:
+            if not self._heard_audio:
+                self._heard_audio = True
+                tell(self._session, FirstAudio(generation=self.generation))
             self._sink(
                 AudioChunk(
                     server=self._request.server,

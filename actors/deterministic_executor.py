@@ -199,6 +199,12 @@ class DeterministicExecutor:
     def live_actors(self) -> list[pykka.ActorRef[Any]]:
         return [ref for ref in self._actors if ref.is_alive()]
 
+    def crash(self, refs: list[pykka.ActorRef[Any]]) -> None:
+        """Make actors vanish as a dying process does: no `on_stop`, mail never delivered."""
+        for ref in refs:
+            pykka.ActorRegistry.unregister(ref)
+            ref.actor_stopped.set()
+
     def shutdown(self) -> None:
         for ref in reversed(self.live_actors()):
             ref.stop(block=False)

@@ -82,8 +82,8 @@ class TreeQuery(msgspec.Struct, frozen=True, kw_only=True):
 class Tree(msgspec.Struct, frozen=True, kw_only=True):
     sessions: dict[str, pykka.ActorRef[Any]]
     ended: dict[str, SessionView]
-    bridges: dict[str, int]
-    """Live bridge actors: stream to generation."""
+    bridges: dict[str, tuple[int, pykka.ActorRef[Any]]]
+    """Live bridge actors: stream to generation and actor."""
 
 
 class Shutdown(msgspec.Struct, frozen=True, kw_only=True):

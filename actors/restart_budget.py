@@ -16,10 +16,14 @@ from events.projection import RESTART_HISTORY, SessionView
 
 
 class RestartBudget(msgspec.Struct, frozen=True, kw_only=True):
-    intensity: int = 5
-    period_ms: int = 60_000
+    """The defaults keep retrying for about 37 s of backoff before escalating: longer than the
+    SDK's own 17 s of resume attempts and a LiveKit node's restart, because a budget shorter
+    than the dependency's recovery turns every outage into a cool-down."""
+
+    intensity: int = 10
+    period_ms: int = 120_000
     min_backoff_ms: int = 100
-    max_backoff_ms: int = 10_000
+    max_backoff_ms: int = 8_000
     jitter: float = 0.2
     cooldown_ms: int = 30_000
 

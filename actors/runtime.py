@@ -93,7 +93,13 @@ class Runtime:
     def live_bridges(self) -> dict[str, int]:
         """Bridge actors alive now: stream to generation."""
         tree: Tree = self._ask(self._supervisor, TreeQuery())
-        return tree.bridges
+        return {stream: generation for stream, (generation, _) in tree.bridges.items()}
+
+    def actors(self) -> list[pykka.ActorRef[Any]]:
+        """Every actor of this runtime."""
+        tree: Tree = self._ask(self._supervisor, TreeQuery())
+        bridges = [bridge for _, bridge in tree.bridges.values()]
+        return [self._supervisor, self._timer, *tree.sessions.values(), *bridges]
 
     def armed_timers(self) -> list[tuple[str, TimerKind]]:
         armed: list[tuple[str, TimerKind]] = self._ask(self._timer, ArmedQuery())

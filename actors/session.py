@@ -283,6 +283,7 @@ class Session(pykka.Actor):
                 cause=self._cause,
                 why=f"glasses disconnected; the session waits {self._grace_ms / 1000:g} s",
                 deadline_ms=deadline,
+                audio_held=self._policy.audio_only_when_active,
             )
         )
         self._arm("grace", deadline)
@@ -490,7 +491,9 @@ class Session(pykka.Actor):
         return not self._policy.audio_only_when_active or self.view.state == "ACTIVE"
 
     def _gate_audio(self, *, open_: bool) -> None:
-        if self._policy.audio_only_when_active:
+        # Opening is sent under every policy: it is what makes the bridge report the first
+        # audio after a reconnect, the fact time-to-audio is measured from.
+        if open_ or self._policy.audio_only_when_active:
             self._then(lambda: tell(self._bridge, GateAudio(open=open_)))
 
     def _arm(self, timer: TimerKind, deadline: int) -> None:

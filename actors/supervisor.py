@@ -105,7 +105,7 @@ class Supervisor(pykka.Actor):
                 return Tree(
                     sessions=dict(self._sessions),
                     ended=dict(self._ended),
-                    bridges={stream: live[0] for stream, live in self._bridges.items()},
+                    bridges=dict(self._bridges),
                 )
             case Shutdown():
                 children = [bridge for _, bridge in self._bridges.values()]

@@ -84,7 +84,7 @@ class BridgeDisconnected(Input, frozen=True, kw_only=True):
 
 
 class FirstAudio(Input, frozen=True, kw_only=True):
-    """The first audio chunk a bridge received after its join."""
+    """The first audio chunk a bridge handed to the server after its join or a reconnect."""
 
     generation: int
 
@@ -110,6 +110,15 @@ class TimerFired(Input, frozen=True, kw_only=True):
     deadline_ms: int
 
 
+class RunStarted(Input, frozen=True, kw_only=True):
+    """A simulated run began: what it ran, so a replay can name it and re-run it."""
+
+    scenario: str
+    """The scenario as a JSON document."""
+    policy: str
+    seed: int
+
+
 class ProcessRestarted(Input, frozen=True, kw_only=True):
     """The server restarted; the bridge and the glasses connection did not survive it."""
 
@@ -128,6 +137,8 @@ class SessionResumed(Decision, frozen=True, kw_only=True):
 
 class GraceStarted(Decision, frozen=True, kw_only=True):
     deadline_ms: int
+    audio_held: bool = False
+    """Whether the bridge stops handing audio to this server while the glasses are away."""
 
 
 class BridgeStatusRequested(Decision, frozen=True, kw_only=True):
@@ -185,6 +196,7 @@ AnyEvent = (
     | BridgeStatusObserved
     | IdentityHolderObserved
     | TimerFired
+    | RunStarted
     | ProcessRestarted
     | SessionOpened
     | SessionResumed

@@ -61,6 +61,7 @@ class SessionView(msgspec.Struct, frozen=True, kw_only=True):
     escalated_until_ms: int | None = None
     audio_since_join: bool = False
     awaiting_status: bool = False
+    audio_held: bool = False
     last_start_ms: int | None = None
 
 
@@ -85,9 +86,11 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
     replace = msgspec.structs.replace
     match event:
         case SessionResumed(epoch=epoch):
-            return replace(view, state="ACTIVE", epoch=epoch, grace_deadline_ms=None)
-        case GraceStarted(deadline_ms=deadline):
-            return replace(view, state="GRACE", grace_deadline_ms=deadline)
+            return replace(
+                view, state="ACTIVE", epoch=epoch, grace_deadline_ms=None, audio_held=False
+            )
+        case GraceStarted(deadline_ms=deadline, audio_held=held):
+            return replace(view, state="GRACE", grace_deadline_ms=deadline, audio_held=held)
         case SessionDisposed():
             return replace(
                 view,

@@ -45,6 +45,8 @@ def fault_windows(world: World) -> list[tuple[int, int, str | None]]:
             windows.append(
                 (fault.start_ms, fault.start_ms + RESUME_GIVE_UP_MS + aftermath, fault.user)
             )
+        elif fault.kind == "crash":
+            windows.append((fault.start_ms, fault.end_ms, None))
         elif fault.kind == "remove":
             later = [
                 p.time_ms
@@ -179,7 +181,11 @@ def replay_matches_live(world: World) -> list[str]:
     """The views rebuilt from each server's log equal its live sessions."""
     violations = []
     for server, runtime in world.runtimes.items():
-        rebuilt = replay(world.stores[server].read_all())
+        rebuilt = {
+            stream: view
+            for stream, view in replay(world.stores[server].read_all()).items()
+            if view.server == server
+        }
         live = runtime.views()
         if rebuilt != live:
             differing = sorted(

@@ -38,6 +38,9 @@ from events.catalog import DisconnectReason
 RESUME_GIVE_UP_MS = 16_800
 """How long the SDK keeps trying to resume a dropped signal before it gives up."""
 
+DEPARTURE_DETECTION_MS = 15_000
+"""How long LiveKit takes to notice a participant whose process died (livekit/livekit#3292)."""
+
 
 class SfuConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     join_latency_ms: tuple[int, int] = (50, 200)
@@ -221,6 +224,29 @@ class SimLiveKit:
                     return True
             return False
 
+    def process_died(self, server: str) -> None:
+        """`server`'s process died: its participants stay until LiveKit notices they are gone."""
+        with self._lock:
+            orphans = [
+                c
+                for room in self._rooms.values()
+                for c in room.values()
+                if c.request.server == server
+            ]
+            for connection in orphans:
+                connection.state = "orphaned"
+                connection.on_event = _nobody
+        for connection in orphans:
+            self._executor.call_at(
+                self._executor.now_ms() + DEPARTURE_DETECTION_MS,
+                lambda c=connection: self._depart(c),  # type: ignore[misc]
+            )
+
+    def _depart(self, connection: _Connection) -> None:
+        with self._lock:
+            self._remove(connection)
+            connection.state = "gone"
+
     def participants(self, room: str | None = None) -> list[Participant]:
         with self._lock:
             rooms = [room] if room is not None else sorted(self._rooms)
@@ -292,6 +318,10 @@ class SimLiveKit:
         self._remove(connection)
         connection.state = "gone"
         connection.on_event(RoomDisconnected(reason=reason))
+
+
+def _nobody(_event: RoomEvent) -> None:
+    """Where a dead process's room events go."""
 
 
 class SimConnector:

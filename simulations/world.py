@@ -48,6 +48,10 @@ class Fault(msgspec.Struct, frozen=True, kw_only=True):
     user: str | None = None
 
 
+RECONNECT_AFTER_CRASH_MS = 1_000
+"""How soon glasses reconnect to a server whose process died and restarted."""
+
+
 def _tone(samples: int) -> bytes:
     """A 440 Hz tone as PCM16LE, the phone's stand-in for speech."""
     return b"".join(
@@ -189,6 +193,35 @@ class World:
                     user=user,
                 )
             )
+
+    def crash(self, server: str) -> None:
+        """`server`'s process dies and a new one starts from its log; its glasses reconnect
+        `RECONNECT_AFTER_CRASH_MS` later."""
+        dead = self.runtimes[server]
+        self.executor.crash(dead.actors())
+        self.sfu.process_died(server)
+        self.faults.append(
+            Fault(
+                kind="crash",
+                start_ms=self.now_ms,
+                end_ms=self.now_ms + RECONNECT_AFTER_CRASH_MS,
+                server=server,
+            )
+        )
+        dropped = [user for user, where in self._where.items() if where == server]
+        for user in dropped:
+            self._where[user] = None
+            self.presence.append(Presence(self.now_ms, user, None))
+        self.runtimes[server] = self._start_runtime(server)
+        for user in dropped:
+            self.executor.call_at(
+                self.now_ms + RECONNECT_AFTER_CRASH_MS,
+                lambda user=user: self._reconnect_after_crash(user, server),  # type: ignore[misc]
+            )
+
+    def _reconnect_after_crash(self, user: str, server: str) -> None:
+        if self._where.get(user) is None:
+            self.connect(user, server)
 
     def restart_server(self, server: str) -> None:
         """Stop `server`'s runtime and start a new one on the same log, as a deploy would.

@@ -1,0 +1,201 @@
+"""The `rejoin` command (DESIGN section 8): compare, simulate, replay.
+
+Exit codes: 0 done (for `simulate`: every expectation and invariant held), 1 an expectation or an
+invariant failed, 2 bad input (a one-line message on stderr naming the file and the fault).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from actors.policy import POLICIES, Policy, UnknownPolicy, policy_named
+from events.catalog import RunStarted
+from events.envelope import Envelope
+from events.log import LogError, read_valid_prefix
+from events.sqlite_store import SQLiteStore
+from simulations.metrics import Metrics, compute
+from simulations.report import comparison_table, result_lines, timeline_lines
+from simulations.scenario import BUILT_IN, Scenario, ScenarioError, load
+from simulations.scenario_runner import RUN_STREAM, RunResult, run
+
+
+class UsageError(Exception):
+    """Bad input from the command line; its message is the one line printed."""
+
+
+class ReplayResult(msgspec.Struct, frozen=True, kw_only=True):
+    scenario: str | None
+    policy: str | None
+    seed: int | None
+    metrics: Metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.command(args)
+    except (UsageError, ScenarioError, UnknownPolicy, LogError) as error:
+        print(f"rejoin: {error}", file=sys.stderr)
+        return 2
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rejoin",
+        description="Keep a LiveKit bridge in its user's room across reconnects, and prove it.",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    compare = commands.add_parser(
+        "compare", help="the seed's success metrics for every policy, side by side"
+    )
+    compare.add_argument("scenarios", nargs="*", metavar="SCENARIO", default=list(BUILT_IN))
+    compare.add_argument("--seed", type=int, help="override the scenarios' seeds")
+    compare.add_argument("--json", action="store_true", help="print the results as JSON")
+    compare.set_defaults(command=_compare)
+
+    simulate = commands.add_parser("simulate", help="run scenarios under one policy")
+    simulate.add_argument("scenarios", nargs="+", metavar="SCENARIO")
+    simulate.add_argument("--policy", default="supervised", help=f"one of {', '.join(POLICIES)}")
+    simulate.add_argument("--seed", type=int, help="override the scenarios' seeds")
+    simulate.add_argument("--json", action="store_true", help="print the results as JSON")
+    simulate.add_argument("--events", type=Path, metavar="PATH", help="write the event log here")
+    simulate.set_defaults(command=_simulate)
+
+    replay = commands.add_parser("replay", help="rebuild sessions from an event log")
+    replay.add_argument("log", type=Path, metavar="LOG")
+    replay.add_argument("--user", help="only this user's timeline")
+    replay.add_argument("--policy", help="re-run the recorded run under this policy")
+    replay.add_argument("--json", action="store_true", help="print the results as JSON")
+    replay.set_defaults(command=_replay)
+    return parser
+
+
+def _scenarios(references: list[str]) -> list[Scenario]:
+    return [load(reference) for reference in references]
+
+
+def _compare(args: argparse.Namespace) -> int:
+    scenarios = _scenarios(args.scenarios)
+    results = [
+        run(scenario, policy, seed=args.seed)
+        for scenario in scenarios
+        for policy in POLICIES.values()
+    ]
+    if args.json:
+        _print_json(results)
+    else:
+        print("\n".join(comparison_table(scenarios, list(POLICIES.values()), results)))
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    policy = policy_named(args.policy)
+    scenarios = _scenarios(args.scenarios)
+    if args.events is not None:
+        results = [_simulate_into(args.events, scenarios, policy, args.seed)]
+    else:
+        results = [run(scenario, policy, seed=args.seed) for scenario in scenarios]
+    if args.json:
+        _print_json(results)
+    else:
+        for result in results:
+            print("\n".join(result_lines(result)))
+    return 0 if all(result.passed for result in results) else 1
+
+
+def _simulate_into(
+    path: Path, scenarios: list[Scenario], policy: Policy, seed: int | None
+) -> RunResult:
+    if len(scenarios) != 1:
+        msg = f"{path}: --events records one run; name one scenario"
+        raise UsageError(msg)
+    if path.exists():
+        msg = f"{path}: already exists; --events writes a new log"
+        raise UsageError(msg)
+    store = SQLiteStore(path)
+    try:
+        return run(scenarios[0], policy, seed=seed, store=store)
+    finally:
+        store.close()
+
+
+def _replay(args: argparse.Namespace) -> int:
+    if not args.log.is_file():
+        msg = f"{args.log}: no such log file"
+        raise UsageError(msg)
+    store = SQLiteStore(args.log)
+    try:
+        envelopes, corrupt = read_valid_prefix(store)
+    finally:
+        store.close()
+    if corrupt is not None:
+        print(
+            f"rejoin: {corrupt}; replaying the {len(envelopes)} records before it",
+            file=sys.stderr,
+        )
+    recorded = _recorded_run(envelopes)
+    if args.policy is not None:
+        return _rerun(args, recorded, envelopes)
+    events = [e for e in envelopes if e.stream != RUN_STREAM]
+    result = ReplayResult(
+        scenario=recorded.name if recorded else None,
+        policy=_recorded_policy(envelopes),
+        seed=recorded.seed if recorded else None,
+        metrics=compute(events, end_ms=_end_ms(recorded, events)),
+    )
+    if args.json:
+        _print_json([result])
+    else:
+        shown = [e for e in events if args.user is None or e.user == args.user]
+        print("\n".join(timeline_lines(shown, result.metrics)))
+    return 0
+
+
+def _rerun(args: argparse.Namespace, recorded: Scenario | None, envelopes: list[Envelope]) -> int:
+    policy = policy_named(args.policy)
+    if recorded is None:
+        msg = f"{args.log}: holds no recorded run to re-run (it was not written by simulate)"
+        raise UsageError(msg)
+    result = run(recorded, policy, seed=recorded.seed)
+    if args.json:
+        _print_json([result])
+    else:
+        print("\n".join(result_lines(result)))
+    return 0 if result.passed else 1
+
+
+def _recorded_run(envelopes: list[Envelope]) -> Scenario | None:
+    for envelope in envelopes:
+        if isinstance(envelope.event, RunStarted):
+            scenario = msgspec.json.decode(envelope.event.scenario, type=Scenario)
+            return msgspec.structs.replace(scenario, seed=envelope.event.seed)
+    return None
+
+
+def _recorded_policy(envelopes: list[Envelope]) -> str | None:
+    for envelope in envelopes:
+        if isinstance(envelope.event, RunStarted):
+            return envelope.event.policy
+    return None
+
+
+def _end_ms(recorded: Scenario | None, events: list[Envelope]) -> int | None:
+    if recorded is not None:
+        return round(recorded.end_s * 1000)
+    return max((e.time_ms for e in events), default=None)
+
+
+def _print_json(results: Sequence[RunResult | ReplayResult]) -> None:
+    sys.stdout.write(msgspec.json.encode(list(results)).decode() + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The seed's success metrics (DESIGN section 6), computed from event logs alone.
+
+A live run and a replay of its log call the same function on the same events, so they report the
+same numbers. Where the glasses were comes from the `GlassesConnected` and `GlassesDisconnected`
+inputs of every server; audio comes from `FirstAudio`, which a bridge reports for the first chunk
+it hands to its server after a join or a reconnect.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable
+
+import msgspec
+
+from events.catalog import (
+    BridgeDisconnected,
+    BridgeJoined,
+    BridgeStarted,
+    FirstAudio,
+    GlassesConnected,
+    GlassesDisconnected,
+)
+from events.envelope import Envelope
+from events.projection import SessionView, apply
+
+AUDIO_WITHIN_MS = 5_000
+"""A reconnect or a switch succeeds when audio reaches the server within this time."""
+
+
+class Distribution(msgspec.Struct, frozen=True, kw_only=True):
+    count: int
+    p50: float | None
+    p99: float | None
+    max: float | None
+
+
+class Metrics(msgspec.Struct, frozen=True, kw_only=True):
+    reconnect_in_grace_audio_ratio: float | None
+    switch_success_ratio: float | None
+    time_to_audio_ms: Distribution
+    zombie_bridges: int
+    misrouted_audio_ms: int
+    kicks: int
+    bridge_joins: int
+    rejoins: int
+
+
+class _Counts(msgspec.Struct, kw_only=True):
+    kicks: int = 0
+    joins: int = 0
+    rejoins: int = 0
+    misrouted_ms: int = 0
+
+
+class _Connection(msgspec.Struct, kw_only=True):
+    user: str
+    server: str
+    start_ms: int
+    end_ms: int | None = None
+    in_grace: bool = False
+    switch: bool = False
+    first_audio_ms: int | None = None
+
+
+def canonical_order(envelopes: Iterable[Envelope]) -> list[Envelope]:
+    """Several servers' logs merged in time order, each server's own order kept; at one instant
+    a turn caused by a disconnect comes before one caused by a connect, as glasses leave one
+    server before they reach the next. The result does not depend on how the logs were stored."""
+    by_server: dict[str, list[Envelope]] = {}
+    inputs: dict[str, type] = {}
+    for envelope in envelopes:
+        by_server.setdefault(envelope.server, []).append(envelope)
+        inputs[envelope.event_id] = type(envelope.event)
+
+    def key(envelope: Envelope) -> tuple[int, int, str]:
+        cause = getattr(envelope.event, "cause", envelope.event_id)
+        turn = inputs.get(cause)
+        rank = 0 if turn is GlassesDisconnected else 2 if turn is GlassesConnected else 1
+        return (envelope.time_ms, rank, envelope.server)
+
+    logs = [sorted(log, key=lambda e: e.position) for _, log in sorted(by_server.items())]
+    return list(heapq.merge(*logs, key=key))
+
+
+def _percentile(sorted_values: list[int], fraction: float) -> float:
+    rank = max(1, math.ceil(fraction * len(sorted_values)))
+    return float(sorted_values[rank - 1])
+
+
+def compute(envelopes: Iterable[Envelope], *, end_ms: int | None = None) -> Metrics:
+    ordered = canonical_order(envelopes)
+    views: dict[str, SessionView] = {}
+    connections: list[_Connection] = []
+    current: dict[str, _Connection] = {}
+    last_server: dict[str, str] = {}
+    held_since: dict[str, int] = {}
+    counts = _Counts()
+    for envelope in ordered:
+        event = envelope.event
+        before = views.get(envelope.stream)
+        view = apply(before, envelope)
+        if view is not None:
+            views[envelope.stream] = view
+        user, server, now = envelope.user, envelope.server, envelope.time_ms
+        match event:
+            case GlassesConnected():
+                connection = _Connection(
+                    user=user,
+                    server=server,
+                    start_ms=now,
+                    in_grace=before is not None and before.state == "GRACE",
+                    switch=last_server.get(user, server) != server,
+                )
+                connections.append(connection)
+                current[user] = connection
+                last_server[user] = server
+            case GlassesDisconnected():
+                connection_now = current.get(user)
+                if connection_now is not None and connection_now.server == server:
+                    connection_now.end_ms = now
+                    del current[user]
+            case FirstAudio() if before is not None and event.generation == before.generation:
+                connection_now = current.get(user)
+                if (
+                    connection_now is not None
+                    and connection_now.server == server
+                    and connection_now.first_audio_ms is None
+                ):
+                    connection_now.first_audio_ms = now
+            case BridgeDisconnected(reason="DUPLICATE_IDENTITY"):
+                counts.kicks += 1
+            case BridgeJoined():
+                counts.joins += 1
+            case BridgeStarted(generation=generation) if generation > 1:
+                counts.rejoins += 1
+        counts.misrouted_ms += _misrouted_until(now, views, current, held_since)
+    if end_ms is not None:
+        counts.misrouted_ms += _misrouted_until(end_ms, views, current, held_since)
+    return _summarise(connections, views, counts, end_ms)
+
+
+def _misrouted_until(
+    now: int, views: dict[str, SessionView], current: dict[str, _Connection], since: dict[str, int]
+) -> int:
+    """Close or open the intervals in which a bridge hands audio to a server the glasses left
+    for another one; return the milliseconds of the intervals closed."""
+    closed = 0
+    for stream, view in views.items():
+        elsewhere = current.get(view.user)
+        misrouting = (
+            view.state == "GRACE"
+            and not view.audio_held
+            and view.bridge == "up"
+            and elsewhere is not None
+            and elsewhere.server != view.server
+        )
+        if misrouting and stream not in since:
+            since[stream] = now
+        elif not misrouting and stream in since:
+            closed += now - since.pop(stream)
+    return closed
+
+
+def _summarise(
+    connections: list[_Connection],
+    views: dict[str, SessionView],
+    counts: _Counts,
+    end_ms: int | None,
+) -> Metrics:
+    def heard_in_time(connection: _Connection) -> bool:
+        return (
+            connection.first_audio_ms is not None
+            and connection.first_audio_ms - connection.start_ms <= AUDIO_WITHIN_MS
+        )
+
+    def judged(connection: _Connection) -> bool:
+        # A connection the glasses left before it had its chance is no evidence either way.
+        end = connection.end_ms if connection.end_ms is not None else end_ms
+        return (
+            connection.first_audio_ms is not None
+            or end is None
+            or end - connection.start_ms >= AUDIO_WITHIN_MS
+        )
+
+    def ratio(selected: list[_Connection]) -> float | None:
+        selected = [c for c in selected if judged(c)]
+        if not selected:
+            return None
+        return sum(heard_in_time(c) for c in selected) / len(selected)
+
+    delays = sorted(
+        c.first_audio_ms - c.start_ms for c in connections if c.first_audio_ms is not None
+    )
+    zombies = sum(
+        1 for view in views.values() if view.state == "DISPOSED" and view.bridge != "down"
+    )
+    return Metrics(
+        reconnect_in_grace_audio_ratio=ratio([c for c in connections if c.in_grace]),
+        switch_success_ratio=ratio([c for c in connections if c.switch]),
+        time_to_audio_ms=Distribution(
+            count=len(delays),
+            p50=_percentile(delays, 0.5) if delays else None,
+            p99=_percentile(delays, 0.99) if delays else None,
+            max=float(delays[-1]) if delays else None,
+        ),
+        zombie_bridges=zombies,
+        misrouted_audio_ms=counts.misrouted_ms,
+        kicks=counts.kicks,
+        bridge_joins=counts.joins,
+        rejoins=counts.rejoins,
+    )

@@ -1,0 +1,169 @@
+"""Tables a person reads at a glance: the comparison, one run's result, a replayed timeline."""
+
+from __future__ import annotations
+
+from actors.policy import Policy
+from events.catalog import GlassesConnected, Input
+from events.envelope import Envelope
+from simulations.metrics import Metrics
+from simulations.scenario import Scenario
+from simulations.scenario_runner import RunResult
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest]).rstrip()
+
+    return [line(header), "  ".join("-" * w for w in widths), *(line(row) for row in rows)]
+
+
+def _percent(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.0%}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} ms"
+
+
+def comparison_table(
+    scenarios: list[Scenario], policies: list[Policy], results: list[RunResult]
+) -> list[str]:
+    """The seed's success metrics per policy over all scenarios, then a pass/fail grid."""
+    by_key = {(r.scenario, r.policy): r for r in results}
+    rows = []
+    for policy in policies:
+        mine = [by_key[(s.name, policy.name)] for s in scenarios]
+        rows.append(
+            [
+                policy.name,
+                _worst_ratio(mine, "reconnect"),
+                _worst_p99(mine),
+                _worst_ratio(mine, "switch"),
+                str(sum(r.metrics.zombie_bridges for r in mine)),
+                _ms(sum(r.metrics.misrouted_audio_ms for r in mine)),
+                str(sum(r.metrics.kicks for r in mine)),
+                f"{sum(r.passed for r in mine)}/{len(mine)}",
+            ]
+        )
+    names = ", ".join(s.name for s in scenarios)
+    lines = [
+        f"The seed's success metrics, worst case over {len(scenarios)} scenarios ({names}).",
+        "Targets: audio after every reconnect within grace, time to audio under 2 s,",
+        "every server switch with audio, no zombie bridges.",
+        "",
+        *_table(
+            [
+                "policy",
+                "reconnect in grace",
+                "time to audio p99",
+                "switch success",
+                "zombies",
+                "misrouted audio",
+                "kicks",
+                "passed",
+            ],
+            rows,
+        ),
+        "",
+        *_table(
+            ["scenario", *(p.name for p in policies)],
+            [
+                [s.name, *("pass" if by_key[(s.name, p.name)].passed else "FAIL" for p in policies)]
+                for s in scenarios
+            ],
+        ),
+    ]
+    failures = [r for r in results if not r.passed]
+    if failures:
+        lines += ["", "Why the failures failed (first reason each):"]
+        lines += [f"  {r.policy} on {r.scenario}: {_first_reason(r)}" for r in failures]
+    return lines
+
+
+def _worst_ratio(results: list[RunResult], kind: str) -> str:
+    """The worst scenario's ratio."""
+    ratios = [
+        r.metrics.reconnect_in_grace_audio_ratio
+        if kind == "reconnect"
+        else r.metrics.switch_success_ratio
+        for r in results
+    ]
+    present = [ratio for ratio in ratios if ratio is not None]
+    return _percent(min(present)) if present else "-"
+
+
+def _worst_p99(results: list[RunResult]) -> str:
+    p99s = [r.metrics.time_to_audio_ms.p99 for r in results]
+    never = [r for r in results if _never_heard(r.metrics)]
+    if never:
+        return f"never in {len(never)} of {len(results)}"
+    return _ms(max((p for p in p99s if p is not None), default=None))
+
+
+def _never_heard(metrics: Metrics) -> bool:
+    ratios = [metrics.reconnect_in_grace_audio_ratio, metrics.switch_success_ratio]
+    return any(ratio is not None and ratio < 1 for ratio in ratios)
+
+
+def _first_reason(result: RunResult) -> str:
+    for expect in result.expectations:
+        if not expect.passed:
+            if expect.audio_on is not None:
+                return f"no audio on {expect.audio_on} at {expect.at:g} s"
+            return f"audio on {expect.no_audio_on} at {expect.at:g} s, where none was expected"
+    return result.invariant_violations[0]
+
+
+def result_lines(result: RunResult) -> list[str]:
+    m = result.metrics
+    verdict = "PASS" if result.passed else "FAIL"
+    return [
+        f"{result.scenario} under {result.policy}, seed {result.seed}: {verdict}",
+        *(
+            f"  {'ok  ' if e.passed else 'FAIL'} at {e.at:g} s: {e.user} "
+            + (f"hears audio on {e.audio_on}" if e.audio_on else f"no audio on {e.no_audio_on}")
+            for e in result.expectations
+        ),
+        *(f"  invariant violated: {violation}" for violation in result.invariant_violations),
+        *_metric_lines(m),
+    ]
+
+
+def _metric_lines(m: Metrics) -> list[str]:
+    tta = m.time_to_audio_ms
+    return [
+        f"  audio after reconnect in grace {_percent(m.reconnect_in_grace_audio_ratio)}, "
+        f"switch success {_percent(m.switch_success_ratio)}, "
+        f"time to audio p50 {_ms(tta.p50)} p99 {_ms(tta.p99)} over {tta.count} connections",
+        f"  zombie bridges {m.zombie_bridges}, misrouted audio {_ms(m.misrouted_audio_ms)}, "
+        f"kicks {m.kicks}, bridge joins {m.bridge_joins}, rejoins {m.rejoins}",
+    ]
+
+
+def timeline_lines(envelopes: list[Envelope], metrics: Metrics) -> list[str]:
+    """Each user's story across servers, in time order."""
+    lines: list[str] = []
+    users = sorted({e.user for e in envelopes})
+    for user in users:
+        lines.append(f"{user}")
+        for envelope in sorted(
+            (e for e in envelopes if e.user == user), key=lambda e: (e.time_ms, e.position)
+        ):
+            event = envelope.event
+            name = type(event).__name__
+            detail = getattr(event, "why", "")
+            if isinstance(event, GlassesConnected):
+                detail = f"epoch {event.epoch}"
+            elif isinstance(event, Input):
+                detail = " ".join(
+                    f"{field}={getattr(event, field)}" for field in event.__struct_fields__
+                )
+            lines.append(
+                f"  {envelope.time_ms / 1000:>9.3f} s  {envelope.server:<8} {name:<24} {detail}"
+            )
+        lines.append("")
+    return [*lines, *_metric_lines(metrics)]
