@@ -140,7 +140,7 @@ class SQLiteStore:
                 try:
                     rows: list[Row] = self._db.execute(
                         f"SELECT {_COLUMNS} FROM events WHERE position >= ?"
-                        " ORDER BY position LIMIT 512",
+                        " ORDER BY position LIMIT 4096",
                         (expected,),
                     ).fetchall()
                 except sqlite3.DatabaseError as error:

@@ -18,6 +18,7 @@ from events.catalog import RunStarted
 from events.envelope import Envelope
 from events.log import LogError, read_valid_prefix
 from events.sqlite_store import SQLiteStore
+from simulations.bench import report
 from simulations.metrics import Metrics, compute
 from simulations.report import comparison_table, result_lines, timeline_lines
 from simulations.scenario import BUILT_IN, Scenario, ScenarioError, load
@@ -75,7 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--policy", help="re-run the recorded run under this policy")
     replay.add_argument("--json", action="store_true", help="print the results as JSON")
     replay.set_defaults(command=_replay)
+
+    bench = commands.add_parser("bench", help="measure the figures in BENCHMARKS.md")
+    bench.set_defaults(command=_bench)
     return parser
+
+
+def _bench(_args: argparse.Namespace) -> int:
+    for line in report():
+        print(line, flush=True)
+    return 0
 
 
 def _scenarios(references: list[str]) -> list[Scenario]:

@@ -1,0 +1,157 @@
+"""`rejoin bench`: the performance figures of DESIGN section 9, measured on this machine.
+
+Medians over repeats, because these machines are noisy; nothing here is asserted by a test.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import pykka
+
+from actors.deterministic_executor import DeterministicExecutor
+from actors.policy import POLICIES, SUPERVISED
+from actors.session import Session
+from events.catalog import GlassesConnected, GlassesDisconnected
+from events.envelope import Pending
+from events.memory_store import MemoryStore
+from events.projection import SessionView, replay
+from events.sqlite_store import SQLiteStore
+from simulations.scenario import BUILT_IN, load
+from simulations.scenario_runner import run
+from simulations.sim_livekit import SfuConfig, SimLiveKit
+
+
+def _median_s(action: Callable[[], object], repeats: int) -> float:
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        timings.append(time.perf_counter() - start)
+    return statistics.median(timings)
+
+
+def compare_wall_s(repeats: int = 5) -> float:
+    scenarios = [load(name) for name in BUILT_IN]
+
+    def compare() -> None:
+        for scenario in scenarios:
+            for policy in POLICIES.values():
+                run(scenario, policy)
+
+    return _median_s(compare, repeats)
+
+
+def reconnect_decision_cpu_us(samples: int = 2_000) -> tuple[float, float]:
+    """CPU time of one supervised reconnect turn whose bridge was kicked: from the input to the
+    restart request sent, including the append to an in-memory log. Returns (p50, p99)."""
+    executor = DeterministicExecutor(0)
+    store = MemoryStore()
+    connector = SimLiveKit(executor, executor.random, SfuConfig()).connector("prod")
+    supervisor = executor.spawn(_Sink)
+    timer = executor.spawn(_Sink)
+    costs = []
+    for sample in range(samples):
+        stream = f"prod/u{sample}/1"
+        kicked = SessionView(
+            stream=stream,
+            server="prod",
+            user=f"u{sample}",
+            incarnation=1,
+            version=0,
+            state="GRACE",
+            epoch=1,
+            time_ms=0,
+            generation=1,
+            bridge="down",
+            last_disconnect_reason="DUPLICATE_IDENTITY",
+            grace_deadline_ms=60_000,
+        )
+        session = executor.spawn(
+            Session,
+            server="prod",
+            user=f"u{sample}",
+            stream=stream,
+            store=store,
+            executor=executor,
+            policy=SUPERVISED,
+            grace_ms=60_000,
+            supervisor=supervisor,
+            timer=timer,
+            connector=connector,
+            recovered=kicked,
+        )
+        executor.run_until_idle()
+        session.tell(GlassesConnected(epoch=2))
+        start = time.process_time_ns()
+        executor.step()
+        costs.append((time.process_time_ns() - start) / 1000)
+        session.stop(block=False)
+        executor.run_until_idle()
+    costs.sort()
+    return costs[len(costs) // 2], costs[int(len(costs) * 0.99)]
+
+
+class _Sink(pykka.Actor):
+    """An actor that swallows every message, standing in for the supervisor and the timer."""
+
+    def on_receive(self, message: object) -> None:
+        return None
+
+
+def sqlite_append_events_per_s(
+    synchronous: Literal["FULL", "NORMAL"], batch: int = 100, batches: int = 200, repeats: int = 3
+) -> float:
+    def append() -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            store = SQLiteStore(Path(folder) / "bench.db", synchronous=synchronous)
+            for number in range(batches):
+                store.append(f"prod/u{number}/1", 0, _batch(number, batch))
+            store.close()
+
+    return batch * batches / _median_s(append, repeats)
+
+
+def replay_events_per_s(events: int = 100_000, repeats: int = 3) -> float:
+    with tempfile.TemporaryDirectory() as folder:
+        store = SQLiteStore(Path(folder) / "bench.db", synchronous="NORMAL")
+        per_stream = 100
+        for number in range(events // per_stream):
+            store.append(f"prod/u{number}/1", 0, _batch(number, per_stream))
+        seconds = _median_s(lambda: replay(store.read_all()), repeats)
+        store.close()
+    return events / seconds
+
+
+def _batch(number: int, size: int) -> list[Pending]:
+    return [
+        Pending(
+            event_id=f"{number}-{offset}",
+            time_ms=offset,
+            server="prod",
+            user=f"u{number}",
+            event=GlassesConnected(epoch=offset) if offset % 2 else GlassesDisconnected(),
+        )
+        for offset in range(size)
+    ]
+
+
+def report() -> list[str]:
+    p50, p99 = reconnect_decision_cpu_us()
+    return [
+        f"compare, 5 scenarios x 6 policies (twin runs included): "
+        f"{compare_wall_s():.2f} s wall, median of 5",
+        f"supervised reconnect decision (input to restart request): "
+        f"p50 {p50:.0f} us, p99 {p99:.0f} us CPU",
+        f"SQLite append, 100-event batches, synchronous=FULL: "
+        f"{sqlite_append_events_per_s('FULL'):,.0f} events/s",
+        f"SQLite append, 100-event batches, synchronous=NORMAL: "
+        f"{sqlite_append_events_per_s('NORMAL'):,.0f} events/s",
+        f"replay from SQLite (read, decode, fold) of 100k events: "
+        f"{replay_events_per_s():,.0f} events/s",
+    ]
