@@ -290,6 +290,11 @@ class Session(pykka.Actor):
         self._gate_audio(open_=False)
         if self._policy.stop_bridge_on_grace:
             self._stop_bridge(f"{self._policy.name}: the bridge is disposed when grace starts")
+        elif self._policy.supervise_losses and self.view.bridge == "joining":
+            self._stop_bridge(
+                "the glasses left before the join completed: "
+                "a late join would kick the server they went to"
+            )
 
     def _on_restarted(self) -> None:
         view = self.view

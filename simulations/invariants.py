@@ -45,6 +45,8 @@ def fault_windows(world: World) -> list[tuple[int, int, str | None]]:
             windows.append(
                 (fault.start_ms, fault.start_ms + RESUME_GIVE_UP_MS + aftermath, fault.user)
             )
+        elif fault.kind == "unnoticed_close":
+            windows.append((fault.start_ms, fault.end_ms + aftermath, fault.user))
         elif fault.kind == "crash":
             windows.append((fault.start_ms, fault.end_ms, None))
         elif fault.kind == "remove":

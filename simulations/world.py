@@ -151,6 +151,15 @@ class World:
         self.presence.append(Presence(self.now_ms, user, None))
         runtime = self.runtimes[server]
         if noticed_after_ms:
+            self.faults.append(
+                Fault(
+                    kind="unnoticed_close",
+                    start_ms=self.now_ms,
+                    end_ms=self.now_ms + noticed_after_ms,
+                    server=server,
+                    user=user,
+                )
+            )
             self.executor.call_at(
                 self.now_ms + noticed_after_ms, lambda: runtime.glasses_disconnected(user)
             )

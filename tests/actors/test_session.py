@@ -12,6 +12,7 @@ from events.catalog import (
     BridgeKept,
     BridgeStarted,
     BridgeStatusRequested,
+    BridgeStopped,
     Event,
     IdentityHolderRequested,
     ProcessRestarted,
@@ -116,13 +117,26 @@ def test_a_kick_by_a_newer_connection_while_active_stays_down(world: World) -> N
     assert [p.server for p in world.sfu.participants(USER)] == ["debug"]
 
 
+def test_leaving_during_a_join_cancels_it_so_it_cannot_kick_the_next_server() -> None:
+    world = World(servers=["prod", "debug"], seed=1, sfu=SfuConfig(join_latency_ms=(50, 1_200)))
+    world.connect(USER, "prod")
+    world.connect(USER, "debug")
+    world.run_for(5_000)
+    stopped = decisions(world, "prod", BridgeStopped)
+    assert stopped
+    assert "before the join completed" in stopped[0].why
+    assert world.sfu.kicks == 0
+    assert [p.server for p in world.sfu.participants(USER)] == ["debug"]
+
+
 def test_a_late_join_of_an_older_connection_is_fenced_by_epoch() -> None:
     for seed in range(50):
         world = World(
             servers=["prod", "debug"], seed=seed, sfu=SfuConfig(join_latency_ms=(50, 1_200))
         )
         world.connect(USER, "prod")
-        world.connect(USER, "debug")
+        # prod has not noticed the glasses left, so its join goes on and may finish last.
+        world.connect(USER, "debug", close_noticed_after_ms=30_000)
         world.run_for(10_000)
         if decisions(world, "debug", IdentityHolderRequested):
             break

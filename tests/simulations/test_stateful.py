@@ -49,9 +49,9 @@ class RejoinMachine(RuleBasedStateMachine):
         servers = self.worlds[0].servers
         return servers[index % len(servers)]
 
-    def _each(self, action: str, *args: object, pause_ms: int = 0) -> None:
+    def _each(self, action: str, *args: object, pause_ms: int = 0, **options: int) -> None:
         for world in self.worlds:
-            getattr(world, action)(*args)
+            getattr(world, action)(*args, **options)
             world.run_for(pause_ms)
 
     @rule(user=indices, server=indices, pause_ms=pauses)
@@ -80,11 +80,18 @@ class RejoinMachine(RuleBasedStateMachine):
         """Longer than the restart budget's backoff: escalation and the cool-down."""
         self._each("outage", duration_ms)
 
-    @rule(user=indices, first=indices, second=indices)
-    def race(self, user: int, first: int, second: int) -> None:
-        """Two connections faster than a join: a late join may kick the newer one."""
-        self._each("connect", self._user(user), self._server(first))
-        self._each("connect", self._user(user), self._server(second))
+    @rule(
+        user=indices,
+        first=indices,
+        second=indices,
+        noticed_after_ms=st.integers(min_value=0, max_value=10_000),
+    )
+    def race(self, user: int, first: int, second: int, noticed_after_ms: int) -> None:
+        """Two connections faster than a join, the first server noticing the glasses left
+        only later: its late join may kick the newer one, and fencing must settle it."""
+        name = self._user(user)
+        self._each("connect", name, self._server(first))
+        self._each("connect", name, self._server(second), close_noticed_after_ms=noticed_after_ms)
 
     @rule(user=indices, server=indices)
     def remove_bridge(self, user: int, server: int) -> None:
