@@ -24,6 +24,8 @@ import hypothesis
 import pykka
 from pykka._envelope import Envelope as PykkaEnvelope
 
+from actors.executor import Deadline
+
 A = TypeVar("A", bound=pykka.Actor)
 T = TypeVar("T")
 
@@ -33,17 +35,6 @@ WALL_CLOCK_ORIGIN_MS = 1_760_000_000_000
 
 class Livelock(RuntimeError):
     """The actors kept messaging each other without the clock ever needing to move."""
-
-
-class _Timer:
-    __slots__ = ("callback", "cancelled")
-
-    def __init__(self, callback: Callable[[], object]) -> None:
-        self.callback = callback
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 class _Inbox:
@@ -146,7 +137,7 @@ class DeterministicExecutor:
         self._now_ms = 0
         self._ready: list[_Runnable] = []
         self._ready_set: set[int] = set()
-        self._heap: list[tuple[int, int, _Timer]] = []
+        self._heap: list[tuple[int, int, Deadline]] = []
         self._sequence = itertools.count()
         self._classes: dict[type[pykka.Actor], type[pykka.Actor]] = {}
         self._actors: list[pykka.ActorRef[Any]] = []
@@ -182,12 +173,12 @@ class DeterministicExecutor:
     def wall_ms(self) -> int:
         return WALL_CLOCK_ORIGIN_MS + self._now_ms
 
-    def call_at(self, deadline_ms: int, callback: Callable[[], object]) -> _Timer:
-        timer = _Timer(callback)
+    def call_at(self, deadline_ms: int, callback: Callable[[], object]) -> Deadline:
+        timer = Deadline(callback)
         heapq.heappush(self._heap, (max(deadline_ms, self._now_ms), next(self._sequence), timer))
         return timer
 
-    def call_later(self, delay_ms: int, callback: Callable[[], object]) -> _Timer:
+    def call_later(self, delay_ms: int, callback: Callable[[], object]) -> Deadline:
         return self.call_at(self._now_ms + delay_ms, callback)
 
     def new_id(self) -> str:

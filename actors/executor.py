@@ -21,6 +21,19 @@ class TimerHandle(Protocol):
     def cancel(self) -> None: ...
 
 
+class Deadline:
+    """A callback due at some time; both executors keep these in a heap."""
+
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class Executor(Protocol):
     """Where actors run. Times are integer milliseconds on the executor's monotonic clock."""
 

@@ -14,21 +14,12 @@ from typing import Any, TypeVar, cast
 
 import pykka
 
+from actors.executor import Deadline
+
 A = TypeVar("A", bound=pykka.Actor)
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
-
-
-class _Timer:
-    __slots__ = ("callback", "cancelled")
-
-    def __init__(self, callback: Callable[[], object]) -> None:
-        self.callback = callback
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 class ThreadingExecutor:
@@ -39,7 +30,7 @@ class ThreadingExecutor:
         self._random = random.Random()
         self._classes: dict[type[pykka.Actor], type[pykka.Actor]] = {}
         self._refs: list[pykka.ActorRef[Any]] = []
-        self._heap: list[tuple[int, int, _Timer]] = []
+        self._heap: list[tuple[int, int, Deadline]] = []
         self._sequence = itertools.count()
         self._condition = threading.Condition()
         self._closed = False
@@ -66,8 +57,8 @@ class ThreadingExecutor:
     def wall_ms(self) -> int:
         return time.time_ns() // 1_000_000
 
-    def call_at(self, deadline_ms: int, callback: Callable[[], object]) -> _Timer:
-        timer = _Timer(callback)
+    def call_at(self, deadline_ms: int, callback: Callable[[], object]) -> Deadline:
+        timer = Deadline(callback)
         with self._condition:
             heapq.heappush(self._heap, (deadline_ms, next(self._sequence), timer))
             self._condition.notify()
