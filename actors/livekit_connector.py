@@ -1,0 +1,308 @@
+"""The connector to a real LiveKit server, through the `livekit` SDK and `livekit-api`.
+
+One asyncio event loop, on one thread, serves every connection of a runtime: the SDK is asyncio,
+and a bridge must never block its mailbox on the network. `join` returns at once; the SDK's
+events come back through the bridge's callback, which only tells the bridge actor a message.
+Each join gets a freshly minted token: a short TTL, only the grants a bridge needs (join the
+room and subscribe; no publishing), and metadata `{server, epoch}` so other servers can fence.
+No token or secret ever reaches a log or an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from datetime import timedelta
+from typing import Any, TypeVar, get_args
+
+import msgspec
+from livekit import api, rtc
+from livekit.protocol import models
+
+from actors.connector import (
+    IdentityHolder,
+    JoinRequest,
+    PhonePresence,
+    RoomData,
+    RoomDisconnected,
+    RoomEvent,
+    RoomJoined,
+    RoomJoinFailed,
+)
+from events.catalog import DisconnectReason
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class LiveKitSettings(msgspec.Struct, frozen=True, kw_only=True):
+    url: str
+    api_key: str
+    api_secret: str
+    token_ttl_s: int = 600
+    connect_timeout_s: float = 10.0
+    single_peer_connection: bool | None = None
+    """`None` lets the SDK choose (single PC, falling back on a 404); the loopback server speaks
+    only the two-PC protocol, and `False` skips the fallback's noise."""
+
+    def room_options(self, *, auto_subscribe: bool) -> rtc.RoomOptions:
+        return rtc.RoomOptions(
+            auto_subscribe=auto_subscribe, single_peer_connection=self.single_peer_connection
+        )
+
+    def __repr__(self) -> str:
+        return f"LiveKitSettings(url={self.url!r}, api_key={self.api_key!r}, api_secret=***)"
+
+    def token(
+        self, *, identity: str, room: str, grants: api.VideoGrants, metadata: str = ""
+    ) -> str:
+        """A token with this settings' TTL for one participant of one room."""
+        return (
+            api.AccessToken(self.api_key, self.api_secret)
+            .with_identity(identity)
+            .with_metadata(metadata)
+            .with_ttl(timedelta(seconds=self.token_ttl_s))
+            .with_grants(grants)
+            .to_jwt()
+        )
+
+    @property
+    def http_url(self) -> str:
+        return self.url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+
+
+def redact(text: str, *secrets: str) -> str:
+    """`text` with every secret (API secret, token) replaced, for logs and error messages."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def bridge_token(settings: LiveKitSettings, request: JoinRequest) -> str:
+    """A token for one join of one bridge."""
+    return settings.token(
+        identity=request.identity,
+        room=request.room,
+        metadata=json.dumps({"server": request.server, "epoch": request.epoch}),
+        grants=api.VideoGrants(
+            room_join=True,
+            room=request.room,
+            can_subscribe=True,
+            can_publish=False,
+            can_publish_data=False,
+        ),
+    )
+
+
+def reason_name(reason: int) -> DisconnectReason:
+    """The policy's name for an SDK disconnect reason (an unknown number is UNKNOWN_REASON)."""
+    try:
+        name = models.DisconnectReason.Name(reason)
+    except ValueError:
+        return "UNKNOWN_REASON"
+    known: dict[str, DisconnectReason] = {n: n for n in get_args(DisconnectReason)}
+    return known.get(name, "UNKNOWN_REASON")
+
+
+class EventLoopThread:
+    """One asyncio event loop on a daemon thread; coroutines are submitted from any thread."""
+
+    def __init__(self, name: str = "rejoin-livekit") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        self.loop.close()
+
+
+class LiveKitConnector:
+    """Bridges reach LiveKit rooms through this; `close()` releases every handle it made."""
+
+    def __init__(self, settings: LiveKitSettings, loop: EventLoopThread | None = None) -> None:
+        self.settings = settings
+        self._owns_loop = loop is None
+        self._loop = loop or EventLoopThread()
+        self._handles: set[LiveKitHandle] = set()
+        self._lock = threading.Lock()
+        self._api: api.LiveKitAPI | None = None
+
+    @property
+    def live_handles(self) -> int:
+        with self._lock:
+            return len(self._handles)
+
+    def join(self, request: JoinRequest, on_event: Callable[[RoomEvent], object]) -> LiveKitHandle:
+        handle = LiveKitHandle(self, request, on_event)
+        with self._lock:
+            self._handles.add(handle)
+        handle.start(self._loop)
+        return handle
+
+    def _forget(self, handle: LiveKitHandle) -> None:
+        with self._lock:
+            self._handles.discard(handle)
+
+    def lookup_holder(
+        self, room: str, identity: str, reply: Callable[[IdentityHolder | None], object]
+    ) -> None:
+        self._loop.submit(self._lookup(room, identity, reply))
+
+    async def _lookup(
+        self, room: str, identity: str, reply: Callable[[IdentityHolder | None], object]
+    ) -> None:
+        try:
+            info = await self._room_service().get_participant(
+                api.RoomParticipantIdentity(room=room, identity=identity)
+            )
+        except api.TwirpError as error:
+            if error.code != "not_found":
+                logger.warning("room service lookup failed: %s", self._redacted(str(error)))
+            reply(None)
+            return
+        except Exception as error:
+            logger.warning("room service lookup failed: %s", self._redacted(str(error)))
+            reply(None)
+            return
+        reply(_holder(info.metadata))
+
+    def _room_service(self) -> Any:
+        if self._api is None:
+            s = self.settings
+            self._api = api.LiveKitAPI(s.http_url, s.api_key, s.api_secret)
+        return self._api.room
+
+    def _redacted(self, text: str, *more: str) -> str:
+        return redact(text, self.settings.api_secret, *more)
+
+    def close(self) -> None:
+        """Leave every room, close the room service client, and stop the loop if it is ours."""
+        with self._lock:
+            handles = list(self._handles)
+        for handle in handles:
+            handle.leave()
+        for handle in handles:
+            handle.wait_released(timeout_s=5)
+        if self._api is not None:
+            self._loop.submit(self._api.aclose()).result(timeout=5)
+            self._api = None
+        if self._owns_loop:
+            self._loop.stop()
+
+
+def _holder(metadata: str) -> IdentityHolder:
+    try:
+        fields = json.loads(metadata) if metadata else {}
+    except json.JSONDecodeError:
+        fields = {}
+    server = fields.get("server")
+    epoch = fields.get("epoch")
+    return IdentityHolder(
+        server=server if isinstance(server, str) else None,
+        epoch=epoch if isinstance(epoch, int) else None,
+    )
+
+
+class LiveKitHandle:
+    """One join of one bridge: the SDK room, its event handlers, and its release."""
+
+    def __init__(
+        self,
+        connector: LiveKitConnector,
+        request: JoinRequest,
+        on_event: Callable[[RoomEvent], object],
+    ) -> None:
+        self._connector = connector
+        self._request = request
+        self._on_event = on_event
+        self._room: rtc.Room | None = None
+        self._left = threading.Event()
+        self._released = threading.Event()
+
+    def start(self, loop: EventLoopThread) -> None:
+        self._loop = loop
+        loop.submit(self._run())
+
+    def leave(self) -> None:
+        if self._left.is_set():
+            return
+        self._left.set()
+        self._loop.submit(self._release())
+
+    def wait_released(self, timeout_s: float) -> bool:
+        return self._released.wait(timeout_s)
+
+    async def _run(self) -> None:
+        if self._left.is_set():
+            await self._release()
+            return
+        settings, request = self._connector.settings, self._request
+        token = bridge_token(settings, request)
+        room = rtc.Room(loop=asyncio.get_running_loop())
+        self._room = room
+        room.on("disconnected", self._disconnected)
+        room.on("data_received", self._data_received)
+        room.on("participant_connected", self._participant_connected)
+        room.on("participant_disconnected", self._participant_disconnected)
+        try:
+            await asyncio.wait_for(
+                room.connect(settings.url, token, settings.room_options(auto_subscribe=False)),
+                timeout=settings.connect_timeout_s,
+            )
+        except Exception as error:
+            if not self._left.is_set():
+                message = self._connector._redacted(str(error) or type(error).__name__, token)
+                self._on_event(RoomJoinFailed(error=message))
+            await self._release()
+            return
+        if self._left.is_set():
+            await self._release()
+            return
+        phone = request.phone_identity in room.remote_participants
+        self._on_event(
+            RoomJoined(
+                participant_sid=room.local_participant.sid,
+                participant_count=len(room.remote_participants) + 1,
+                phone_present=phone,
+            )
+        )
+
+    def _disconnected(self, reason: int) -> None:
+        if not self._left.is_set():
+            self._on_event(RoomDisconnected(reason=reason_name(reason)))
+
+    def _data_received(self, packet: rtc.DataPacket) -> None:
+        sender = packet.participant
+        if sender is not None and sender.identity == self._request.phone_identity:
+            self._on_event(RoomData(payload=bytes(packet.data)))
+
+    def _participant_connected(self, participant: rtc.RemoteParticipant) -> None:
+        if participant.identity == self._request.phone_identity:
+            self._on_event(PhonePresence(present=True))
+
+    def _participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        if participant.identity == self._request.phone_identity:
+            self._on_event(PhonePresence(present=False))
+
+    async def _release(self) -> None:
+        room, self._room = self._room, None
+        if room is not None:
+            try:
+                await asyncio.wait_for(room.disconnect(), timeout=5)
+            except Exception as error:
+                logger.warning("leaving the room failed: %s", self._connector._redacted(str(error)))
+        self._connector._forget(self)
+        self._released.set()

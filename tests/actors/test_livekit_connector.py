@@ -1,0 +1,53 @@
+"""The LiveKit connector's pure parts: the token a bridge joins with, reason names, redaction.
+Joining real rooms is covered by tests/integration/test_real_sdk.py."""
+
+import json
+
+from livekit import api
+
+from actors.connector import JoinRequest
+from actors.livekit_connector import LiveKitSettings, bridge_token, reason_name, redact
+
+SETTINGS = LiveKitSettings(
+    url="ws://127.0.0.1:7880",
+    api_key="devkey",
+    api_secret="s3cret-value-long-enough-for-hs256-keys",
+)
+REQUEST = JoinRequest(
+    room="ada@x.io",
+    identity="cloud-agent:ada@x.io",
+    server="prod",
+    epoch=42,
+    generation=3,
+    phone_identity="ada@x.io",
+)
+
+
+def test_a_bridge_token_grants_only_joining_and_subscribing_and_carries_server_and_epoch() -> None:
+    claims = api.TokenVerifier("devkey", "s3cret-value-long-enough-for-hs256-keys").verify(
+        bridge_token(SETTINGS, REQUEST)
+    )
+    assert claims.identity == "cloud-agent:ada@x.io"
+    video = claims.video
+    assert video is not None
+    assert (video.room_join, video.room, video.can_subscribe) == (True, "ada@x.io", True)
+    assert (video.can_publish, video.can_publish_data) == (False, False)
+    assert not video.room_admin
+    assert json.loads(claims.metadata) == {"server": "prod", "epoch": 42}
+
+
+def test_sdk_reasons_map_to_the_policy_names() -> None:
+    assert reason_name(2) == "DUPLICATE_IDENTITY"
+    assert reason_name(4) == "PARTICIPANT_REMOVED"
+    assert reason_name(0) == "UNKNOWN_REASON"
+    assert reason_name(999) == "UNKNOWN_REASON"
+
+
+def test_secrets_never_reach_a_message_or_a_repr() -> None:
+    token = bridge_token(SETTINGS, REQUEST)
+    text = f"connect failed for {token} with s3cret-value-long-enough-for-hs256-keys"
+    assert (
+        redact(text, token, "s3cret-value-long-enough-for-hs256-keys")
+        == "connect failed for [redacted] with [redacted]"
+    )
+    assert "s3cret-value-long-enough-for-hs256-keys" not in repr(SETTINGS)
