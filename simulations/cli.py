@@ -7,22 +7,30 @@ invariant failed, 2 bad input (a one-line message on stderr naming the file and 
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
 
+from actors.livekit_connector import LiveKitSettings
 from actors.policy import POLICIES, Policy, UnknownPolicy, policy_named
 from events.catalog import RunStarted
 from events.envelope import Envelope
 from events.log import LogError, read_valid_prefix
 from events.sqlite_store import SQLiteStore
 from simulations.bench import report
+from simulations.live_runner import refuse_unsupported, run_live
+from simulations.loopback_server import LoopbackThread, serve
 from simulations.metrics import Metrics, compute
 from simulations.report import comparison_table, result_lines, timeline_lines
 from simulations.scenario import BUILT_IN, Scenario, ScenarioError, load
 from simulations.scenario_runner import RUN_STREAM, RunResult, run
+
+LIVEKIT_VARIABLES = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
 
 
 class UsageError(Exception):
@@ -68,7 +76,24 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, help="override the scenarios' seeds")
     simulate.add_argument("--json", action="store_true", help="print the results as JSON")
     simulate.add_argument("--events", type=Path, metavar="PATH", help="write the event log here")
+    simulate.add_argument(
+        "--sfu",
+        choices=["sim", "loopback", "livekit"],
+        default="sim",
+        help="the simulated LiveKit (default); the loopback server with the real SDK, in real "
+        "time; or the LiveKit at LIVEKIT_URL with LIVEKIT_API_KEY and LIVEKIT_API_SECRET",
+    )
     simulate.set_defaults(command=_simulate)
+
+    loopback = commands.add_parser(
+        "loopback-server", help="the LiveKit-compatible loopback server (key devkey)"
+    )
+    loopback.add_argument("--host", default="127.0.0.1")
+    loopback.add_argument("--port", type=int, default=7880)
+    loopback.add_argument(
+        "--secret", default="secret", help="the API secret of key devkey (default: secret)"
+    )
+    loopback.set_defaults(command=_loopback_server)
 
     replay = commands.add_parser("replay", help="rebuild sessions from an event log")
     replay.add_argument("log", type=Path, metavar="LOG")
@@ -109,7 +134,9 @@ def _compare(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     policy = policy_named(args.policy)
     scenarios = _scenarios(args.scenarios)
-    if args.events is not None:
+    if args.sfu != "sim":
+        results = _simulate_live(args, scenarios, policy)
+    elif args.events is not None:
         results = [_simulate_into(args.events, scenarios, policy, args.seed)]
     else:
         results = [run(scenario, policy, seed=args.seed) for scenario in scenarios]
@@ -119,6 +146,66 @@ def _simulate(args: argparse.Namespace) -> int:
         for result in results:
             print("\n".join(result_lines(result)))
     return 0 if all(result.passed for result in results) else 1
+
+
+def _simulate_live(
+    args: argparse.Namespace, scenarios: list[Scenario], policy: Policy
+) -> list[RunResult]:
+    for scenario in scenarios:
+        refuse_unsupported(scenario, loopback=args.sfu == "loopback")
+    if args.events is not None and len(scenarios) != 1:
+        msg = f"{args.events}: --events records one run; name one scenario"
+        raise UsageError(msg)
+    if args.events is not None and args.events.exists():
+        msg = f"{args.events}: already exists; --events writes a new log"
+        raise UsageError(msg)
+    store = SQLiteStore(args.events) if args.events is not None else None
+    loopback: LoopbackThread | None = None
+    try:
+        if args.sfu == "loopback":
+            secret = secrets.token_urlsafe(32)
+            loopback = LoopbackThread(api_key="devkey", api_secret=secret, port=_free_port())
+            loopback.start()
+            settings = LiveKitSettings(
+                url=loopback.url, api_key="devkey", api_secret=secret, single_peer_connection=False
+            )
+        else:
+            settings = _settings_from_environment()
+        return [
+            run_live(scenario, policy, settings, loopback=loopback, store=store)
+            for scenario in scenarios
+        ]
+    finally:
+        if loopback is not None:
+            loopback.stop()
+        if store is not None:
+            store.close()
+
+
+def _settings_from_environment() -> LiveKitSettings:
+    values = {name: os.environ.get(name, "") for name in LIVEKIT_VARIABLES}
+    missing = [name for name, value in values.items() if not value]
+    if missing:
+        msg = f"--sfu livekit needs {', '.join(missing)} in the environment"
+        raise UsageError(msg)
+    return LiveKitSettings(
+        url=values["LIVEKIT_URL"],
+        api_key=values["LIVEKIT_API_KEY"],
+        api_secret=values["LIVEKIT_API_SECRET"],
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _loopback_server(args: argparse.Namespace) -> int:
+    print(f"loopback LiveKit at ws://{args.host}:{args.port} (api key devkey)", flush=True)
+    serve(args.host, args.port, args.secret)
+    return 0
 
 
 def _simulate_into(

@@ -7,8 +7,8 @@ the metrics come from the first run's log, exactly as a replay of that log compu
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import msgspec
 
@@ -21,7 +21,7 @@ from simulations.invariants import all_violations
 from simulations.metrics import Metrics, compute
 from simulations.scenario import Expect, Scenario, Step
 from simulations.sim_livekit import SfuConfig
-from simulations.world import World
+from simulations.world import Delivery, World
 
 RUN_STREAM = "run"
 AUDIO_WINDOW_MS = 500
@@ -76,7 +76,7 @@ def run(
         store.append(
             RUN_STREAM,
             store.stream_version(RUN_STREAM),
-            [_run_started(world, scenario, policy, chosen)],
+            [run_started(scenario, policy, chosen, world.now_ms)],
         )
     expectations = play(world, scenario)
     violations = all_violations(world)
@@ -98,13 +98,14 @@ def run(
     )
 
 
-def _run_started(world: World, scenario: Scenario, policy: Policy, seed: int) -> Pending:
+def run_started(scenario: Scenario, policy: Policy, seed: int, time_ms: int) -> Pending:
+    """The record of a run at the head of its log."""
     # The id is derived, not drawn: drawing would shift the seeded schedule of the run itself.
     return Pending(
         event_id=str(
             uuid.uuid5(uuid.NAMESPACE_URL, f"rejoin:{scenario.name}:{policy.name}:{seed}")
         ),
-        time_ms=world.now_ms,
+        time_ms=time_ms,
         server="",
         user="",
         event=RunStarted(
@@ -130,49 +131,77 @@ def _server_bytes(world: World) -> dict[str, bytes]:
     return {server: b"\n".join(lines) for server, lines in by_server.items()}
 
 
-def play(world: World, scenario: Scenario) -> list[ExpectationResult]:
-    """Steps and expectations in time order; at one instant, steps first, in file order."""
+class Stage(Protocol):
+    """Where a scenario's steps happen: the simulated world, or a live run against LiveKit."""
+
+    def connect(self, user: str, server: str) -> None: ...
+
+    def disconnect(self, user: str) -> None: ...
+
+    def outage(self, duration_ms: int) -> None: ...
+
+    def remove_bridge(self, server: str, user: str) -> None: ...
+
+    def crash(self, server: str) -> None: ...
+
+    def signal_loss(self, server: str, user: str) -> None: ...
+
+
+def schedule(
+    scenario: Scenario,
+    stage: Stage,
+    wait_until: Callable[[int], object],
+    deliveries: Callable[[], list[Delivery]],
+) -> list[ExpectationResult]:
+    """Steps and expectations in time order; at one instant, steps first, in file order.
+    `wait_until(ms)` lets the stage's time pass; expectations are judged on `deliveries()`."""
     timeline: list[tuple[int, int, Callable[[], Any]]] = []
     results: dict[int, ExpectationResult] = {}
     for order, step in enumerate(scenario.step):
-        timeline.append((_ms(step.at), order, _action(world, step)))
+        timeline.append((_ms(step.at), order, _action(stage, step)))
     for index, expect in enumerate(scenario.expect):
 
         def check(index: int = index, expect: Expect = expect) -> None:
-            results[index] = _judge(world, expect)
+            results[index] = judge(deliveries(), expect)
 
         timeline.append((_ms(expect.at), len(scenario.step) + index, check))
     for at_ms, _, act in sorted(timeline, key=lambda item: (item[0], item[1])):
-        world.run_until(at_ms)
+        wait_until(at_ms)
         act()
-    world.run_until(_ms(scenario.end_s))
-    world.settle()
+    wait_until(_ms(scenario.end_s))
     return [results[index] for index in range(len(scenario.expect))]
 
 
-def _action(world: World, step: Step) -> Callable[[], Any]:
+def play(world: World, scenario: Scenario) -> list[ExpectationResult]:
+    results = schedule(scenario, world, world.run_until, lambda: world.deliveries)
+    world.settle()
+    return results
+
+
+def _action(stage: Stage, step: Step) -> Callable[[], Any]:
     user = step.user or ""
     if step.connect is not None:
-        return lambda: world.connect(user, step.connect or "")
+        return lambda: stage.connect(user, step.connect or "")
     if step.disconnect:
-        return lambda: world.disconnect(user)
+        return lambda: stage.disconnect(user)
     if step.sfu_outage_s is not None:
-        return lambda: world.outage(_ms(step.sfu_outage_s or 0))
+        return lambda: stage.outage(_ms(step.sfu_outage_s or 0))
     if step.remove_bridge is not None:
-        return lambda: world.remove_bridge(step.remove_bridge or "", user)
+        return lambda: stage.remove_bridge(step.remove_bridge or "", user)
     if step.crash is not None:
-        return lambda: world.crash(step.crash or "")
-    return lambda: world.signal_loss(step.signal_loss or "", user)
+        return lambda: stage.crash(step.crash or "")
+    return lambda: stage.signal_loss(step.signal_loss or "", user)
 
 
-def _judge(world: World, expect: Expect) -> ExpectationResult:
+def judge(deliveries: Iterable[Delivery], expect: Expect) -> ExpectationResult:
+    """`audio_on` holds when a chunk reached the server in the window before `at`."""
     at_ms = _ms(expect.at)
     server = expect.audio_on or expect.no_audio_on
     heard = any(
         d.user == expect.user
         and d.server == server
         and at_ms - AUDIO_WINDOW_MS < d.time_ms <= at_ms
-        for d in world.deliveries
+        for d in deliveries
     )
     wanted = expect.audio_on is not None
     return ExpectationResult(

@@ -52,7 +52,7 @@ RECONNECT_AFTER_CRASH_MS = 1_000
 """How soon glasses reconnect to a server whose process died and restarted."""
 
 
-def _tone(samples: int) -> bytes:
+def tone(samples: int) -> bytes:
     """A 440 Hz tone as PCM16LE, the phone's stand-in for speech."""
     return b"".join(
         int(8000 * math.sin(2 * math.pi * 440 * i / 16_000)).to_bytes(2, "little", signed=True)
@@ -87,7 +87,7 @@ class World:
         self._epochs: dict[str, int] = {}
         self._sequence: dict[str, int] = {}
         chunk_ms = self.sfu.config.audio_chunk_ms
-        self._pcm = _tone(16 * chunk_ms)
+        self._pcm = tone(16 * chunk_ms)
         self.stores = {
             server: (store_for or (lambda _server: MemoryStore()))(server) for server in servers
         }

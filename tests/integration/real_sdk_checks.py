@@ -1,0 +1,174 @@
+"""Checks that drive the real `livekit` SDK against the loopback server. Each runs in its own
+network namespace (WebRTC ignores the loopback interface), started by `test_real_sdk.py` as
+`scripts/netns-run python -m tests.integration.real_sdk_checks CHECK`, and prints one JSON line."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import resource
+import secrets
+import sys
+import threading
+import time
+from typing import Any
+
+import msgspec
+
+from actors.connector import JoinRequest, RoomEvent, RoomJoined
+from actors.livekit_connector import EventLoopThread, LiveKitConnector, LiveKitSettings
+from actors.policy import SUPERVISED
+from simulations.live_runner import run_live
+from simulations.loopback_server import LoopbackThread
+from simulations.scenario import load
+
+PORT = 7881
+
+
+def loopback() -> tuple[LoopbackThread, LiveKitSettings]:
+    secret = secrets.token_urlsafe(32)
+    server = LoopbackThread(api_key="devkey", api_secret=secret, port=PORT)
+    server.start()
+    return server, LiveKitSettings(
+        url=server.url, api_key="devkey", api_secret=secret, single_peer_connection=False
+    )
+
+
+def seed_scenario(name: str) -> dict[str, Any]:
+    """A seed scenario in real time; grace and times scaled by 1/10 where grace matters."""
+    scenario = load(name)
+    if name in ("grace-boundary", "post-grace"):
+        scale = 0.1
+
+        def scaled(item: Any) -> Any:
+            return msgspec.structs.replace(item, at=round(item.at * scale, 3))
+
+        scenario = msgspec.structs.replace(
+            scenario,
+            grace_s=scenario.grace_s * scale,
+            duration_s=(scenario.duration_s or scenario.end_s) * scale,
+            step=[scaled(s) for s in scenario.step],
+            expect=[
+                msgspec.structs.replace(e, at=round(e.at * scale + 0.6, 3)) for e in scenario.expect
+            ],
+        )
+    server, settings = loopback()
+    try:
+        result = run_live(scenario, SUPERVISED, settings, loopback=server)
+    finally:
+        server.stop()
+    return msgspec.to_builtins(result)  # type: ignore[no-any-return]
+
+
+def bad_token() -> dict[str, Any]:
+    server, settings = loopback()
+    wrong = msgspec.structs.replace(settings, api_secret="not-the-secret")
+    connector = LiveKitConnector(wrong)
+    events: list[RoomEvent] = []
+    done = threading.Event()
+
+    def on_event(event: RoomEvent) -> None:
+        events.append(event)
+        done.set()
+
+    request = JoinRequest(
+        room="ada",
+        identity="cloud-agent:ada",
+        server="prod",
+        epoch=1,
+        generation=1,
+        phone_identity="ada",
+    )
+    started = time.monotonic()
+    connector.join(request, on_event)
+    done.wait(20)
+    elapsed = time.monotonic() - started
+    connector.close()
+    server.stop()
+    return {
+        "events": [msgspec.to_builtins(e) | {"kind": type(e).__name__} for e in events],
+        "seconds": round(elapsed, 2),
+        "secret_leaked": any(
+            "not-the-secret" in json.dumps(msgspec.to_builtins(e)) for e in events
+        ),
+    }
+
+
+def leak_cycles(cycles: int = 50, warm_up: int = 5) -> dict[str, Any]:
+    """Join, get kicked by a second join of the same identity, rejoin: `cycles` times, after
+    `warm_up` cycles that let the SDK and aiortc start their pools (one-time, not growth)."""
+    server, settings = loopback()
+    loop = EventLoopThread()
+    connector = LiveKitConnector(settings, loop)
+    joined = threading.Semaphore(0)
+
+    def on_event(event: RoomEvent) -> None:
+        if isinstance(event, RoomJoined):
+            joined.release()
+
+    def request(generation: int) -> JoinRequest:
+        return JoinRequest(
+            room="ada",
+            identity="cloud-agent:ada",
+            server="prod",
+            epoch=generation,
+            generation=generation,
+            phone_identity="ada",
+        )
+
+    def snapshot() -> dict[str, Any]:
+        gc.collect()
+        tasks = loop.submit(_count_tasks()).result(timeout=5)
+        names = sorted(t.name for t in threading.enumerate())
+        return {
+            "threads": len(names),
+            "our_threads": [name for name in names if not name.startswith("Dummy-")],
+            "asyncio_tasks": tasks,
+            "sdk_handles": connector.live_handles,
+            "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        }
+
+    warm = [connector.join(request(0), on_event)]
+    joined.acquire(timeout=20)
+    before: dict[str, Any] = {}
+    middle: dict[str, Any] = {}
+    for cycle in range(1, warm_up + cycles + 1):
+        if cycle == warm_up + 1:
+            before = snapshot()
+        if cycle == warm_up + cycles // 2 + 1:
+            middle = snapshot()
+        newer = connector.join(request(cycle), on_event)
+        if not joined.acquire(timeout=20):
+            return {"error": f"cycle {cycle}: no join within 20 s"}
+        warm.pop().leave()
+        warm.append(newer)
+    for handle in warm:
+        handle.leave()
+        handle.wait_released(10)
+    time.sleep(1)
+    after = snapshot()
+    participants = len(server.server.participants("ada"))
+    connector.close()
+    loop.stop()
+    server.stop()
+    return {
+        "cycles": cycles,
+        "before": before,
+        "middle": middle,
+        "after": after,
+        "participants": participants,
+    }
+
+
+async def _count_tasks() -> int:
+    return len(asyncio.all_tasks())
+
+
+CHECKS = {"bad-token": bad_token, "leak-cycles": leak_cycles}
+
+
+if __name__ == "__main__":
+    name = sys.argv[1]
+    outcome = seed_scenario(sys.argv[2]) if name == "scenario" else CHECKS[name]()
+    print(json.dumps(outcome))
