@@ -37,6 +37,10 @@ from events.catalog import DisconnectReason
 
 logger = logging.getLogger(__name__)
 
+PCM_RATE = 16_000
+CHUNK_MS = 100
+"""The audio a bridge hands on: the seed's format, whether it came as data or as a track."""
+
 T = TypeVar("T")
 
 
@@ -229,6 +233,7 @@ class LiveKitHandle:
         self._request = request
         self._on_event = on_event
         self._room: rtc.Room | None = None
+        self._readers: list[asyncio.Task[None]] = []
         self._left = threading.Event()
         self._released = threading.Event()
 
@@ -257,9 +262,10 @@ class LiveKitHandle:
         room.on("data_received", self._data_received)
         room.on("participant_connected", self._participant_connected)
         room.on("participant_disconnected", self._participant_disconnected)
+        room.on("track_subscribed", self._track_subscribed)
         try:
             await asyncio.wait_for(
-                room.connect(settings.url, token, settings.room_options(auto_subscribe=False)),
+                room.connect(settings.url, token, settings.room_options(auto_subscribe=True)),
                 timeout=settings.connect_timeout_s,
             )
         except Exception as error:
@@ -289,6 +295,34 @@ class LiveKitHandle:
         if sender is not None and sender.identity == self._request.phone_identity:
             self._on_event(RoomData(payload=bytes(packet.data)))
 
+    def _track_subscribed(
+        self,
+        track: rtc.Track,
+        _publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        if (
+            participant.identity == self._request.phone_identity
+            and track.kind == rtc.TrackKind.KIND_AUDIO
+            and not self._left.is_set()
+        ):
+            self._readers.append(asyncio.get_running_loop().create_task(self._read_track(track)))
+
+    async def _read_track(self, track: rtc.Track) -> None:
+        """Turn the phone's audio track into the chunks its data packets would carry: 100 ms
+        of PCM16LE at 16 kHz, mono, after a rolling sequence byte."""
+        stream = rtc.AudioStream.from_track(
+            track=track, sample_rate=PCM_RATE, num_channels=1, frame_size_ms=CHUNK_MS
+        )
+        sequence = 0
+        try:
+            async for event in stream:
+                pcm = bytes(event.frame.data.cast("B"))
+                self._on_event(RoomData(payload=bytes([sequence]) + pcm))
+                sequence = (sequence + 1) % 256
+        finally:
+            await stream.aclose()
+
     def _participant_connected(self, participant: rtc.RemoteParticipant) -> None:
         if participant.identity == self._request.phone_identity:
             self._on_event(PhonePresence(present=True))
@@ -298,6 +332,11 @@ class LiveKitHandle:
             self._on_event(PhonePresence(present=False))
 
     async def _release(self) -> None:
+        readers, self._readers = self._readers, []
+        for reader in readers:
+            reader.cancel()
+        if readers:
+            await asyncio.gather(*readers, return_exceptions=True)
         room, self._room = self._room, None
         if room is not None:
             try:

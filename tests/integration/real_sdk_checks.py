@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import math
 import resource
 import secrets
 import sys
@@ -15,8 +16,9 @@ import time
 from typing import Any
 
 import msgspec
+from livekit import api, rtc
 
-from actors.connector import JoinRequest, RoomEvent, RoomJoined
+from actors.connector import JoinRequest, RoomData, RoomEvent, RoomJoined
 from actors.livekit_connector import EventLoopThread, LiveKitConnector, LiveKitSettings
 from actors.policy import SUPERVISED
 from simulations.live_runner import run_live
@@ -161,11 +163,89 @@ def leak_cycles(cycles: int = 50, warm_up: int = 5) -> dict[str, Any]:
     }
 
 
+def track_audio(seconds: float = 2.0) -> dict[str, Any]:
+    """The phone publishes a 440 Hz microphone track; the bridge's connector hands it on as
+    100 ms chunks of 16 kHz PCM16LE."""
+    server, settings = loopback()
+    loop = EventLoopThread()
+    connector = LiveKitConnector(settings, loop)
+    chunks: list[bytes] = []
+
+    def on_event(event: RoomEvent) -> None:
+        if isinstance(event, RoomData):
+            chunks.append(event.payload)
+
+    publishing = loop.submit(_publish_tone(settings, seconds + 4))
+    time.sleep(1)
+    connector.join(
+        JoinRequest(
+            room="ada",
+            identity="cloud-agent:ada",
+            server="prod",
+            epoch=1,
+            generation=1,
+            phone_identity="ada",
+        ),
+        on_event,
+    )
+    time.sleep(seconds + 1)
+    received = list(chunks)
+    connector.close()
+    publishing.result(timeout=15)
+    loop.stop()
+    server.stop()
+    loud = [
+        c
+        for c in received
+        if max(
+            abs(int.from_bytes(c[i : i + 2], "little", signed=True))
+            for i in range(1, len(c) - 1, 2)
+        )
+        > 1000
+    ]
+    return {
+        "chunks": len(received),
+        "sizes": sorted({len(c) for c in received}),
+        "loud": len(loud),
+        "sequences": [c[0] for c in received[:5]],
+    }
+
+
+async def _publish_tone(settings: LiveKitSettings, seconds: float) -> None:
+    room = rtc.Room()
+    token = settings.token(
+        identity="ada",
+        room="ada",
+        grants=api.VideoGrants(
+            room_join=True,
+            room="ada",
+            can_publish=True,
+            can_subscribe=False,
+            can_publish_data=False,
+        ),
+    )
+    await asyncio.wait_for(
+        room.connect(settings.url, token, settings.room_options(auto_subscribe=False)), 15
+    )
+    source = rtc.AudioSource(48_000, 1)
+    track = rtc.LocalAudioTrack.create_audio_track("mic", source)
+    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+    await asyncio.wait_for(room.local_participant.publish_track(track, options), 15)
+    samples = 480
+    for index in range(int(seconds * 100)):
+        frame = rtc.AudioFrame.create(48_000, 1, samples)
+        data = frame.data
+        for i in range(samples):
+            data[i] = int(8000 * math.sin(2 * math.pi * 440 * (index * samples + i) / 48_000))
+        await source.capture_frame(frame)
+    await room.disconnect()
+
+
 async def _count_tasks() -> int:
     return len(asyncio.all_tasks())
 
 
-CHECKS = {"bad-token": bad_token, "leak-cycles": leak_cycles}
+CHECKS = {"bad-token": bad_token, "leak-cycles": leak_cycles, "track-audio": track_audio}
 
 
 if __name__ == "__main__":

@@ -63,3 +63,11 @@ def test_fifty_kick_and_rejoin_cycles_leave_nothing_behind() -> None:
     assert after["asyncio_tasks"] <= before["asyncio_tasks"]
     assert result["participants"] == 0
     assert after["max_rss_kb"] - before["max_rss_kb"] < 100_000, "RSS grew more than 100 MB"
+
+
+def test_the_phones_audio_track_reaches_the_bridge_as_16_khz_chunks() -> None:
+    result = in_netns("track-audio")
+    assert result["chunks"] >= 10
+    assert result["sizes"] == [1 + 3_200], "a sequence byte and 100 ms of 16 kHz PCM16"
+    assert result["loud"] >= result["chunks"] // 2
+    assert result["sequences"] == list(range(len(result["sequences"])))
