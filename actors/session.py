@@ -346,7 +346,16 @@ class Session(pykka.Actor):
     def _on_status(self, *, connected: bool, phone_present: bool) -> None:
         if self._before is None or not self._before.awaiting_status:
             return
-        if connected:
+        if connected and self._policy.supervise_losses:
+            # The SDK can still say connected before it hears of a kick: ask the server.
+            self._decide_that(
+                IdentityHolderRequested(
+                    cause=self._cause,
+                    why="the bridge says it is in the room: confirm with the room service",
+                )
+            )
+            self._then(self._lookup_holder)
+        elif connected:
             phone = "" if phone_present else " (the phone is not in the room yet)"
             self._keep(f"the bridge is still in the room: a blip keeps a healthy bridge{phone}")
         elif self._policy.on_reconnect == "health_check":
@@ -398,7 +407,9 @@ class Session(pykka.Actor):
 
     def _on_identity_holder(self, server: str | None, epoch: int | None) -> None:
         view = self.view
-        if view.state != "ACTIVE" or view.bridge != "down" or view.backoff_due_ms is not None:
+        if view.state == "ACTIVE" and view.bridge == "up":
+            self._confirm_status(server)
+        elif view.state != "ACTIVE" or view.bridge != "down" or view.backoff_due_ms is not None:
             self._decline("the session moved on while the room service answered")
         elif epoch is None:
             self._restart_after_failure("nobody holds the identity now and the glasses are here")
@@ -408,6 +419,14 @@ class Session(pykka.Actor):
             )
         else:
             self._decline(f"{server} holds the identity for a newer connection (epoch {epoch})")
+
+    def _confirm_status(self, holder: str | None) -> None:
+        if holder == self._server:
+            self._keep("the bridge and the room service agree it is in the room: a blip keeps it")
+        else:
+            holds = f"{holder or 'nobody'} holds the identity"
+            self._stop_bridge(f"the room service says {holds}")
+            self._rejoin(f"the bridge thought it was in the room, but {holds}")
 
     def _restart_after_failure(self, why: str) -> None:
         view, budget = self.view, self._policy.budget

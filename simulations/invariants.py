@@ -14,6 +14,7 @@ from events.catalog import (
     BridgeKept,
     BridgeStarted,
     GlassesDisconnected,
+    IdentityHolderObserved,
     ProcessRestarted,
     SessionDisposed,
     SessionResumed,
@@ -166,7 +167,8 @@ def _blips_restarting_healthy_bridges(
         elif isinstance(
             event,
             BridgeDisconnected | BridgeJoinFailed | ProcessRestarted | BridgeKept | SessionDisposed,
-        ):
+        ) or (isinstance(event, IdentityHolderObserved) and event.holder_server != server):
+            # A loss the bridge reported, or one the room service revealed: not a healthy bridge.
             blip_since = None
         elif isinstance(event, SessionResumed):
             resumed = True

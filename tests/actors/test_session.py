@@ -148,6 +148,28 @@ def test_a_late_join_of_an_older_connection_is_fenced_by_epoch() -> None:
     assert all_violations(world) == []
 
 
+def test_a_bridge_that_missed_its_kick_is_caught_by_the_room_service() -> None:
+    # prod's signal drops; while the SDK tries to resume, debug's join kicks prod's participant,
+    # which prod's bridge can only learn at its next resume attempt. The glasses come back first.
+    for seed in range(50):
+        world = World(servers=["prod", "debug"], seed=seed)
+        world.connect(USER, "prod")
+        world.run_for(1_000)
+        world.signal_loss("prod", USER)
+        world.connect(USER, "debug")
+        world.run_for(250)
+        world.connect(USER, "prod")
+        world.run_for(3_000)
+        caught = [d for d in decisions(world, "prod", RejoinDecided) if "thought" in d.why]
+        if caught:
+            break
+    else:
+        pytest.fail("no seed had the glasses back before prod's bridge heard of its kick")
+    assert "debug holds the identity" in caught[0].why
+    assert heard(world, "prod", 2_250)
+    assert all_violations(world) == []
+
+
 def test_an_expired_token_on_resume_is_replaced_by_a_fresh_join() -> None:
     world = World(servers=["prod"], seed=2, sfu=SfuConfig(token_ttl_ms=1_000))
     world.connect(USER, "prod")

@@ -21,9 +21,10 @@ from livekit import api, rtc
 from actors.connector import JoinRequest, RoomData, RoomEvent, RoomJoined
 from actors.livekit_connector import EventLoopThread, LiveKitConnector, LiveKitSettings
 from actors.policy import SUPERVISED
+from events.memory_store import MemoryStore
 from simulations.live_runner import run_live
 from simulations.loopback_server import LoopbackThread
-from simulations.scenario import load
+from simulations.scenario import Scenario, load
 
 PORT = 7881
 
@@ -61,6 +62,40 @@ def seed_scenario(name: str) -> dict[str, Any]:
     finally:
         server.stop()
     return msgspec.to_builtins(result)  # type: ignore[no-any-return]
+
+
+ADMIN_REMOVAL = {
+    "name": "admin-removal",
+    "servers": ["prod"],
+    "duration_s": 10,
+    "step": [
+        {"at": 0.0, "user": "ada@example.com", "connect": "prod"},
+        {"at": 3.0, "user": "ada@example.com", "remove_bridge": "prod"},
+        {"at": 6.0, "user": "ada@example.com", "disconnect": True},
+        {"at": 6.5, "user": "ada@example.com", "connect": "prod"},
+    ],
+    "expect": [
+        {"at": 2.5, "user": "ada@example.com", "audio_on": "prod"},
+        {"at": 5.5, "user": "ada@example.com", "no_audio_on": "prod"},
+        {"at": 9.0, "user": "ada@example.com", "audio_on": "prod"},
+    ],
+}
+
+
+def admin_removal() -> dict[str, Any]:
+    """An operator removes the bridge: it stays down until the glasses reconnect."""
+    scenario = msgspec.convert(ADMIN_REMOVAL, Scenario)
+    server, settings = loopback()
+    store = MemoryStore()
+    try:
+        result = run_live(scenario, SUPERVISED, settings, loopback=server, store=store)
+    finally:
+        server.stop()
+    story = [
+        f"{type(e.event).__name__}: {getattr(e.event, 'reason', '') or getattr(e.event, 'why', '')}"
+        for e in store.read_all()
+    ]
+    return msgspec.to_builtins(result) | {"story": story}  # type: ignore[no-any-return]
 
 
 def bad_token() -> dict[str, Any]:
@@ -245,7 +280,12 @@ async def _count_tasks() -> int:
     return len(asyncio.all_tasks())
 
 
-CHECKS = {"bad-token": bad_token, "leak-cycles": leak_cycles, "track-audio": track_audio}
+CHECKS = {
+    "admin-removal": admin_removal,
+    "bad-token": bad_token,
+    "leak-cycles": leak_cycles,
+    "track-audio": track_audio,
+}
 
 
 if __name__ == "__main__":

@@ -45,6 +45,15 @@ def test_the_duplicate_identity_kick_reaches_the_older_bridge() -> None:
     assert result["metrics"]["kicks"] >= 2, "debug kicked prod, and prod kicked debug back"
 
 
+def test_an_operator_removal_stays_down_until_the_glasses_reconnect() -> None:
+    result = in_netns("admin-removal")
+    assert result["passed"], result
+    assert "BridgeDisconnected: PARTICIPANT_REMOVED" in result["story"]
+    declined = [line for line in result["story"] if line.startswith("RejoinDeclined")]
+    assert declined
+    assert "operator" in declined[0]
+
+
 def test_a_bad_token_is_a_prompt_clear_join_failure_without_the_secret() -> None:
     result = in_netns("bad-token")
     assert [e["kind"] for e in result["events"]] == ["RoomJoinFailed"]
