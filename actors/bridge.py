@@ -80,7 +80,7 @@ class Bridge(pykka.Actor):
         self._heard_audio = False
         self._last_sequence: int | None = None
         self._last_reason: DisconnectReason | None = None
-        self.lost_chunks = 0
+        self._lost_chunks = 0
 
     @property
     def generation(self) -> int:
@@ -117,6 +117,7 @@ class Bridge(pykka.Actor):
                         connected=self._connected,
                         phone_present=self._phone_present,
                         last_disconnect_reason=self._last_reason,
+                        lost_chunks=self._lost_chunks,
                     ),
                 )
             case GateAudio(open=is_open):
@@ -138,7 +139,11 @@ class Bridge(pykka.Actor):
             return
         sequence = payload[0]
         if self._last_sequence is not None:
-            self.lost_chunks += (sequence - self._last_sequence - 1) % 256
+            gap = (sequence - self._last_sequence - 1) % 256
+            if gap >= 128:
+                # The lossy channel is unordered: this one is late (or repeated), not a jump.
+                return
+            self._lost_chunks += gap
         self._last_sequence = sequence
         if self._audio_open:
             if not self._heard_audio:

@@ -255,8 +255,14 @@ class DeterministicExecutor:
 
     def run_until(self, done: Callable[[], bool], *, horizon_ms: int | None = None) -> None:
         """Run until `done()` holds, deadlines run out, or the clock would pass `horizon_ms`."""
+        steps_at_this_instant = 0
         while not done():
             if self.step():
+                steps_at_this_instant += 1
+                if steps_at_this_instant > self._max_steps:
+                    msg = f"more than {self._max_steps} messages at t={self._now_ms} ms"
+                    raise Livelock(msg)
                 continue
             if not self._fire_next(horizon_ms):
                 return
+            steps_at_this_instant = 0

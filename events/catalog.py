@@ -96,6 +96,8 @@ class BridgeStatusObserved(Input, frozen=True, kw_only=True):
     connected: bool
     phone_present: bool
     last_disconnect_reason: DisconnectReason | None = None
+    lost_chunks: int = 0
+    """Audio chunks missing from the phone's sequence since the join (lossy channel)."""
 
 
 class IdentityHolderObserved(Input, frozen=True, kw_only=True):
