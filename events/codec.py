@@ -55,5 +55,18 @@ def encode_envelope(envelope: Envelope) -> bytes:
     return _encoder.encode(envelope)
 
 
-def decode_envelope(data: bytes) -> Envelope:
-    return _envelope_decoder.decode(data)
+def decode_envelope(schema: int, record: bytes) -> Envelope:
+    """Decode an envelope record whose event was written with `schema`, upcasting the event."""
+    if schema == SCHEMA_VERSION:
+        try:
+            return _envelope_decoder.decode(record)
+        except msgspec.DecodeError as error:
+            raise UndecodableEvent(str(error)) from error
+    try:
+        document = msgspec.json.decode(record)
+        event = decode_event(schema, msgspec.json.encode(document.pop("event")))
+        document["schema"] = SCHEMA_VERSION
+        return msgspec.convert(document | {"event": msgspec.to_builtins(event)}, Envelope)
+    except (msgspec.DecodeError, AttributeError, KeyError, TypeError) as error:
+        msg = f"cannot read the envelope: {error}"
+        raise UndecodableEvent(msg) from error

@@ -44,3 +44,22 @@ def test_a_schema_from_the_future_is_refused() -> None:
 def test_a_document_of_an_unknown_type_is_refused() -> None:
     with pytest.raises(UndecodableEvent):
         decode_event(SCHEMA_VERSION, b'{"type": "BridgeTeleported"}')
+
+
+def test_a_stored_envelope_of_an_older_schema_is_upcast_on_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def rename_counter(document: dict[str, Any]) -> dict[str, Any]:
+        document["epoch"] = document.pop("counter")
+        return document
+
+    old = (
+        b'{"position": 7, "stream": "prod/a/1", "version": 2, "event_id": "e", "time_ms": 5,'
+        b' "server": "prod", "user": "a", "schema": 1,'
+        b' "event": {"type": "GlassesConnected", "counter": 3}}'
+    )
+    monkeypatch.setattr(codec, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setitem(codec.UPCASTERS, SCHEMA_VERSION, rename_counter)
+    envelope = codec.decode_envelope(SCHEMA_VERSION, old)
+    assert envelope.event == GlassesConnected(epoch=3)
+    assert (envelope.position, envelope.stream, envelope.version) == (7, "prod/a/1", 2)

@@ -49,7 +49,9 @@ def test_a_flipped_byte_is_reported_at_its_position_after_the_valid_prefix(
     path = tmp_path / "log.db"
     fill(path, 5)
     tamper(
-        path, "UPDATE events SET data = CAST(REPLACE(data, '3', '4') AS BLOB) WHERE position = 4"
+        path,
+        "UPDATE events SET record = CAST(REPLACE(record, 'epoch\":3', 'epoch\":4') AS BLOB)"
+        " WHERE position = 4",
     )
     envelopes, error = read_valid_prefix(SQLiteStore(path))
     assert [e.position for e in envelopes] == [1, 2, 3]

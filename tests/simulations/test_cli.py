@@ -145,7 +145,7 @@ def test_a_corrupt_tail_replays_the_valid_prefix_with_a_message(
     rejoin(capsys, "simulate", "rapid-switch", "--events", str(log))
     db = sqlite3.connect(log)
     (last,) = db.execute("SELECT MAX(position) FROM events").fetchone()
-    db.execute("UPDATE events SET data = X'00' WHERE position = ?", (last - 2,))
+    db.execute("UPDATE events SET record = X'00' WHERE position = ?", (last - 2,))
     db.commit()
     db.close()
     code, out, err = rejoin(capsys, "replay", str(log), "--json")
