@@ -13,18 +13,19 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from actors.livekit_connector import LiveKitSettings
 from actors.policy import POLICIES, Policy, UnknownPolicy, policy_named
 from events.catalog import RunStarted
 from events.envelope import Envelope
 from events.log import LogError, read_valid_prefix
 from events.sqlite_store import SQLiteStore
 from simulations.bench import report
-from simulations.live_runner import refuse_unsupported, run_live
-from simulations.loopback_server import LoopbackThread, serve
+
+if TYPE_CHECKING:
+    from actors.livekit_connector import LiveKitSettings
 from simulations.metrics import Metrics, compute
 from simulations.report import comparison_table, result_lines, timeline_lines
 from simulations.scenario import BUILT_IN, Scenario, ScenarioError, load
@@ -151,6 +152,11 @@ def _simulate(args: argparse.Namespace) -> int:
 def _simulate_live(
     args: argparse.Namespace, scenarios: list[Scenario], policy: Policy
 ) -> list[RunResult]:
+    # The SDK, aiortc and aiohttp load only for live runs: they double the CLI's start-up.
+    from actors.livekit_connector import LiveKitSettings  # noqa: PLC0415
+    from simulations.live_runner import refuse_unsupported, run_live  # noqa: PLC0415
+    from simulations.loopback_server import LoopbackThread  # noqa: PLC0415
+
     for scenario in scenarios:
         refuse_unsupported(scenario, loopback=args.sfu == "loopback")
     if args.events is not None and len(scenarios) != 1:
@@ -183,6 +189,8 @@ def _simulate_live(
 
 
 def _settings_from_environment() -> LiveKitSettings:
+    from actors.livekit_connector import LiveKitSettings  # noqa: PLC0415
+
     values = {name: os.environ.get(name, "") for name in LIVEKIT_VARIABLES}
     missing = [name for name, value in values.items() if not value]
     if missing:
@@ -203,6 +211,8 @@ def _free_port() -> int:
 
 
 def _loopback_server(args: argparse.Namespace) -> int:
+    from simulations.loopback_server import serve  # noqa: PLC0415
+
     print(f"loopback LiveKit at ws://{args.host}:{args.port} (api key devkey)", flush=True)
     serve(args.host, args.port, args.secret)
     return 0
