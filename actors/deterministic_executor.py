@@ -178,9 +178,6 @@ class DeterministicExecutor:
         heapq.heappush(self._heap, (max(deadline_ms, self._now_ms), next(self._sequence), timer))
         return timer
 
-    def call_later(self, delay_ms: int, callback: Callable[[], object]) -> Deadline:
-        return self.call_at(self._now_ms + delay_ms, callback)
-
     def new_id(self) -> str:
         return str(uuid.UUID(int=self._random.getrandbits(128), version=4))
 

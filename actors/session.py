@@ -57,7 +57,7 @@ from events.catalog import (
     TimerFired,
     TimerKind,
 )
-from events.envelope import Envelope, Pending
+from events.envelope import Pending, incarnation_of
 from events.log import EventStore
 from events.projection import SessionView, apply
 
@@ -147,19 +147,8 @@ class Session(pykka.Actor):
         )
         version = self._version + len(self._pending) + 1
         self._pending.append(pending)
-        self._view = apply(
-            self._view,
-            Envelope(
-                position=0,
-                stream=self._stream,
-                version=version,
-                event_id=pending.event_id,
-                time_ms=pending.time_ms,
-                server=pending.server,
-                user=pending.user,
-                event=pending.event,
-            ),
-        )
+        # Position 0: the log assigns the real one, and a view does not depend on it.
+        self._view = apply(self._view, pending.at(position=0, stream=self._stream, version=version))
 
     def _decide_that(self, decision: Decision) -> None:
         self._record(decision, self._executor.new_id())
@@ -216,7 +205,7 @@ class Session(pykka.Actor):
                 SessionOpened(
                     cause=self._cause,
                     why=f"first connection of the glasses to {self._server}",
-                    incarnation=int(self._stream.rsplit("/", 1)[1]),
+                    incarnation=incarnation_of(self._stream),
                     epoch=epoch,
                 )
             )

@@ -16,6 +16,19 @@ class Pending(msgspec.Struct, frozen=True, kw_only=True):
     user: str
     event: AnyEvent
 
+    def at(self, *, position: int, stream: str, version: int) -> Envelope:
+        """This event as stored at `position`, as `version` of `stream`."""
+        return Envelope(
+            position=position,
+            stream=stream,
+            version=version,
+            event_id=self.event_id,
+            time_ms=self.time_ms,
+            server=self.server,
+            user=self.user,
+            event=self.event,
+        )
+
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     """A stored event with its global position and its version within its stream."""

@@ -34,15 +34,10 @@ class MemoryStore:
                 raise WrongExpectedVersion(stream, expected_version, len(positions))
             appended = []
             for offset, pending in enumerate(events):
-                envelope = Envelope(
+                envelope = pending.at(
                     position=len(self._envelopes) + 1,
                     stream=stream,
                     version=expected_version + offset + 1,
-                    event_id=pending.event_id,
-                    time_ms=pending.time_ms,
-                    server=pending.server,
-                    user=pending.user,
-                    event=pending.event,
                 )
                 self._envelopes.append(envelope)
                 positions.append(envelope.position)

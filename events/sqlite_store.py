@@ -98,15 +98,8 @@ class SQLiteStore:
                     raise WrongExpectedVersion(stream, expected_version, version)
                 (last,) = db.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
                 envelopes = [
-                    Envelope(
-                        position=last + offset + 1,
-                        stream=stream,
-                        version=version + offset + 1,
-                        event_id=pending.event_id,
-                        time_ms=pending.time_ms,
-                        server=pending.server,
-                        user=pending.user,
-                        event=pending.event,
+                    pending.at(
+                        position=last + offset + 1, stream=stream, version=version + offset + 1
                     )
                     for offset, pending in enumerate(events)
                 ]

@@ -26,10 +26,10 @@ from simulations.bench import report
 
 if TYPE_CHECKING:
     from actors.livekit_connector import LiveKitSettings
-from simulations.metrics import Metrics, compute
+from simulations.metrics import RUN_STREAM, Metrics, compute
 from simulations.report import comparison_table, result_lines, timeline_lines
 from simulations.scenario import BUILT_IN, Scenario, ScenarioError, load
-from simulations.scenario_runner import RUN_STREAM, RunResult, run
+from simulations.scenario_runner import RunResult, run
 
 LIVEKIT_VARIABLES = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
 
@@ -248,13 +248,13 @@ def _replay(args: argparse.Namespace) -> int:
             f"rejoin: {corrupt}; replaying the {len(envelopes)} records before it",
             file=sys.stderr,
         )
-    recorded = _recorded_run(envelopes)
+    recorded, recorded_policy = _recorded_run(envelopes)
     if args.policy is not None:
-        return _rerun(args, recorded, envelopes)
+        return _rerun(args, recorded)
     events = [e for e in envelopes if e.stream != RUN_STREAM]
     result = ReplayResult(
         scenario=recorded.name if recorded else None,
-        policy=_recorded_policy(envelopes),
+        policy=recorded_policy,
         seed=recorded.seed if recorded else None,
         metrics=compute(events, end_ms=_end_ms(recorded, events)),
     )
@@ -266,7 +266,7 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rerun(args: argparse.Namespace, recorded: Scenario | None, envelopes: list[Envelope]) -> int:
+def _rerun(args: argparse.Namespace, recorded: Scenario | None) -> int:
     policy = policy_named(args.policy)
     if recorded is None:
         msg = f"{args.log}: holds no recorded run to re-run (it was not written by simulate)"
@@ -279,19 +279,15 @@ def _rerun(args: argparse.Namespace, recorded: Scenario | None, envelopes: list[
     return 0 if result.passed else 1
 
 
-def _recorded_run(envelopes: list[Envelope]) -> Scenario | None:
+def _recorded_run(envelopes: list[Envelope]) -> tuple[Scenario | None, str | None]:
+    """The scenario (with the seed it ran on) and the policy a log's run recorded, if any."""
     for envelope in envelopes:
         if isinstance(envelope.event, RunStarted):
             scenario = msgspec.json.decode(envelope.event.scenario, type=Scenario)
-            return msgspec.structs.replace(scenario, seed=envelope.event.seed)
-    return None
-
-
-def _recorded_policy(envelopes: list[Envelope]) -> str | None:
-    for envelope in envelopes:
-        if isinstance(envelope.event, RunStarted):
-            return envelope.event.policy
-    return None
+            return msgspec.structs.replace(
+                scenario, seed=envelope.event.seed
+            ), envelope.event.policy
+    return None, None
 
 
 def _end_ms(recorded: Scenario | None, events: list[Envelope]) -> int | None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 
+import msgspec
+
 from events.catalog import (
     BridgeDisconnected,
     BridgeJoinFailed,
@@ -22,6 +24,7 @@ from events.catalog import (
 from events.codec import encode_envelope
 from events.envelope import Envelope
 from events.projection import SessionView, apply, replay
+from simulations.metrics import server_events
 from simulations.sim_livekit import RESUME_GIVE_UP_MS
 from simulations.world import World
 
@@ -202,11 +205,13 @@ def replay_matches_live(world: World) -> list[str]:
 
 
 def log_bytes(world: World) -> dict[str, bytes]:
-    """Each server's log, byte for byte."""
-    return {
-        server: b"\n".join(encode_envelope(e) for e in store.read_all())
-        for server, store in world.stores.items()
-    }
+    """Each server's log, byte for byte, positions counted within it, so that one log shared by
+    the servers and one log per server compare alike."""
+    lines: dict[str, list[bytes]] = {server: [] for server in world.servers}
+    for envelope in server_events(world.stores.values()):
+        own = lines[envelope.server]
+        own.append(encode_envelope(msgspec.structs.replace(envelope, position=len(own) + 1)))
+    return {server: b"\n".join(own) for server, own in lines.items()}
 
 
 def all_violations(world: World) -> list[str]:

@@ -22,11 +22,10 @@ from events.log import EventStore
 from events.memory_store import MemoryStore
 from events.projection import replay
 from simulations.loopback_server import LoopbackThread
-from simulations.metrics import compute
+from simulations.metrics import RUN_STREAM, compute, server_events
 from simulations.phone import Phone
 from simulations.scenario import Scenario, ScenarioError
 from simulations.scenario_runner import (
-    RUN_STREAM,
     ExpectationResult,
     RunResult,
     run_started,
@@ -225,10 +224,7 @@ def run_live(
         violations = live.violations()
     finally:
         violations_on_stop = live.stop()
-    envelopes = [e for s in {id(s): s for s in live.stores.values()}.values() for e in s.read_all()]
-    metrics = compute(
-        [e for e in envelopes if e.stream != RUN_STREAM], end_ms=round(scenario.end_s * 1000)
-    )
+    metrics = compute(server_events(live.stores.values()), end_ms=round(scenario.end_s * 1000))
     violations = [*violations, *violations_on_stop]
     return RunResult(
         scenario=scenario.name,

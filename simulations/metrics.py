@@ -23,7 +23,11 @@ from events.catalog import (
     GlassesDisconnected,
 )
 from events.envelope import Envelope
+from events.log import EventStore
 from events.projection import SessionView, apply
+
+RUN_STREAM = "run"
+"""The stream that records a run itself (scenario, policy, seed); no server's."""
 
 AUDIO_WITHIN_MS = 5_000
 """A reconnect or a switch succeeds when audio reaches the server within this time."""
@@ -62,6 +66,13 @@ class _Connection(msgspec.Struct, kw_only=True):
     in_grace: bool = False
     switch: bool = False
     first_audio_ms: int | None = None
+
+
+def server_events(stores: Iterable[EventStore]) -> list[Envelope]:
+    """Every server's events in these stores, a store shared by several servers read once,
+    without the run's own record."""
+    distinct = {id(store): store for store in stores}
+    return [e for store in distinct.values() for e in store.read_all() if e.stream != RUN_STREAM]
 
 
 def canonical_order(envelopes: Iterable[Envelope]) -> list[Envelope]:

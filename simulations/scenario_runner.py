@@ -14,16 +14,14 @@ import msgspec
 
 from actors.policy import Policy
 from events.catalog import RunStarted
-from events.codec import encode_envelope
-from events.envelope import Envelope, Pending
+from events.envelope import Pending
 from events.log import EventStore
-from simulations.invariants import all_violations
-from simulations.metrics import Metrics, compute
+from simulations.invariants import all_violations, log_bytes
+from simulations.metrics import RUN_STREAM, Metrics, compute, server_events
 from simulations.scenario import Expect, Scenario, Step
 from simulations.sim_livekit import SfuConfig
 from simulations.world import Delivery, World
 
-RUN_STREAM = "run"
 AUDIO_WINDOW_MS = 500
 """`audio_on` holds when a chunk reached the server within this window before `at`."""
 
@@ -82,9 +80,9 @@ def run(
     violations = all_violations(world)
     twin = world_for(scenario, policy, chosen, None)
     play(twin, scenario)
-    if _server_bytes(twin) != _server_bytes(world):
+    if log_bytes(twin) != log_bytes(world):
         violations.append("determinism: the same seed gave a different event log")
-    metrics = compute(logged_events(world), end_ms=world.now_ms)
+    metrics = compute(server_events(world.stores.values()), end_ms=world.now_ms)
     world.stop()
     twin.stop()
     return RunResult(
@@ -112,23 +110,6 @@ def run_started(scenario: Scenario, policy: Policy, seed: int, time_ms: int) -> 
             scenario=msgspec.json.encode(scenario).decode(), policy=policy.name, seed=seed
         ),
     )
-
-
-def logged_events(world: World) -> list[Envelope]:
-    stores = {id(store): store for store in world.stores.values()}
-    return [e for store in stores.values() for e in store.read_all() if e.stream != RUN_STREAM]
-
-
-def _server_bytes(world: World) -> dict[str, bytes]:
-    """Each server's part of the log, positions counted within it, so that a shared log and
-    separate logs compare alike."""
-    by_server: dict[str, list[bytes]] = {server: [] for server in world.servers}
-    positions: dict[str, int] = dict.fromkeys(world.servers, 0)
-    for envelope in logged_events(world):
-        positions[envelope.server] += 1
-        renumbered = msgspec.structs.replace(envelope, position=positions[envelope.server])
-        by_server[envelope.server].append(encode_envelope(renumbered))
-    return {server: b"\n".join(lines) for server, lines in by_server.items()}
 
 
 class Stage(Protocol):

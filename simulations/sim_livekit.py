@@ -263,10 +263,6 @@ class SimLiveKit:
                 for c in self._rooms.get(name, {}).values()
             ]
 
-    def in_outage(self) -> bool:
-        with self._lock:
-            return self._in_outage()
-
     # Internals (called with the lock held)
 
     def _in_outage(self) -> bool:

@@ -82,7 +82,6 @@ class World:
         self.deliveries: list[Delivery] = []
         self.presence: list[Presence] = []
         self.faults: list[Fault] = []
-        self.connections = 0
         self._where: dict[str, str | None] = {}
         self._epochs: dict[str, int] = {}
         self._sequence: dict[str, int] = {}
@@ -126,6 +125,11 @@ class World:
 
     # The glasses
 
+    @property
+    def connections(self) -> int:
+        """How many times glasses connected to a server."""
+        return sum(presence.server is not None for presence in self.presence)
+
     def where(self, user: str) -> str | None:
         return self._where.get(user)
 
@@ -138,7 +142,6 @@ class World:
         self.disconnect(user, noticed_after_ms=close_noticed_after_ms)
         self._epochs[user] = self._epochs.get(user, 0) + 1
         self._where[user] = server
-        self.connections += 1
         self.presence.append(Presence(self.now_ms, user, server))
         self.sfu.phone_joined(user)
         self.runtimes[server].glasses_connected(user, epoch=self._epochs[user])
@@ -151,15 +154,7 @@ class World:
         self.presence.append(Presence(self.now_ms, user, None))
         runtime = self.runtimes[server]
         if noticed_after_ms:
-            self.faults.append(
-                Fault(
-                    kind="unnoticed_close",
-                    start_ms=self.now_ms,
-                    end_ms=self.now_ms + noticed_after_ms,
-                    server=server,
-                    user=user,
-                )
-            )
+            self._fault("unnoticed_close", lasts_ms=noticed_after_ms, server=server, user=user)
             self.executor.call_at(
                 self.now_ms + noticed_after_ms, lambda: runtime.glasses_disconnected(user)
             )
@@ -168,10 +163,21 @@ class World:
 
     # Faults
 
-    def outage(self, duration_ms: int) -> None:
+    def _fault(
+        self, kind: str, *, lasts_ms: int = 0, server: str | None = None, user: str | None = None
+    ) -> None:
         self.faults.append(
-            Fault(kind="outage", start_ms=self.now_ms, end_ms=self.now_ms + duration_ms)
+            Fault(
+                kind=kind,
+                start_ms=self.now_ms,
+                end_ms=self.now_ms + lasts_ms,
+                server=server,
+                user=user,
+            )
         )
+
+    def outage(self, duration_ms: int) -> None:
+        self._fault("outage", lasts_ms=duration_ms)
         self.sfu.outage(duration_ms)
 
     def remove_bridge(self, server: str, user: str) -> None:
@@ -179,29 +185,18 @@ class World:
         identity = self.policy.identity(user, server)
         for participant in self.sfu.participants(user):
             if participant.identity == identity and participant.server == server:
-                self.faults.append(
-                    Fault(
-                        kind="remove",
-                        start_ms=self.now_ms,
-                        end_ms=self.now_ms,
-                        server=server,
-                        user=user,
-                    )
-                )
+                self._fault("remove", server=server, user=user)
                 self.sfu.remove_participant(user, identity)
                 return
 
+    def delete_room(self, user: str) -> None:
+        """An operator deletes `user`'s room: every bridge in it is disconnected."""
+        self._fault("remove", user=user)
+        self.sfu.delete_room(user)
+
     def signal_loss(self, server: str, user: str) -> None:
         if self.sfu.drop_signal(user, server):
-            self.faults.append(
-                Fault(
-                    kind="signal_loss",
-                    start_ms=self.now_ms,
-                    end_ms=self.now_ms,
-                    server=server,
-                    user=user,
-                )
-            )
+            self._fault("signal_loss", server=server, user=user)
 
     def crash(self, server: str) -> None:
         """`server`'s process dies and a new one starts from its log; its glasses reconnect
@@ -209,14 +204,7 @@ class World:
         dead = self.runtimes[server]
         self.executor.crash(dead.actors())
         self.sfu.process_died(server)
-        self.faults.append(
-            Fault(
-                kind="crash",
-                start_ms=self.now_ms,
-                end_ms=self.now_ms + RECONNECT_AFTER_CRASH_MS,
-                server=server,
-            )
-        )
+        self._fault("crash", lasts_ms=RECONNECT_AFTER_CRASH_MS, server=server)
         dropped = [user for user, where in self._where.items() if where == server]
         for user in dropped:
             self._where[user] = None

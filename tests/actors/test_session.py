@@ -170,6 +170,23 @@ def test_a_bridge_that_missed_its_kick_is_caught_by_the_room_service() -> None:
     assert all_violations(world) == []
 
 
+def test_a_deleted_room_is_an_operator_action_and_waits_for_the_next_reconnect(
+    world: World,
+) -> None:
+    world.connect(USER, "prod")
+    world.run_for(1_000)
+    world.delete_room(USER)
+    world.run_for(5_000)
+    declined = decisions(world, "prod", RejoinDeclined)
+    assert declined
+    assert "operator (ROOM_DELETED)" in declined[-1].why
+    assert len(decisions(world, "prod", BridgeStarted)) == 1
+    world.disconnect(USER)
+    world.connect(USER, "prod")
+    world.run_for(1_000)
+    assert len(decisions(world, "prod", BridgeStarted)) == 2
+
+
 def test_an_expired_token_on_resume_is_replaced_by_a_fresh_join() -> None:
     world = World(servers=["prod"], seed=2, sfu=SfuConfig(token_ttl_ms=1_000))
     world.connect(USER, "prod")

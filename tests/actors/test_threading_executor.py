@@ -67,32 +67,35 @@ def test_actors_run_on_threads_with_the_real_clock() -> None:
 
         return check
 
-    sfu.phone_joined(USER)
-    executor.call_at(0, phone)
+    try:
+        sfu.phone_joined(USER)
+        executor.call_at(0, phone)
 
-    runtimes["prod"].glasses_connected(USER, epoch=1)
-    assert eventually(audio_on("prod", 0))
+        runtimes["prod"].glasses_connected(USER, epoch=1)
+        assert eventually(audio_on("prod", 0))
 
-    runtimes["prod"].glasses_disconnected(USER)
-    runtimes["debug"].glasses_connected(USER, epoch=2)
-    switched = executor.now_ms()
-    assert eventually(audio_on("debug", switched))
+        runtimes["prod"].glasses_disconnected(USER)
+        runtimes["debug"].glasses_connected(USER, epoch=2)
+        switched = executor.now_ms()
+        assert eventually(audio_on("debug", switched))
 
-    runtimes["debug"].glasses_disconnected(USER)
-    runtimes["prod"].glasses_connected(USER, epoch=3)
-    returned = executor.now_ms()
-    assert eventually(audio_on("prod", returned)), "prod's kicked bridge was restarted"
-    prod = runtimes["prod"].status(USER)
-    assert prod is not None
-    assert prod.generation == 2
+        runtimes["debug"].glasses_disconnected(USER)
+        runtimes["prod"].glasses_connected(USER, epoch=3)
+        returned = executor.now_ms()
+        assert eventually(audio_on("prod", returned)), "prod's kicked bridge was restarted"
+        prod = runtimes["prod"].status(USER)
+        assert prod is not None
+        assert prod.generation == 2
 
-    assert eventually(lambda: runtimes["debug"].status(USER) is None), "debug disposed"
-    debug_views = list(runtimes["debug"].views().values())
-    assert [v.state for v in debug_views] == ["DISPOSED"]
-    assert runtimes["debug"].live_bridges() == {}
+        assert eventually(lambda: runtimes["debug"].status(USER) is None), "debug disposed"
+        debug_views = list(runtimes["debug"].views().values())
+        assert [v.state for v in debug_views] == ["DISPOSED"]
+        assert runtimes["debug"].live_bridges() == {}
 
-    for runtime in runtimes.values():
-        runtime.stop()
+    finally:
+        # A failed assertion must not leave actor threads keeping the test process alive.
+        for runtime in runtimes.values():
+            runtime.stop()
+        executor.shutdown()
     assert [p.server for p in sfu.participants(USER)] == [], "stop left every room"
-    executor.shutdown()
     assert eventually(lambda: threading.active_count() == threads_before)

@@ -2,9 +2,9 @@
 
 from actors.policy import LEGACY, SUPERVISED
 from events.memory_store import MemoryStore
-from simulations.metrics import Metrics, compute
+from simulations.metrics import Metrics, compute, server_events
 from simulations.scenario import load
-from simulations.scenario_runner import logged_events, play, world_for
+from simulations.scenario_runner import play, world_for
 
 
 def metrics_of(name: str, *, shared_log: bool, legacy: bool = False) -> Metrics:
@@ -13,7 +13,7 @@ def metrics_of(name: str, *, shared_log: bool, legacy: bool = False) -> Metrics:
         scenario, LEGACY if legacy else SUPERVISED, 0, MemoryStore() if shared_log else None
     )
     play(world, scenario)
-    return compute(logged_events(world), end_ms=world.now_ms)
+    return compute(server_events(world.stores.values()), end_ms=world.now_ms)
 
 
 def test_one_shared_log_and_one_log_per_server_give_the_same_metrics() -> None:
