@@ -57,7 +57,7 @@ from events.catalog import (
     TimerFired,
     TimerKind,
 )
-from events.envelope import Pending, incarnation_of
+from events.envelope import Pending
 from events.log import EventStore
 from events.projection import SessionView, apply
 
@@ -74,6 +74,7 @@ class Session(pykka.Actor):
         server: str,
         user: str,
         stream: str,
+        incarnation: int,
         store: EventStore,
         executor: Executor,
         policy: Policy,
@@ -87,6 +88,7 @@ class Session(pykka.Actor):
         self._server = server
         self._user = user
         self._stream = stream
+        self._incarnation = incarnation
         self._store = store
         self._executor = executor
         self._policy = policy
@@ -205,7 +207,7 @@ class Session(pykka.Actor):
                 SessionOpened(
                     cause=self._cause,
                     why=f"first connection of the glasses to {self._server}",
-                    incarnation=incarnation_of(self._stream),
+                    incarnation=self._incarnation,
                     epoch=epoch,
                 )
             )

@@ -71,7 +71,9 @@ class Supervisor(pykka.Actor):
             if view.state == "DISPOSED":
                 self._ended[view.stream] = view
             else:
-                self._sessions[view.user] = self._spawn_session(view.user, view.stream, view)
+                self._sessions[view.user] = self._spawn_session(
+                    view.user, view.stream, view.incarnation, view
+                )
 
     def on_receive(self, message: object) -> object:
         match message:
@@ -81,7 +83,7 @@ class Supervisor(pykka.Actor):
                     incarnation = self._incarnations.get(user, 0) + 1
                     self._incarnations[user] = incarnation
                     stream = stream_name(self._server, user, incarnation)
-                    session = self._spawn_session(user, stream, None)
+                    session = self._spawn_session(user, stream, incarnation, None)
                     self._sessions[user] = session
                 tell(session, event)
             case SessionEnded(user=user, final=final):
@@ -115,13 +117,14 @@ class Supervisor(pykka.Actor):
         return None
 
     def _spawn_session(
-        self, user: str, stream: str, recovered: SessionView | None
+        self, user: str, stream: str, incarnation: int, recovered: SessionView | None
     ) -> pykka.ActorRef[Any]:
         return self._executor.spawn(
             Session,
             server=self._server,
             user=user,
             stream=stream,
+            incarnation=incarnation,
             store=self._store,
             executor=self._executor,
             policy=self._policy,

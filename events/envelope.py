@@ -45,10 +45,15 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def stream_name(server: str, user: str, incarnation: int) -> str:
-    """The stream of one session incarnation, e.g. `prod/alice@x.io/3`."""
-    return f"{server}/{user}/{incarnation}"
+    """The stream of one session incarnation, e.g. `prod/alice@x.io/3`.
+
+    `%` and `/` in a name are escaped, so that no two (server, user, incarnation) share a stream:
+    server `a` with user `b/c` is `a/b%2Fc/1`, server `a/b` with user `c` is `a%2Fb/c/1`. Names
+    without those characters read as they are; streams of older logs are kept as they were
+    written, since a stream is only ever compared, never parsed back into its names.
+    """
+    return f"{_escaped(server)}/{_escaped(user)}/{incarnation}"
 
 
-def incarnation_of(stream: str) -> int:
-    """The incarnation number at the end of a stream name (a user id may contain `/`)."""
-    return int(stream.rsplit("/", 1)[1])
+def _escaped(name: str) -> str:
+    return name.replace("%", "%25").replace("/", "%2F")

@@ -30,7 +30,7 @@ from events.catalog import (
     SessionResumed,
     TimerFired,
 )
-from events.envelope import Envelope, incarnation_of
+from events.envelope import Envelope
 
 RESTART_HISTORY = 16
 """How many failure-driven restarts a view remembers; a restart budget's intensity fits in it."""
@@ -75,7 +75,7 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
             stream=envelope.stream,
             server=envelope.server,
             user=envelope.user,
-            incarnation=incarnation_of(envelope.stream),
+            incarnation=event.incarnation,
             version=envelope.version,
             state="ACTIVE",
             epoch=event.epoch,

@@ -77,6 +77,7 @@ def reconnect_decision_cpu_us(samples: int = 2_000) -> tuple[float, float]:
             server="prod",
             user=f"u{sample}",
             stream=stream,
+            incarnation=1,
             store=store,
             executor=executor,
             policy=SUPERVISED,
