@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import urllib.parse
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from events.envelope import Envelope, Pending
 from events.log import (
     CorruptLog,
     DuplicateEventId,
+    LogError,
     UnreadableLog,
     WrongExpectedVersion,
     check_batch,
@@ -47,6 +49,8 @@ CREATE TABLE IF NOT EXISTS events (
 
 _COLUMNS = "position, stream, version, event_id, time_ms, server, user, schema, record, crc"
 _READ = "position, schema, record, crc"
+_BATCH = 4096
+"""Records fetched per query when reading the whole log."""
 
 Row = tuple[int, str, int, str, int, str, str, int, bytes, int]
 Stored = tuple[int, int, bytes, int]
@@ -58,30 +62,109 @@ def _crc(schema: int, record: bytes) -> int:
 
 
 class SQLiteStore:
-    """The log in one SQLite file. Thread-safe: one connection behind a lock."""
+    """The log in one SQLite file. Thread-safe: one connection behind a lock.
+
+    A writer creates the file (and its folder must exist) or opens an existing rejoin log; it
+    refuses any other file before writing a byte to it. A reader (`read_only=True`) never writes
+    to the file, creates no table, and refuses a file that is not a rejoin log.
+    """
 
     def __init__(
-        self, path: str | Path, *, synchronous: Literal["FULL", "NORMAL"] = "FULL"
+        self,
+        path: str | Path,
+        *,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        read_only: bool = False,
     ) -> None:
         self.path = str(path)
+        self.read_only = read_only
         self._lock = threading.Lock()
+        self._db = self._open_reader() if read_only else self._open_writer(synchronous)
+
+    def _open_writer(self, synchronous: str) -> sqlite3.Connection:
+        folder = Path(self.path).parent
+        if not folder.is_dir():
+            msg = f"{self.path}: cannot create the log: there is no folder {folder}"
+            raise LogError(msg)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.executescript(_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (FORMAT,))
-            (found,) = self._db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-        except sqlite3.DatabaseError as error:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as error:
+            msg = f"{self.path}: cannot open the log: {error}"
+            raise LogError(msg) from error
+        try:
+            tables = {
+                name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            if tables:
+                self._check_format(db)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            if not tables:
+                db.executescript(_SCHEMA)
+                db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+        except sqlite3.Error as error:
+            db.close()
             msg = f"{self.path}: not a rejoin event log ({error})"
             raise UnreadableLog(msg) from error
-        if found != FORMAT:
-            msg = f"{self.path}: log format {found!r}, this version reads {FORMAT!r}"
+        except LogError:
+            db.close()
+            raise
+        return db
+
+    def _open_reader(self) -> sqlite3.Connection:
+        file = Path(self.path)
+        if not file.is_file():
+            msg = f"{self.path}: no such log file"
+            raise LogError(msg)
+        if file.stat().st_size == 0:
+            msg = f"{self.path}: an empty file, not a rejoin event log"
+            raise UnreadableLog(msg)
+        wal = Path(f"{self.path}-wal")
+        # Without a write-ahead log nothing is waiting to be checkpointed and no writer has the
+        # file open (a writer keeps its -wal while it runs): read it as immutable, which writes
+        # nothing, not even the -wal and -shm files a read-only open would create beside it.
+        pending = wal.exists() and wal.stat().st_size > 0
+        mode = "mode=ro" if pending else "immutable=1"
+        uri = f"file:{urllib.parse.quote(str(file.resolve()))}?{mode}"
+        try:
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA cell_size_check=ON")
+            self._check_format(db)
+        except sqlite3.OperationalError as error:
+            if pending and "unable to open" in str(error):
+                msg = (
+                    f"{self.path}: its write-ahead log {wal.name} holds records not yet in the "
+                    "file, and its folder cannot be written; copy both files to a writable "
+                    "folder to read them"
+                )
+            else:
+                msg = f"{self.path}: not a readable rejoin event log ({error})"
+            raise UnreadableLog(msg) from error
+        except sqlite3.Error as error:
+            msg = f"{self.path}: not a readable rejoin event log ({error})"
+            raise UnreadableLog(msg) from error
+        return db
+
+    def _check_format(self, db: sqlite3.Connection) -> None:
+        try:
+            found = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        except sqlite3.OperationalError as error:
+            if "no such table" not in str(error):
+                raise
+            found = None
+        if found is None:
+            msg = f"{self.path}: not a rejoin event log (it has no rejoin format record)"
+            raise UnreadableLog(msg)
+        if found[0] != FORMAT:
+            msg = f"{self.path}: log format {found[0]!r}, this version reads {FORMAT!r}"
             raise UnreadableLog(msg)
 
     def append(
         self, stream: str, expected_version: int, events: Sequence[Pending]
     ) -> list[Envelope]:
+        if self.read_only:
+            msg = f"{self.path}: opened read-only"
+            raise LogError(msg)
         check_batch(stream, events)
         with self._lock:
             db = self._db
@@ -133,13 +216,23 @@ class SQLiteStore:
         while True:
             with self._lock:
                 try:
-                    rows: list[Stored] = self._db.execute(
+                    rows: list[Stored] | None = self._db.execute(
                         f"SELECT {_READ} FROM events WHERE position >= ?"
-                        " ORDER BY position LIMIT 4096",
+                        f" ORDER BY position LIMIT {_BATCH}",
                         (expected,),
                     ).fetchall()
-                except sqlite3.DatabaseError as error:
-                    raise CorruptLog(self.path, expected, str(error)) from error
+                except sqlite3.DatabaseError:
+                    rows = None
+            if rows is None:
+                # A damaged page fails the whole batch: read it again record by record, so that
+                # every record before the first bad one is kept and that one is named exactly.
+                for position in range(expected, expected + _BATCH):
+                    row = self._read_one(position)
+                    if row is None:
+                        return
+                    yield self._decode(row)
+                expected += _BATCH
+                continue
             if not rows:
                 return
             for row in rows:
@@ -147,6 +240,24 @@ class SQLiteStore:
                     raise CorruptLog(self.path, expected, "the record is missing")
                 yield self._decode(row)
                 expected += 1
+
+    def _read_one(self, position: int) -> Stored | None:
+        """The record at `position`; `None` past the end of the log."""
+        with self._lock:
+            try:
+                row: Stored | None = self._db.execute(
+                    f"SELECT {_READ} FROM events WHERE position = ?", (position,)
+                ).fetchone()
+                if row is not None:
+                    return row
+                later = self._db.execute(
+                    "SELECT 1 FROM events WHERE position > ? LIMIT 1", (position,)
+                ).fetchone()
+            except sqlite3.DatabaseError as error:
+                raise CorruptLog(self.path, position, str(error)) from error
+        if later is None:
+            return None
+        raise CorruptLog(self.path, position, "the record is missing")
 
     def read_stream(self, stream: str) -> list[Envelope]:
         with self._lock:

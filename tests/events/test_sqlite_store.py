@@ -1,6 +1,7 @@
 """What only the SQLite store promises: durability across reopening, and a corrupt log that
 reports its first bad record while everything before it stays readable."""
 
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -8,26 +9,25 @@ import pytest
 
 from events.catalog import GlassesConnected
 from events.envelope import Pending
-from events.log import CorruptLog, UnreadableLog, read_valid_prefix
+from events.log import CorruptLog, LogError, UnreadableLog, read_valid_prefix
 from events.sqlite_store import SQLiteStore
+from tests.events.reference_reader import readable_records
+
+
+def connected(event_id: str, epoch: int, user: str = "a") -> Pending:
+    return Pending(
+        event_id=event_id,
+        time_ms=epoch,
+        server="prod",
+        user=user,
+        event=GlassesConnected(epoch=epoch),
+    )
 
 
 def fill(path: Path, count: int) -> None:
     store = SQLiteStore(path)
     for version in range(count):
-        store.append(
-            "prod/a/1",
-            version,
-            [
-                Pending(
-                    event_id=f"e{version}",
-                    time_ms=version,
-                    server="prod",
-                    user="a",
-                    event=GlassesConnected(epoch=version),
-                )
-            ],
-        )
+        store.append("prod/a/1", version, [connected(f"e{version}", version)])
     store.close()
 
 
@@ -84,3 +84,114 @@ def test_a_file_that_is_not_a_log_is_refused_with_its_name(tmp_path: Path) -> No
     path.write_bytes(b"these are not the events you are looking for" * 100)
     with pytest.raises(UnreadableLog, match=r"notes\.db: not a rejoin event log"):
         SQLiteStore(path)
+    assert path.read_bytes() == b"these are not the events you are looking for" * 100
+
+
+def big_log(path: Path, count: int) -> None:
+    store = SQLiteStore(path, synchronous="NORMAL")
+    for start in range(0, count, 100):
+        batch = [connected(f"e{n}", n, f"u{start}") for n in range(start, start + 100)]
+        store.append(f"prod/u{start}/1", 0, batch)
+    store.close()
+
+
+def zero_page_holding(path: Path, marker: bytes, page_size: int = 4096) -> None:
+    data = bytearray(path.read_bytes())
+    page = data.index(marker) // page_size
+    data[page * page_size : (page + 1) * page_size] = bytes(page_size)
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_page_loses_no_record_before_it_and_names_the_first_bad_one(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log.db"
+    big_log(path, 6_000)
+    zero_page_holding(path, b'"event_id":"e5000"')
+    readable = readable_records(path)
+    assert 4_096 < readable < 5_001, "the page is in the second batch of records, after 4,096"
+    envelopes, error = read_valid_prefix(SQLiteStore(path, read_only=True))
+    assert len(envelopes) == readable
+    assert error is not None
+    assert error.position == readable + 1
+
+
+def test_a_reader_writes_nothing_not_even_beside_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    fill(path, 3)
+    before = path.read_bytes()
+    store = SQLiteStore(path, read_only=True)
+    assert [e.event_id for e in store.read_all()] == ["e0", "e1", "e2"]
+    with pytest.raises(LogError, match="opened read-only"):
+        store.append("prod/a/1", 3, [])
+    store.close()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.db"]
+
+
+def test_a_reader_reads_a_log_whose_writer_is_still_open(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    writer = SQLiteStore(path)
+    writer.append("prod/a/1", 0, [connected("e", 1)])
+    reader = SQLiteStore(path, read_only=True)
+    assert [e.event_id for e in reader.read_all()] == ["e"], "the record is still in the -wal"
+    reader.close()
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", r"an empty file, not a rejoin event log"),
+        (b"these are not the events" * 100, r"not a readable rejoin event log"),
+    ],
+)
+def test_a_reader_refuses_what_is_not_a_log_and_leaves_it_as_it_was(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(content)
+    with pytest.raises(UnreadableLog, match=message):
+        SQLiteStore(path, read_only=True)
+    assert path.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
+
+
+def another_programs_database(path: Path) -> bytes:
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE contacts (name TEXT)")
+    db.execute("INSERT INTO contacts VALUES ('ada')")
+    db.commit()
+    db.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("read_only", [True, False], ids=["reader", "writer"])
+def test_another_programs_database_is_refused_untouched(tmp_path: Path, read_only: bool) -> None:
+    path = tmp_path / "contacts.db"
+    before = another_programs_database(path)
+    with pytest.raises(UnreadableLog, match=r"contacts\.db: not a rejoin event log"):
+        SQLiteStore(path, read_only=read_only)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["contacts.db"]
+
+
+def test_a_writer_names_a_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(LogError, match=r"cannot create the log: there is no folder .*nowhere"):
+        SQLiteStore(tmp_path / "nowhere" / "log.db")
+
+
+def test_a_log_copied_with_its_write_ahead_log_reads_in_full(tmp_path: Path) -> None:
+    """A log copied while its writer ran (or after it was killed): its newest records are
+    still in the -wal beside it."""
+    log = tmp_path / "live.db"
+    writer = SQLiteStore(log)
+    writer.append("prod/a/1", 0, [connected("e", 1)])
+    copy = tmp_path / "copy" / "live.db"
+    copy.parent.mkdir()
+    for suffix in ("", "-wal"):
+        shutil.copy(f"{log}{suffix}", f"{copy}{suffix}")
+    writer.close()
+    store = SQLiteStore(copy, read_only=True)
+    assert [e.event_id for e in store.read_all()] == ["e"]
+    store.close()

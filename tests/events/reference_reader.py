@@ -1,0 +1,37 @@
+"""The plainest reader of a SQLite log there is, as the yardstick for the store's own: it opens
+the file immutable (it writes nothing), checks that it is a rejoin log, and reads record after
+record by position until one cannot be read."""
+
+import contextlib
+import itertools
+import sqlite3
+import urllib.parse
+import zlib
+from pathlib import Path
+
+from events.codec import UndecodableEvent, decode_envelope
+from events.sqlite_store import FORMAT
+
+
+def readable_records(path: Path) -> int:
+    """How many records, from position 1 on, can be read before the first bad one."""
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?immutable=1"
+    count = 0
+    try:
+        db = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error:
+        return 0
+    with contextlib.closing(db), contextlib.suppress(sqlite3.Error, UndecodableEvent):
+        found = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        if found is None or found[0] != FORMAT:
+            return 0
+        for position in itertools.count(1):
+            row = db.execute(
+                "SELECT schema, record, crc FROM events WHERE position = ?", (position,)
+            ).fetchone()
+            if row is None or zlib.crc32(row[1], row[0]) != row[2]:
+                break
+            if decode_envelope(row[0], row[1]).position != position:
+                break
+            count = position
+    return count
