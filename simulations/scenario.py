@@ -1,20 +1,60 @@
 """Scenario files: a public TOML format (DESIGN section 6), decoded and validated with msgspec.
 
 Every mistake in a file is a `ScenarioError` whose message is one line naming the file, the line
-when there is one, and what is wrong.
+when there is one, and what is wrong. Validation happens here and only here: every number is
+finite and within the range `LIMITS` gives it, every name is printable text, and the whole run is
+bounded in size, so a file that passes cannot crash or stall the simulation that follows.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
+import unicodedata
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
+from simulations.toml_lines import line_of
+
 BUILT_IN = ("rapid-switch", "grace-boundary", "post-grace", "multiple-switches", "network-blip")
 """The seed's testing plan, in its order."""
+
+
+class Limit(NamedTuple):
+    low: float
+    high: float
+    unit: str
+
+
+MAX_TIME_S = 3_600.0
+"""The latest time a step or an expectation may name: one simulated hour."""
+
+LIMITS: dict[str, Limit] = {
+    "grace_s": Limit(0.001, MAX_TIME_S, "s"),
+    "duration_s": Limit(0.0, MAX_TIME_S, "s"),
+    "seed": Limit(0, 2**63 - 1, ""),
+    "at": Limit(0.0, MAX_TIME_S, "s"),
+    "sfu_outage_s": Limit(0.001, MAX_TIME_S, "s"),
+    "join_latency_ms": Limit(0, 60_000, "ms"),
+    "audio_chunk_ms": Limit(10, 1_000, "ms"),
+    "token_ttl_s": Limit(1.0, 86_400.0, "s"),
+}
+"""The range of every number a scenario holds, ends included."""
+
+MAX_FILE_BYTES = 1 << 20
+MAX_SERVERS = 16
+MAX_USERS = 1_000
+MAX_ENTRIES = 10_000
+"""Steps, and expectations, in one scenario."""
+MAX_NAME = 256
+MAX_DESCRIPTION = 4_096
+MAX_AUDIO_CHUNKS = 1_000_000
+"""Chunks the phones may send in one run (users x run length / chunk period): about 20 s of
+simulation at most, twin run included."""
 
 
 class ScenarioError(ValueError):
@@ -79,19 +119,27 @@ def load(reference: str) -> Scenario:
     if reference in BUILT_IN and not path.exists():
         source = resources.files("simulations.scenarios").joinpath(f"{reference}.toml")
         return parse(source.read_bytes(), f"{reference} (built-in)", default_name=reference)
-    if not path.is_file():
+    if not path.exists():
         known = ", ".join(BUILT_IN)
         msg = f"{reference}: no such scenario file, and not a built-in scenario ({known})"
         raise ScenarioError(msg)
+    if not path.is_file():
+        msg = f"{reference}: not a scenario file (a scenario is a regular TOML file)"
+        raise ScenarioError(msg)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
     except OSError as error:
         msg = f"{reference}: cannot read: {error.strerror}"
         raise ScenarioError(msg) from error
+    if len(data) > MAX_FILE_BYTES:
+        msg = f"{reference}: larger than {MAX_FILE_BYTES // 1024} KiB, the most a scenario may be"
+        raise ScenarioError(msg)
     return parse(data, reference, default_name=path.stem)
 
 
 def parse(data: bytes, origin: str, *, default_name: str) -> Scenario:
+    """A scenario from the bytes of a TOML file; `origin` names it in errors."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -102,38 +150,122 @@ def parse(data: bytes, origin: str, *, default_name: str) -> Scenario:
     except tomllib.TOMLDecodeError as error:
         msg = f"{origin}: not valid TOML: {error}"
         raise ScenarioError(msg) from None
+    except RecursionError:
+        msg = f"{origin}: not a scenario: its tables or arrays are nested too deeply"
+        raise ScenarioError(msg) from None
+    return _scenario(document, origin, text, default_name)
+
+
+def from_json(data: str, origin: str) -> Scenario:
+    """A scenario as `msgspec.json.encode` wrote it into a run record, validated again."""
+    try:
+        document = msgspec.json.decode(data)
+    except (msgspec.DecodeError, RecursionError) as error:
+        msg = f"{origin}: not a scenario document: {error}"
+        raise ScenarioError(msg) from None
+    return _scenario(document, origin, None, "")
+
+
+def _scenario(document: object, origin: str, text: str | None, default_name: str) -> Scenario:
     try:
         scenario = msgspec.convert(document, Scenario)
     except msgspec.ValidationError as error:
         message = str(error).replace("Object contains unknown field", "unknown key")
         raise ScenarioError(_located(origin, text, message)) from None
+    except RecursionError:
+        msg = f"{origin}: not a scenario: its tables or arrays are nested too deeply"
+        raise ScenarioError(msg) from None
     if not scenario.name:
+        if _name_fault(default_name) is not None:
+            msg = f"{origin}: the file's name is not a usable scenario name; set `name`"
+            raise ScenarioError(msg)
         scenario = msgspec.structs.replace(scenario, name=default_name)
-    _validate(scenario, origin, text)
+    _validate(scenario, _Reporter(origin, text))
     return scenario
 
 
-def _validate(scenario: Scenario, origin: str, text: str) -> None:
-    def fail(path: str, problem: str) -> None:
-        raise ScenarioError(_located(origin, text, f"{problem} - at `{path}`"))
+class _Reporter:
+    def __init__(self, origin: str, text: str | None) -> None:
+        self.origin = origin
+        self.text = text
 
+    def fail(self, path: str, problem: str) -> None:
+        """Refuse the scenario; `path` names the value at fault (`$` is the whole document)."""
+        message = problem if path == "$" else f"{problem} - at `{path}`"
+        raise ScenarioError(_located(self.origin, self.text, message))
+
+    def number(self, path: str, field: str, value: float) -> None:
+        low, high, unit = LIMITS[field]
+        if not (math.isfinite(value) and low <= value <= high):
+            self.fail(
+                path,
+                f"{field} must be from {_figure(low)} to {_figure(high)}"
+                f"{' ' + unit if unit else ''}; found {_figure(value)}",
+            )
+
+    def name(self, path: str, value: str) -> None:
+        fault = _name_fault(value)
+        if fault is not None:
+            self.fail(path, f"{fault}: {value!r}")
+
+
+def _name_fault(name: str) -> str | None:
+    """Why `name` cannot name a server, a user or a scenario; `None` if it can."""
+    if not name:
+        return "a name cannot be empty"
+    if len(name) > MAX_NAME:
+        return f"a name has at most {MAX_NAME} characters"
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in name):
+        return "a name has no control characters"
+    if name != name.strip():
+        return "a name does not begin or end with a space"
+    return None
+
+
+def _figure(value: float) -> str:
+    if isinstance(value, int) or (math.isfinite(value) and value == int(value)):
+        return f"{int(value):,}".replace(",", "_") if abs(value) >= 100_000 else f"{value:g}"
+    return f"{value:g}"
+
+
+def _validate(scenario: Scenario, report: _Reporter) -> None:
+    fail = report.fail
     servers = scenario.servers
+    report.name("$.name", scenario.name)
+    if len(scenario.description) > MAX_DESCRIPTION:
+        fail("$.description", f"a description has at most {MAX_DESCRIPTION} characters")
     if not servers:
         fail("$.servers", "a scenario needs at least one server")
+    if len(servers) > MAX_SERVERS:
+        fail("$.servers", f"a scenario has at most {MAX_SERVERS} servers")
+    for index, server in enumerate(servers):
+        report.name(f"$.servers[{index}]", server)
     if len(set(servers)) != len(servers):
         fail("$.servers", "a server is listed twice")
-    if scenario.grace_s <= 0:
-        fail("$.grace_s", "grace_s must be positive")
+    report.number("$.grace_s", "grace_s", scenario.grace_s)
+    if scenario.duration_s is not None:
+        report.number("$.duration_s", "duration_s", scenario.duration_s)
+    report.number("$.seed", "seed", scenario.seed)
     low, high = scenario.sfu.join_latency_ms
-    if not 0 <= low <= high:
-        fail("$.sfu.join_latency_ms", "join_latency_ms must be [low, high] with 0 <= low <= high")
-    if scenario.sfu.audio_chunk_ms <= 0:
-        fail("$.sfu.audio_chunk_ms", "audio_chunk_ms must be positive")
+    report.number("$.sfu.join_latency_ms[0]", "join_latency_ms", low)
+    report.number("$.sfu.join_latency_ms[1]", "join_latency_ms", high)
+    if low > high:
+        fail("$.sfu.join_latency_ms", "join_latency_ms is [low, high] with low <= high")
+    report.number("$.sfu.audio_chunk_ms", "audio_chunk_ms", scenario.sfu.audio_chunk_ms)
+    report.number("$.sfu.token_ttl_s", "token_ttl_s", scenario.sfu.token_ttl_s)
+    _validate_steps(scenario, report)
+    _validate_expectations(scenario, report)
+    _validate_size(scenario, report)
+
+
+def _validate_steps(scenario: Scenario, report: _Reporter) -> None:
+    fail = report.fail
+    if len(scenario.step) > MAX_ENTRIES:
+        fail("$.step", f"a scenario has at most {MAX_ENTRIES:,} steps")
     previous = 0.0
     for index, step in enumerate(scenario.step):
         where = f"$.step[{index}]"
-        if step.at < 0:
-            fail(f"{where}.at", f"time {step.at:g} is negative")
+        report.number(f"{where}.at", "at", step.at)
         if step.at < previous:
             fail(f"{where}.at", f"time {step.at:g} comes before the step above it ({previous:g})")
         previous = step.at
@@ -142,63 +274,65 @@ def _validate(scenario: Scenario, origin: str, text: str) -> None:
             found = ", ".join(actions) or "none"
             fail(where, f"a step takes exactly one action ({', '.join(ACTIONS)}); found {found}")
         action = actions[0]
-        if action in SERVER_ACTIONS and getattr(step, action) not in servers:
+        if step.user is not None:
+            report.name(f"{where}.user", step.user)
+        if action in SERVER_ACTIONS and getattr(step, action) not in scenario.servers:
             fail(f"{where}.{action}", f"unknown server {getattr(step, action)!r}")
         if action not in USERLESS_ACTIONS and step.user is None:
             fail(where, f"a {action} step names its user")
         if step.disconnect is False:
             fail(f"{where}.disconnect", "disconnect takes the value true")
-        if step.sfu_outage_s is not None and step.sfu_outage_s <= 0:
-            fail(f"{where}.sfu_outage_s", "an outage lasts a positive number of seconds")
+        if step.sfu_outage_s is not None:
+            report.number(f"{where}.sfu_outage_s", "sfu_outage_s", step.sfu_outage_s)
+    if scenario.duration_s is not None and scenario.duration_s < previous:
+        fail("$.duration_s", "duration_s ends before the last step")
+
+
+def _validate_expectations(scenario: Scenario, report: _Reporter) -> None:
+    fail = report.fail
+    if len(scenario.expect) > MAX_ENTRIES:
+        fail("$.expect", f"a scenario has at most {MAX_ENTRIES:,} expectations")
     for index, expect in enumerate(scenario.expect):
         where = f"$.expect[{index}]"
-        if expect.at < 0:
-            fail(f"{where}.at", f"time {expect.at:g} is negative")
+        report.number(f"{where}.at", "at", expect.at)
+        if scenario.duration_s is not None and expect.at > scenario.duration_s:
+            fail(
+                f"{where}.at",
+                f"time {expect.at:g} is after the run ends (duration_s = {scenario.duration_s:g})",
+            )
+        report.name(f"{where}.user", expect.user)
         targets = [t for t in (expect.audio_on, expect.no_audio_on) if t is not None]
         if len(targets) != 1:
             fail(where, "an expectation takes exactly one of audio_on, no_audio_on")
-        if targets[0] not in servers:
+        if targets[0] not in scenario.servers:
             fail(where, f"unknown server {targets[0]!r}")
-    if scenario.duration_s is not None and scenario.duration_s < previous:
-        fail("$.duration_s", "duration_s ends before the last step")
+
+
+def _validate_size(scenario: Scenario, report: _Reporter) -> None:
+    users = {step.user for step in scenario.step if step.user is not None}
+    users |= {expect.user for expect in scenario.expect}
+    if len(users) > MAX_USERS:
+        report.fail("$", f"a scenario has at most {MAX_USERS:,} users; this one has {len(users):,}")
+    chunks = len(users) * scenario.end_s * 1000 / scenario.sfu.audio_chunk_ms
+    if chunks > MAX_AUDIO_CHUNKS:
+        report.fail(
+            "$",
+            f"the phones could send {chunks:,.0f} audio chunks ({len(users)} users for "
+            f"{scenario.end_s:g} s, one per {scenario.sfu.audio_chunk_ms} ms); "
+            f"a run holds at most {MAX_AUDIO_CHUNKS:,}",
+        )
 
 
 _PATH = re.compile(r"`\$((?:\.\w+|\[\d+\])*)`")
 
 
-def _located(origin: str, text: str, message: str) -> str:
-    """`origin:line: message`, the line found from the `$.step[2].connect` path msgspec gives."""
+def _located(origin: str, text: str | None, message: str) -> str:
+    """`origin:line: message`, the line found from the `$.step[2].connect` path in `message`."""
     match = _PATH.search(message)
     path = match.group(1) if match else None
     unknown = re.search(r"unknown key `(\w+)`", message)
     if unknown:
         path = f"{path or ''}.{unknown.group(1)}"
-    line = _line_of(text, path) if path is not None else None
+    line = line_of(text, path) if text is not None and path else None
     where = f"{origin}:{line}" if line else origin
     return f"{where}: {message}"
-
-
-def _line_of(text: str, path: str) -> int | None:
-    parts = re.findall(r"\.(\w+)|\[(\d+)\]", path)
-    lines = text.splitlines()
-    start, table = 0, ""
-    for key, index in parts:
-        if index:
-            header = re.compile(rf"^\s*\[\[\s*{re.escape(table)}\s*\]\]")
-            seen = -1
-            for number in range(len(lines)):
-                if header.match(lines[number]):
-                    seen += 1
-                    if seen == int(index):
-                        start = number
-                        break
-            continue
-        table = key
-        pattern = re.compile(rf"^\s*(\[+\s*)?{re.escape(key)}\b")
-        for number in range(start, len(lines)):
-            if pattern.match(lines[number]):
-                start = number
-                break
-        else:
-            return start + 1 if start else None
-    return start + 1
