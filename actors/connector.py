@@ -15,6 +15,11 @@ import msgspec
 from events.catalog import DisconnectReason
 
 
+class RoomServerError(Exception):
+    """The room server some settings name cannot be used: it is unreachable, its URL is
+    malformed, or it refuses the credentials. The message is one redacted line."""
+
+
 class JoinRequest(msgspec.Struct, frozen=True, kw_only=True):
     room: str
     identity: str

@@ -33,6 +33,7 @@ from actors.connector import (
     RoomJoined,
     RoomJoinFailed,
 )
+from actors.redaction import redact, register_secret
 from events.catalog import DisconnectReason
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ class LiveKitSettings(msgspec.Struct, frozen=True, kw_only=True):
     single_peer_connection: bool | None = None
     """`None` lets the SDK choose (single PC, falling back on a 404); the loopback server speaks
     only the two-PC protocol, and `False` skips the fallback's noise."""
+
+    def __post_init__(self) -> None:
+        register_secret(self.api_secret)
 
     def room_options(self, *, auto_subscribe: bool) -> rtc.RoomOptions:
         return rtc.RoomOptions(
@@ -78,14 +82,6 @@ class LiveKitSettings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def http_url(self) -> str:
         return self.url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
-
-
-def redact(text: str, *secrets: str) -> str:
-    """`text` with every secret (API secret, token) replaced, for logs and error messages."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return text
 
 
 def bridge_token(settings: LiveKitSettings, request: JoinRequest) -> str:
@@ -174,11 +170,11 @@ class LiveKitConnector:
             )
         except api.TwirpError as error:
             if error.code != "not_found":
-                logger.warning("room service lookup failed: %s", self._redacted(str(error)))
+                logger.warning("room service lookup failed: %s", redact(str(error)))
             reply(None)
             return
         except Exception as error:
-            logger.warning("room service lookup failed: %s", self._redacted(str(error)))
+            logger.warning("room service lookup failed: %s", redact(str(error)))
             reply(None)
             return
         reply(_holder(info.metadata))
@@ -188,9 +184,6 @@ class LiveKitConnector:
             s = self.settings
             self._api = api.LiveKitAPI(s.http_url, s.api_key, s.api_secret)
         return self._api.room
-
-    def _redacted(self, text: str, *more: str) -> str:
-        return redact(text, self.settings.api_secret, *more)
 
     def close(self) -> None:
         """Leave every room, close the room service client, and stop the loop if it is ours."""
@@ -270,7 +263,7 @@ class LiveKitHandle:
             )
         except Exception as error:
             if not self._left.is_set():
-                message = self._connector._redacted(str(error) or type(error).__name__, token)
+                message = redact(str(error) or type(error).__name__)
                 self._on_event(RoomJoinFailed(error=message))
             await self._release()
             return
@@ -342,6 +335,6 @@ class LiveKitHandle:
             try:
                 await asyncio.wait_for(room.disconnect(), timeout=5)
             except Exception as error:
-                logger.warning("leaving the room failed: %s", self._connector._redacted(str(error)))
+                logger.warning("leaving the room failed: %s", redact(str(error)))
         self._connector._forget(self)
         self._released.set()

@@ -12,7 +12,9 @@ import time
 
 from livekit import api, rtc
 
+from actors.connector import RoomServerError
 from actors.livekit_connector import EventLoopThread, LiveKitSettings
+from actors.redaction import redact
 from simulations.world import tone
 
 CHUNK_S = 0.1
@@ -31,8 +33,13 @@ class Phone:
 
     def join(self, *, deadline_s: float, timeout_s: float = 15.0) -> None:
         """Join the user's room and start the publishing loop, which ends at `deadline_s`
-        (a `time.monotonic()` instant)."""
-        self._loop.submit(self._join(deadline_s)).result(timeout=timeout_s)
+        (a `time.monotonic()` instant). Raises `RoomServerError` if the room cannot be joined."""
+        try:
+            self._loop.submit(self._join(deadline_s)).result(timeout=timeout_s)
+        except (rtc.ConnectError, TimeoutError) as error:
+            reason = redact(str(error)) or f"no answer within {timeout_s:g} s"
+            msg = f"{self._settings.url}: the phone of {self.user} could not join: {reason}"
+            raise RoomServerError(msg) from None
 
     async def _join(self, deadline_s: float) -> None:
         s = self._settings
