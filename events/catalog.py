@@ -121,6 +121,10 @@ class RunStarted(Input, frozen=True, kw_only=True):
     seed: int
 
 
+class RunEnded(Input, frozen=True, kw_only=True):
+    """A simulated run reached its end, at this envelope's time; a log without one was cut short."""
+
+
 class ProcessRestarted(Input, frozen=True, kw_only=True):
     """The server restarted; the bridge and the glasses connection did not survive it."""
 
@@ -199,6 +203,7 @@ AnyEvent = (
     | IdentityHolderObserved
     | TimerFired
     | RunStarted
+    | RunEnded
     | ProcessRestarted
     | SessionOpened
     | SessionResumed

@@ -5,7 +5,6 @@ Each check returns a list of violations, one readable line each; an empty list m
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
 
 import msgspec
@@ -65,9 +64,6 @@ def fault_windows(world: World) -> list[tuple[int, int, str | None]]:
 
 def liveness(world: World, window_ms: int = LIVENESS_WINDOW_MS) -> list[str]:
     """Glasses connected to S for `window_ms` with no fault active means audio reached S."""
-    heard: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for delivery in world.deliveries:
-        heard[(delivery.user, delivery.server)].append(delivery.time_ms)
     faults = fault_windows(world)
     violations = []
     by_user = defaultdict(list)
@@ -85,9 +81,7 @@ def liveness(world: World, window_ms: int = LIVENESS_WINDOW_MS) -> list[str]:
                 for f_start, f_end, f_user in faults
             ):
                 continue
-            times = heard[(user, move.server)]
-            first = bisect.bisect_right(times, start)
-            if first == len(times) or times[first] > due:
+            if not world.deliveries.heard(user, move.server, after_ms=start, until_ms=due):
                 violations.append(
                     f"liveness: {user} connected to {move.server} at {start} ms, "
                     f"no audio there by {due} ms"
@@ -141,13 +135,12 @@ def zombies(world: World) -> list[str]:
 
 def grace_preserved(world: World) -> list[str]:
     """A blip shorter than grace on the same server never restarts a healthy bridge."""
+    streams: dict[tuple[str, str], list[Envelope]] = defaultdict(list)
+    for envelope in server_events(world.stores.values()):
+        streams[(envelope.server, envelope.stream)].append(envelope)
     violations = []
-    for server, store in world.stores.items():
-        streams: dict[str, list[Envelope]] = defaultdict(list)
-        for envelope in store.read_all():
-            streams[envelope.stream].append(envelope)
-        for stream, envelopes in streams.items():
-            violations.extend(_blips_restarting_healthy_bridges(server, stream, envelopes))
+    for (server, stream), envelopes in streams.items():
+        violations.extend(_blips_restarting_healthy_bridges(server, stream, envelopes))
     return violations
 
 

@@ -8,7 +8,6 @@ test controls, or refused before anything starts.
 
 from __future__ import annotations
 
-import threading
 import time
 
 from livekit import api
@@ -28,10 +27,11 @@ from simulations.scenario import Scenario, ScenarioError
 from simulations.scenario_runner import (
     ExpectationResult,
     RunResult,
+    run_ended,
     run_started,
     schedule,
 )
-from simulations.world import Delivery
+from simulations.world import Deliveries
 
 SETTLE_S = 2.0
 """How long the server gets to see the stopped runtimes' leaves before the zombie check."""
@@ -62,8 +62,7 @@ class LiveRun:
         self.loopback = loopback
         self.origin = time.monotonic()
         self.loop = EventLoopThread()
-        self.deliveries: list[Delivery] = []
-        self._lock = threading.Lock()
+        self.deliveries = Deliveries()
         self._where: dict[str, str | None] = {}
         self._epochs: dict[str, int] = {}
         self.stores = {s: store or MemoryStore() for s in scenario.servers}
@@ -88,10 +87,7 @@ class LiveRun:
         self.phones = {user: Phone(self.loop, settings, user) for user in sorted(users)}
 
     def _sink(self, chunk: AudioChunk) -> None:
-        with self._lock:
-            self.deliveries.append(
-                Delivery(self._now_ms(), chunk.server, chunk.user, chunk.sequence)
-            )
+        self.deliveries.record(self._now_ms(), chunk.server, chunk.user)
 
     def _now_ms(self) -> int:
         return int((time.monotonic() - self.origin) * 1000)
@@ -99,11 +95,7 @@ class LiveRun:
     def play(self) -> list[ExpectationResult]:
         for phone in self.phones.values():
             phone.join(deadline_s=self.origin + self.scenario.end_s + 1)
-        return schedule(self.scenario, self, self._sleep_until, self._deliveries)
-
-    def _deliveries(self) -> list[Delivery]:
-        with self._lock:
-            return list(self.deliveries)
+        return schedule(self.scenario, self, self._sleep_until, self.deliveries)
 
     def _sleep_until(self, at_ms: int) -> None:
         delay = self.origin + at_ms / 1000 - time.monotonic()
@@ -218,19 +210,23 @@ def run_live(
     refuse_unsupported(scenario, loopback is not None)
     if store is not None:
         store.append(RUN_STREAM, 0, [run_started(scenario, policy, scenario.seed, 0)])
+    end_ms = round(scenario.end_s * 1000)
     live = LiveRun(scenario, policy, settings, loopback, store)
     try:
         expectations = live.play()
+        if store is not None:
+            store.append(RUN_STREAM, 1, [run_ended(end_ms)])
         violations = live.violations()
     finally:
         violations_on_stop = live.stop()
-    metrics = compute(server_events(live.stores.values()), end_ms=round(scenario.end_s * 1000))
+    metrics = compute(server_events(live.stores.values()), end_ms=end_ms)
     violations = [*violations, *violations_on_stop]
     return RunResult(
         scenario=scenario.name,
         policy=policy.name,
         seed=scenario.seed,
         passed=all(e.passed for e in expectations) and not violations,
+        complete=True,
         expectations=expectations,
         invariant_violations=violations,
         metrics=metrics,

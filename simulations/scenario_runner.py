@@ -7,20 +7,20 @@ the metrics come from the first run's log, exactly as a replay of that log compu
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
 
 from actors.policy import Policy
-from events.catalog import RunStarted
+from events.catalog import RunEnded, RunStarted
 from events.envelope import Pending
 from events.log import EventStore
 from simulations.invariants import all_violations, log_bytes
 from simulations.metrics import RUN_STREAM, Metrics, compute, server_events
 from simulations.scenario import Expect, Scenario, Step
 from simulations.sim_livekit import SfuConfig
-from simulations.world import Delivery, World
+from simulations.world import Deliveries, World
 
 AUDIO_WINDOW_MS = 500
 """`audio_on` holds when a chunk reached the server within this window before `at`."""
@@ -39,6 +39,8 @@ class RunResult(msgspec.Struct, frozen=True, kw_only=True):
     policy: str
     seed: int
     passed: bool
+    complete: bool
+    """The run reached its end (a replay of a log cut short says `false`)."""
     expectations: list[ExpectationResult]
     invariant_violations: list[str]
     metrics: Metrics
@@ -77,6 +79,8 @@ def run(
             [run_started(scenario, policy, chosen, world.now_ms)],
         )
     expectations = play(world, scenario)
+    if store is not None:
+        store.append(RUN_STREAM, store.stream_version(RUN_STREAM), [run_ended(world.now_ms)])
     violations = all_violations(world)
     twin = world_for(scenario, policy, chosen, None)
     play(twin, scenario)
@@ -90,6 +94,7 @@ def run(
         policy=policy.name,
         seed=chosen,
         passed=all(e.passed for e in expectations) and not violations,
+        complete=True,
         expectations=expectations,
         invariant_violations=violations,
         metrics=metrics,
@@ -109,6 +114,17 @@ def run_started(scenario: Scenario, policy: Policy, seed: int, time_ms: int) -> 
         event=RunStarted(
             scenario=msgspec.json.encode(scenario).decode(), policy=policy.name, seed=seed
         ),
+    )
+
+
+def run_ended(time_ms: int) -> Pending:
+    """The record of a run's end, at its last instant."""
+    return Pending(
+        event_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"rejoin:run-ended:{time_ms}")),
+        time_ms=time_ms,
+        server="",
+        user="",
+        event=RunEnded(),
     )
 
 
@@ -132,10 +148,10 @@ def schedule(
     scenario: Scenario,
     stage: Stage,
     wait_until: Callable[[int], object],
-    deliveries: Callable[[], list[Delivery]],
+    deliveries: Deliveries,
 ) -> list[ExpectationResult]:
     """Steps and expectations in time order; at one instant, steps first, in file order.
-    `wait_until(ms)` lets the stage's time pass; expectations are judged on `deliveries()`."""
+    `wait_until(ms)` lets the stage's time pass; expectations are judged on `deliveries`."""
     timeline: list[tuple[int, int, Callable[[], Any]]] = []
     results: dict[int, ExpectationResult] = {}
     for order, step in enumerate(scenario.step):
@@ -143,7 +159,7 @@ def schedule(
     for index, expect in enumerate(scenario.expect):
 
         def check(index: int = index, expect: Expect = expect) -> None:
-            results[index] = judge(deliveries(), expect)
+            results[index] = judge(deliveries, expect)
 
         timeline.append((_ms(expect.at), len(scenario.step) + index, check))
     for at_ms, _, act in sorted(timeline, key=lambda item: (item[0], item[1])):
@@ -154,7 +170,7 @@ def schedule(
 
 
 def play(world: World, scenario: Scenario) -> list[ExpectationResult]:
-    results = schedule(scenario, world, world.run_until, lambda: world.deliveries)
+    results = schedule(scenario, world, world.run_until, world.deliveries)
     world.settle()
     return results
 
@@ -174,17 +190,14 @@ def _action(stage: Stage, step: Step) -> Callable[[], Any]:
     return lambda: stage.signal_loss(step.signal_loss or "", user)
 
 
-def judge(deliveries: Iterable[Delivery], expect: Expect) -> ExpectationResult:
+def judge(deliveries: Deliveries, expect: Expect) -> ExpectationResult:
     """`audio_on` holds when a chunk reached the server in the window before `at`."""
     at_ms = _ms(expect.at)
-    server = expect.audio_on or expect.no_audio_on
-    heard = any(
-        d.user == expect.user
-        and d.server == server
-        and at_ms - AUDIO_WINDOW_MS < d.time_ms <= at_ms
-        for d in deliveries
-    )
     wanted = expect.audio_on is not None
+    server = expect.audio_on if wanted else expect.no_audio_on
+    heard = server is not None and deliveries.heard(
+        expect.user, server, after_ms=at_ms - AUDIO_WINDOW_MS, until_ms=at_ms
+    )
     return ExpectationResult(
         at=expect.at,
         user=expect.user,

@@ -8,8 +8,10 @@ which faults were active, and every audio chunk each server's sink received.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
+import threading
 from collections.abc import Callable
 
 import msgspec
@@ -23,13 +25,32 @@ from events.memory_store import MemoryStore
 from simulations.sim_livekit import SfuConfig, SimLiveKit
 
 
-class Delivery(msgspec.Struct, frozen=True, array_like=True):
-    """One audio chunk at one server's sink."""
+class Deliveries:
+    """When audio chunks reached each server's sink, per user, in time order.
 
-    time_ms: int
-    server: str
-    user: str
-    sequence: int
+    Indexed by user and server so that judging an expectation is a binary search, not a scan of
+    every chunk of the run. Thread-safe: a live run's sinks record from several threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._times: dict[tuple[str, str], list[int]] = {}
+
+    def record(self, time_ms: int, server: str, user: str) -> None:
+        with self._lock:
+            self._times.setdefault((user, server), []).append(time_ms)
+
+    def times(self, user: str, server: str) -> list[int]:
+        """Every delivery time of `user`'s audio at `server`, ascending."""
+        with self._lock:
+            return list(self._times.get((user, server), ()))
+
+    def heard(self, user: str, server: str, *, after_ms: int, until_ms: int) -> bool:
+        """Whether a chunk of `user`'s reached `server` in `(after_ms, until_ms]`."""
+        with self._lock:
+            times = self._times.get((user, server), [])
+            first = bisect.bisect_right(times, after_ms)
+            return first < len(times) and times[first] <= until_ms
 
 
 class Presence(msgspec.Struct, frozen=True, array_like=True):
@@ -79,7 +100,7 @@ class World:
         # between actors does not change join latencies.
         self.rng = random.Random(seed ^ 0x5EED)
         self.sfu = SimLiveKit(self.executor, self.rng, sfu or SfuConfig())
-        self.deliveries: list[Delivery] = []
+        self.deliveries = Deliveries()
         self.presence: list[Presence] = []
         self.faults: list[Fault] = []
         self._where: dict[str, str | None] = {}
@@ -113,7 +134,7 @@ class World:
         )
 
     def _sink(self, chunk: AudioChunk) -> None:
-        self.deliveries.append(Delivery(chunk.time_ms, chunk.server, chunk.user, chunk.sequence))
+        self.deliveries.record(chunk.time_ms, chunk.server, chunk.user)
 
     def _phone_tick(self) -> None:
         for user, server in self._where.items():

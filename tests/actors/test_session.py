@@ -39,7 +39,7 @@ def decisions(world: World, server: str, kind: type[E]) -> list[E]:
 
 
 def heard(world: World, server: str, after_ms: int) -> bool:
-    return any(d.server == server and d.time_ms > after_ms for d in world.deliveries)
+    return world.deliveries.heard(USER, server, after_ms=after_ms, until_ms=world.now_ms)
 
 
 @pytest.fixture

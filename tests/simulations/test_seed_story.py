@@ -21,7 +21,7 @@ def seed_story(policy: Policy) -> World:
 
 
 def audio_at(world: World, server: str, after_ms: int) -> list[int]:
-    return [d.time_ms for d in world.deliveries if d.server == server and d.time_ms > after_ms]
+    return [t for t in world.deliveries.times(USER, server) if t > after_ms]
 
 
 def test_the_kicked_prod_bridge_is_restarted_when_the_user_returns_within_grace() -> None:
