@@ -1,24 +1,31 @@
 """The `rejoin` command (DESIGN section 8): compare, simulate, replay.
 
 Exit codes: 0 done (for `simulate`: every expectation and invariant held), 1 an expectation or an
-invariant failed, 2 bad input (a one-line message on stderr naming the file and the fault).
+invariant failed, 2 bad input (a one-line message on stderr naming the file and the fault; for
+live runs also a LiveKit that cannot be reached or refuses the credentials). A closed pipe on
+stdout ends the command quietly with 141, as a command killed by SIGPIPE; Ctrl-C with 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import secrets
 import socket
 import sys
+import urllib.parse
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import msgspec
 
-from actors.policy import POLICIES, Policy, UnknownPolicy, policy_named
-from events.catalog import RunStarted
+from actors.connector import RoomServerError
+from actors.policy import POLICIES, Policy
+from actors.redaction import RedactingFilter, redact, register_secret
+from events.catalog import RunEnded, RunStarted
 from events.envelope import Envelope
 from events.log import LogError, read_valid_prefix
 from events.sqlite_store import SQLiteStore
@@ -27,11 +34,13 @@ from simulations.bench import report
 if TYPE_CHECKING:
     from actors.livekit_connector import LiveKitSettings
 from simulations.metrics import RUN_STREAM, Metrics, compute
-from simulations.report import comparison_table, result_lines, timeline_lines
-from simulations.scenario import BUILT_IN, Scenario, ScenarioError, load
+from simulations.report import comparison_table, printable, result_lines, timeline_lines
+from simulations.scenario import BUILT_IN, LIMITS, Scenario, ScenarioError, from_json, load
 from simulations.scenario_runner import RunResult, run
 
 LIVEKIT_VARIABLES = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
+SIGPIPE_EXIT = 141
+INTERRUPTED_EXIT = 130
 
 
 class UsageError(Exception):
@@ -42,22 +51,97 @@ class ReplayResult(msgspec.Struct, frozen=True, kw_only=True):
     scenario: str | None
     policy: str | None
     seed: int | None
+    complete: bool | None
+    """Whether the recorded run reached its end; `None` for a log that records no run."""
     metrics: Metrics
 
 
+class RecordedRun(msgspec.Struct, frozen=True, kw_only=True):
+    """What a log says about the run that wrote it."""
+
+    scenario: Scenario
+    policy: str
+    ended_ms: int | None
+    """When it ended; `None` if it was cut short."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line and exit 2 like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
     try:
+        _log_to_stderr()
+        args = _parser().parse_args(argv)
         code: int = args.command(args)
-    except (UsageError, ScenarioError, UnknownPolicy, LogError) as error:
-        print(f"rejoin: {error}", file=sys.stderr)
+        sys.stdout.flush()
+    except (UsageError, ScenarioError, LogError, RoomServerError) as error:
+        print(f"rejoin: {printable(redact(str(error)))}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Whoever read stdout has gone (`rejoin compare | head`): stop quietly. Point stdout at
+        # /dev/null so that the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return SIGPIPE_EXIT
+    except KeyboardInterrupt:
+        return INTERRUPTED_EXIT
     return code
 
 
+def _log_to_stderr() -> None:
+    """Log records at `REJOIN_LOG_LEVEL` (default: warning) on stderr, one redacted line each.
+
+    Unless a level is asked for, the SDK's own records stay quiet: what they report reaches
+    the user as the one-line error of the failure they lead to.
+    """
+    root = logging.getLogger()
+    level = os.environ.get("REJOIN_LOG_LEVEL", "").upper()
+    levels = {name: number for name, number in logging.getLevelNamesMapping().items() if name}
+    if level and level not in levels:
+        msg = f"REJOIN_LOG_LEVEL: {level.lower()!r} is not a level (debug, info, warning, error)"
+        raise UsageError(msg)
+    root.setLevel(levels.get(level, logging.WARNING))
+    if not any(isinstance(f, RedactingFilter) for h in root.handlers for f in h.filters):
+        handler = logging.StreamHandler()
+        handler.addFilter(RedactingFilter())
+        handler.setFormatter(logging.Formatter("rejoin: %(name)s: %(message)s"))
+        root.addHandler(handler)
+    if not level:
+        logging.getLogger("livekit").setLevel(logging.CRITICAL)
+    # LiveKit's own development secret is shorter than PyJWT would like; that is not news
+    # worth two lines on every run against a dev server.
+    warnings.filterwarnings("ignore", message="The HMAC key is .* below the minimum")
+
+
+def _seed(text: str) -> int:
+    low, high, _ = LIMITS["seed"]
+    try:
+        seed = int(text)
+    except ValueError:
+        msg = f"not a whole number: {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not low <= seed <= high:
+        msg = f"must be from {low:g} to {int(high)}; found {seed}"
+        raise argparse.ArgumentTypeError(msg)
+    return seed
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65_535:
+        msg = f"must be a port number from 0 to 65535; found {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return port
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rejoin",
         description="Keep a LiveKit bridge in its user's room across reconnects, and prove it.",
     )
@@ -67,14 +151,14 @@ def _parser() -> argparse.ArgumentParser:
         "compare", help="the seed's success metrics for every policy, side by side"
     )
     compare.add_argument("scenarios", nargs="*", metavar="SCENARIO", default=list(BUILT_IN))
-    compare.add_argument("--seed", type=int, help="override the scenarios' seeds")
+    compare.add_argument("--seed", type=_seed, help="override the scenarios' seeds")
     compare.add_argument("--json", action="store_true", help="print the results as JSON")
     compare.set_defaults(command=_compare)
 
     simulate = commands.add_parser("simulate", help="run scenarios under one policy")
     simulate.add_argument("scenarios", nargs="+", metavar="SCENARIO")
-    simulate.add_argument("--policy", default="supervised", help=f"one of {', '.join(POLICIES)}")
-    simulate.add_argument("--seed", type=int, help="override the scenarios' seeds")
+    simulate.add_argument("--policy", default="supervised", choices=list(POLICIES))
+    simulate.add_argument("--seed", type=_seed, help="override the scenarios' seeds")
     simulate.add_argument("--json", action="store_true", help="print the results as JSON")
     simulate.add_argument("--events", type=Path, metavar="PATH", help="write the event log here")
     simulate.add_argument(
@@ -90,16 +174,21 @@ def _parser() -> argparse.ArgumentParser:
         "loopback-server", help="the LiveKit-compatible loopback server (key devkey)"
     )
     loopback.add_argument("--host", default="127.0.0.1")
-    loopback.add_argument("--port", type=int, default=7880)
+    loopback.add_argument("--port", type=_port, default=7880)
     loopback.add_argument(
-        "--secret", default="secret", help="the API secret of key devkey (default: secret)"
+        "--secret",
+        default=os.environ.get("LIVEKIT_API_SECRET") or "secret",
+        help="the API secret of key devkey (default: $LIVEKIT_API_SECRET, else secret); "
+        "prefer the variable: a flag shows in ps",
     )
     loopback.set_defaults(command=_loopback_server)
 
     replay = commands.add_parser("replay", help="rebuild sessions from an event log")
     replay.add_argument("log", type=Path, metavar="LOG")
     replay.add_argument("--user", help="only this user's timeline")
-    replay.add_argument("--policy", help="re-run the recorded run under this policy")
+    replay.add_argument(
+        "--policy", choices=list(POLICIES), help="re-run the recorded run under this policy"
+    )
     replay.add_argument("--json", action="store_true", help="print the results as JSON")
     replay.set_defaults(command=_replay)
 
@@ -120,6 +209,15 @@ def _scenarios(references: list[str]) -> list[Scenario]:
 
 def _compare(args: argparse.Namespace) -> int:
     scenarios = _scenarios(args.scenarios)
+    named: dict[str, str] = {}
+    for reference, scenario in zip(args.scenarios, scenarios, strict=True):
+        if scenario.name in named:
+            msg = (
+                f"{reference}: its scenario is named {scenario.name!r}, as is "
+                f"{named[scenario.name]}'s; the scenarios of a comparison need distinct names"
+            )
+            raise UsageError(msg)
+        named[scenario.name] = reference
     results = [
         run(scenario, policy, seed=args.seed)
         for scenario in scenarios
@@ -133,7 +231,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    policy = policy_named(args.policy)
+    policy = POLICIES[args.policy]
     scenarios = _scenarios(args.scenarios)
     if args.sfu != "sim":
         results = _simulate_live(args, scenarios, policy)
@@ -192,9 +290,19 @@ def _settings_from_environment() -> LiveKitSettings:
     from actors.livekit_connector import LiveKitSettings  # noqa: PLC0415
 
     values = {name: os.environ.get(name, "") for name in LIVEKIT_VARIABLES}
+    register_secret(values["LIVEKIT_API_SECRET"])
     missing = [name for name, value in values.items() if not value]
     if missing:
         msg = f"--sfu livekit needs {', '.join(missing)} in the environment"
+        raise UsageError(msg)
+    try:
+        url = urllib.parse.urlsplit(values["LIVEKIT_URL"])
+        usable = url.scheme in ("ws", "wss", "http", "https") and bool(url.hostname)
+        register_secret(url.password or "")
+    except ValueError:
+        usable = False
+    if not usable:
+        msg = f"LIVEKIT_URL: {values['LIVEKIT_URL']!r} is not a ws://, wss://, http(s):// URL"
         raise UsageError(msg)
     return LiveKitSettings(
         url=values["LIVEKIT_URL"],
@@ -213,6 +321,7 @@ def _free_port() -> int:
 def _loopback_server(args: argparse.Namespace) -> int:
     from simulations.loopback_server import serve  # noqa: PLC0415
 
+    register_secret(args.secret)
     print(f"loopback LiveKit at ws://{args.host}:{args.port} (api key devkey)", flush=True)
     serve(args.host, args.port, args.secret)
     return 0
@@ -235,28 +344,40 @@ def _simulate_into(
 
 
 def _replay(args: argparse.Namespace) -> int:
-    if not args.log.is_file():
-        msg = f"{args.log}: no such log file"
-        raise UsageError(msg)
-    store = SQLiteStore(args.log)
+    store = SQLiteStore(args.log, read_only=True)
     try:
         envelopes, corrupt = read_valid_prefix(store)
     finally:
         store.close()
     if corrupt is not None:
         print(
-            f"rejoin: {corrupt}; replaying the {len(envelopes)} records before it",
+            f"rejoin: {printable(str(corrupt))}; replaying the {len(envelopes)} records before it",
             file=sys.stderr,
         )
-    recorded, recorded_policy = _recorded_run(envelopes)
+    recorded = _recorded_run(args.log, envelopes)
     if args.policy is not None:
         return _rerun(args, recorded)
     events = [e for e in envelopes if e.stream != RUN_STREAM]
+    if args.user is not None and all(e.user != args.user for e in events):
+        users = sorted({e.user for e in events})
+        listed = ", ".join(repr(u) for u in users[:5]) + (", ..." if len(users) > 5 else "")
+        msg = f"{args.log}: no user {args.user!r} in this log (it has {listed or 'none'})"
+        raise UsageError(msg)
+    last_ms = max((e.time_ms for e in events), default=None)
+    if recorded is not None and recorded.ended_ms is None and corrupt is None:
+        until = "" if last_ms is None else f" up to {last_ms / 1000:g} s"
+        print(
+            f"rejoin: {args.log}: the run did not finish (its end is not in the log); "
+            f"the figures cover it{until}",
+            file=sys.stderr,
+        )
+    ended = recorded.ended_ms if recorded is not None else None
     result = ReplayResult(
-        scenario=recorded.name if recorded else None,
-        policy=recorded_policy,
-        seed=recorded.seed if recorded else None,
-        metrics=compute(events, end_ms=_end_ms(recorded, events)),
+        scenario=recorded.scenario.name if recorded else None,
+        policy=recorded.policy if recorded else None,
+        seed=recorded.scenario.seed if recorded else None,
+        complete=None if recorded is None else ended is not None,
+        metrics=compute(events, end_ms=ended if ended is not None else last_ms),
     )
     if args.json:
         _print_json([result])
@@ -266,12 +387,11 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rerun(args: argparse.Namespace, recorded: Scenario | None) -> int:
-    policy = policy_named(args.policy)
+def _rerun(args: argparse.Namespace, recorded: RecordedRun | None) -> int:
     if recorded is None:
         msg = f"{args.log}: holds no recorded run to re-run (it was not written by simulate)"
         raise UsageError(msg)
-    result = run(recorded, policy, seed=recorded.seed)
+    result = run(recorded.scenario, POLICIES[args.policy])
     if args.json:
         _print_json([result])
     else:
@@ -279,21 +399,22 @@ def _rerun(args: argparse.Namespace, recorded: Scenario | None) -> int:
     return 0 if result.passed else 1
 
 
-def _recorded_run(envelopes: list[Envelope]) -> tuple[Scenario | None, str | None]:
-    """The scenario (with the seed it ran on) and the policy a log's run recorded, if any."""
-    for envelope in envelopes:
-        if isinstance(envelope.event, RunStarted):
-            scenario = msgspec.json.decode(envelope.event.scenario, type=Scenario)
-            return msgspec.structs.replace(
-                scenario, seed=envelope.event.seed
-            ), envelope.event.policy
-    return None, None
-
-
-def _end_ms(recorded: Scenario | None, events: list[Envelope]) -> int | None:
-    if recorded is not None:
-        return round(recorded.end_s * 1000)
-    return max((e.time_ms for e in events), default=None)
+def _recorded_run(log: Path, envelopes: list[Envelope]) -> RecordedRun | None:
+    """The scenario (with the seed it ran on), the policy and the end a log's run recorded."""
+    started = next((e for e in envelopes if isinstance(e.event, RunStarted)), None)
+    if started is None or not isinstance(started.event, RunStarted):
+        return None
+    origin = f"{log}: the run recorded at position {started.position}"
+    scenario = from_json(started.event.scenario, origin)
+    if not LIMITS["seed"].low <= started.event.seed <= LIMITS["seed"].high:
+        msg = f"{origin} ran on seed {started.event.seed}, outside the range of seeds"
+        raise ScenarioError(msg)
+    ended = next((e.time_ms for e in envelopes if isinstance(e.event, RunEnded)), None)
+    return RecordedRun(
+        scenario=msgspec.structs.replace(scenario, seed=started.event.seed),
+        policy=started.event.policy,
+        ended_ms=ended,
+    )
 
 
 def _print_json(results: Sequence[RunResult | ReplayResult]) -> None:

@@ -10,6 +10,14 @@ from simulations.scenario import Scenario
 from simulations.scenario_runner import RunResult
 
 
+def printable(text: str) -> str:
+    """`text` on one line, every control character escaped: names and reasons in a log are
+    anyone's text, and must neither break a line nor drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
@@ -149,7 +157,7 @@ def timeline_lines(envelopes: list[Envelope], metrics: Metrics) -> list[str]:
     lines: list[str] = []
     users = sorted({e.user for e in envelopes})
     for user in users:
-        lines.append(f"{user}")
+        lines.append(printable(user))
         for envelope in sorted(
             (e for e in envelopes if e.user == user), key=lambda e: (e.time_ms, e.position)
         ):
@@ -163,7 +171,9 @@ def timeline_lines(envelopes: list[Envelope], metrics: Metrics) -> list[str]:
                     f"{field}={getattr(event, field)}" for field in event.__struct_fields__
                 )
             lines.append(
-                f"  {envelope.time_ms / 1000:>9.3f} s  {envelope.server:<8} {name:<24} {detail}"
+                printable(
+                    f"  {envelope.time_ms / 1000:>9.3f} s  {envelope.server:<8} {name:<24} {detail}"
+                )
             )
         lines.append("")
     return [*lines, *_metric_lines(metrics)]

@@ -1,16 +1,23 @@
 """The `rejoin` command as a user types it: tables, JSON, exit codes, logs and replays."""
 
+import asyncio
 import json
+import shlex
 import sqlite3
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from simulations.cli import main
+from simulations.cli import _parser, main
 from simulations.scenario import BUILT_IN
 
-EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.toml"))
+ROOT = Path(__file__).parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
 
 
 def rejoin(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -57,6 +64,7 @@ def test_compare_json_shows_the_bug_and_the_fix(capsys: pytest.CaptureFixture[st
         "policy",
         "seed",
         "passed",
+        "complete",
         "expectations",
         "invariant_violations",
         "metrics",
@@ -84,8 +92,25 @@ def test_the_example_scenarios_pass_under_supervised(
     ("argv", "message"),
     [
         (["simulate", "no-such"], "rejoin: no-such: no such scenario file"),
-        (["simulate", "rapid-switch", "--policy", "nope"], "rejoin: unknown policy 'nope'"),
+        (
+            ["simulate", "rapid-switch", "--policy", "nope"],
+            "rejoin: argument --policy: invalid choice: 'nope' (choose from 'legacy'",
+        ),
+        (
+            ["replay", "missing.db", "--policy", "bogus"],
+            "rejoin: argument --policy: invalid choice: 'bogus'",
+        ),
         (["replay", "missing.db"], "rejoin: missing.db: no such log file"),
+        (["replay", "."], "rejoin: .: no such log file"),
+        (["frobnicate"], "rejoin: argument COMMAND: invalid choice: 'frobnicate'"),
+        (["simulate"], "rejoin: the following arguments are required: SCENARIO"),
+        (["simulate", "rapid-switch", "--seed", "-1"], "rejoin: argument --seed: must be from 0"),
+        (["simulate", "rapid-switch", "--seed", "x"], "rejoin: argument --seed: not a whole"),
+        (["loopback-server", "--port", "99999"], "rejoin: argument --port: must be a port"),
+        (
+            ["compare", "rapid-switch", "rapid-switch"],
+            "rejoin: rapid-switch: its scenario is named 'rapid-switch', as is rapid-switch's",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -154,7 +179,9 @@ def test_a_corrupt_tail_replays_the_valid_prefix_with_a_message(
         f"rejoin: {log}: record at position {last - 2} is corrupt: checksum mismatch; "
         f"replaying the {last - 3} records before it\n"
     )
-    assert json.loads(out)[0]["scenario"] == "rapid-switch"
+    replayed = json.loads(out)[0]
+    assert replayed["scenario"] == "rapid-switch"
+    assert replayed["complete"] is False, "its end was past the corrupt record"
 
 
 def test_events_refuses_to_overwrite_a_log(
@@ -165,3 +192,220 @@ def test_events_refuses_to_overwrite_a_log(
     code, _, err = rejoin(capsys, "simulate", "rapid-switch", "--events", str(log))
     assert code == 2
     assert "already exists" in err
+
+
+def rejoin_process(*argv: str, setup: str = "") -> tuple[int, str, str]:
+    """The command in a process of its own, as a user's shell runs it, after `setup`."""
+    command = shlex.join([sys.executable, "-m", "simulations.cli", *argv])
+    completed = subprocess.run(
+        ["sh", "-c", f"{setup}{command}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return completed.returncode, completed.stdout, completed.stderr
+
+
+def test_a_replay_of_another_programs_database_is_refused_and_leaves_it_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "contacts.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE contacts (name TEXT)")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    code, out, err = rejoin(capsys, "replay", str(path))
+    assert (code, out) == (2, "")
+    assert err == (f"rejoin: {path}: not a rejoin event log (it has no rejoin format record)\n")
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["contacts.db"]
+
+
+def test_a_replay_of_an_empty_file_is_refused_and_leaves_it_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+    code, _, err = rejoin(capsys, "replay", str(path))
+    assert (code, err) == (2, f"rejoin: {path}: an empty file, not a rejoin event log\n")
+    assert path.read_bytes() == b""
+
+
+def test_a_replay_leaves_the_log_byte_for_byte_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "log.db"
+    rejoin(capsys, "simulate", "rapid-switch", "--events", str(log))
+    before = log.read_bytes()
+    assert rejoin(capsys, "replay", str(log))[0] == 0
+    assert rejoin(capsys, "replay", str(log), "--policy", "legacy")[0] == 1
+    assert log.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["log.db"]
+
+
+def test_a_log_on_a_read_only_medium_replays(tmp_path: Path) -> None:
+    medium = tmp_path / "medium"
+    medium.mkdir()
+    log = medium / "log.db"
+    assert rejoin_process("simulate", "rapid-switch", "--events", str(log))[0] == 0
+    if subprocess.run(["unshare", "--mount", "true"], check=False).returncode != 0:
+        pytest.skip("needs a mount namespace (root) to make a read-only medium")
+    read_only = (
+        f"mount --bind {medium} {medium} && mount -o remount,ro,bind {medium} {medium} && "
+        f"! touch {medium}/probe 2>/dev/null && "
+    )
+    replay = shlex.join([sys.executable, "-m", "simulations.cli", "replay", str(log), "--json"])
+    completed = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", read_only + replay],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (completed.returncode, completed.stderr) == (0, "")
+    assert json.loads(completed.stdout)[0]["complete"] is True
+
+
+def test_events_into_a_missing_folder_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "nowhere" / "run.db"
+    code, out, err = rejoin(capsys, "simulate", "rapid-switch", "--events", str(log))
+    assert (code, out) == (2, "")
+    assert err == f"rejoin: {log}: cannot create the log: there is no folder {log.parent}\n"
+
+
+def cut_short(log: Path, keep: int) -> None:
+    """The log as a run killed after its first `keep` records would have left it."""
+    db = sqlite3.connect(log)
+    db.execute("DELETE FROM events WHERE position > ?", (keep,))
+    db.commit()
+    db.close()
+
+
+def test_a_run_killed_before_its_end_replays_as_unfinished(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "log.db"
+    code, out, _ = rejoin(capsys, "simulate", "multiple-switches", "--events", str(log), "--json")
+    assert json.loads(out)[0]["complete"] is True
+    code, out, err = rejoin(capsys, "replay", str(log), "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out)[0]["complete"] is True
+    cut_short(log, keep=40)
+    code, out, err = rejoin(capsys, "replay", str(log), "--json")
+    assert code == 0
+    assert err.count("\n") == 1
+    assert err.startswith(f"rejoin: {log}: the run did not finish (its end is not in the log)")
+    replayed = json.loads(out)[0]
+    assert replayed["complete"] is False
+    assert replayed["metrics"]["time_to_audio_ms"]["count"] < 5, "only what happened is counted"
+
+
+def test_replay_of_a_user_the_log_never_saw_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "log.db"
+    rejoin(capsys, "simulate", "rapid-switch", "--events", str(log))
+    code, out, err = rejoin(capsys, "replay", str(log), "--user", "nobody")
+    assert (code, out) == (2, "")
+    assert err == f"rejoin: {log}: no user 'nobody' in this log (it has 'isaiah@mentra.glass')\n"
+
+
+def test_a_closed_pipe_ends_the_command_quietly() -> None:
+    # `true` exits without reading, so the table's first write meets a closed pipe.
+    completed = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m simulations.cli compare | true; echo ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.stderr == ""
+    assert completed.stdout.splitlines()[-1] == "141"
+
+
+def test_the_loopback_server_takes_its_secret_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "from-the-environment")
+    assert _parser().parse_args(["loopback-server"]).secret == "from-the-environment"
+    monkeypatch.delenv("LIVEKIT_API_SECRET")
+    assert _parser().parse_args(["loopback-server"]).secret == "secret"
+
+
+class EchoingServer:
+    """An HTTP server that refuses every request with 401 and echoes the request back in the
+    body, credentials included, as some proxies and servers do."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.port = 0
+
+    async def _refuse(self, request: web.Request) -> web.Response:
+        echoed = f"refused {request.path_qs} with {request.headers.get('Authorization', '')}"
+        return web.Response(status=401, text=echoed)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._refuse)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    def __enter__(self) -> "EchoingServer":
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+LIVE_SECRET = "a-livekit-api-secret-of-forty-characters"
+
+
+def live_run(url: str) -> tuple[int, str, str]:
+    environment = f"LIVEKIT_URL={shlex.quote(url)} LIVEKIT_API_KEY=devkey "
+    environment += f"LIVEKIT_API_SECRET={LIVE_SECRET} "
+    return rejoin_process("simulate", "rapid-switch", "--sfu", "livekit", setup=environment)
+
+
+def assert_one_clean_line(code: int, out: str, err: str, message: str) -> None:
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1, err
+    assert err.startswith(message), err
+    assert "Traceback" not in err
+    assert LIVE_SECRET not in err
+    assert "eyJ" not in err, "no token"
+
+
+def test_a_livekit_that_refuses_the_connection_is_one_line_and_exit_2() -> None:
+    assert_one_clean_line(
+        *live_run("ws://127.0.0.1:9"),
+        "rejoin: ws://127.0.0.1:9: the phone of isaiah@mentra.glass could not join: ",
+    )
+
+
+def test_a_livekit_url_that_does_not_parse_is_one_line_and_exit_2() -> None:
+    assert_one_clean_line(*live_run("not a url"), "rejoin: LIVEKIT_URL: 'not a url' is not a ws://")
+
+
+def test_a_livekit_that_echoes_the_token_in_its_401_never_shows_it() -> None:
+    with EchoingServer() as server:
+        code, out, err = live_run(f"ws://127.0.0.1:{server.port}")
+    assert_one_clean_line(code, out, err, f"rejoin: ws://127.0.0.1:{server.port}: the phone")
+    assert "401" in err
+    assert "[redacted]" in err
