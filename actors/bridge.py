@@ -37,7 +37,7 @@ from events.catalog import (
 
 
 class AudioChunk(msgspec.Struct, frozen=True, kw_only=True):
-    """Phone audio as it reaches a server: PCM16LE, 16 kHz, mono."""
+    """Phone audio as it reaches a server: PCM16LE, 16 kHz, mono; `time_ms` is wall-clock."""
 
     server: str
     user: str
@@ -156,7 +156,7 @@ class Bridge(pykka.Actor):
                     generation=self.generation,
                     sequence=sequence,
                     pcm=payload[1:],
-                    time_ms=self._executor.now_ms(),
+                    time_ms=self._executor.wall_ms(),
                 )
             )
 

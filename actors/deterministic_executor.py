@@ -96,15 +96,16 @@ class _Future(pykka.Future[T]):
 
 
 class _Runnable(pykka.Actor):
-    """The runtime half of a deterministically executed actor."""
+    """The runtime half of a deterministically executed actor. Its executor's attribute has a
+    name of its own: actors keep the executor they were given as `_executor`."""
 
-    _executor: DeterministicExecutor
+    _scheduler: DeterministicExecutor
     _started: bool = False
 
     def _start_actor_loop(self) -> None:
         inbox = cast("_Inbox", self.actor_inbox)
         inbox.owner = self
-        self._executor._mark_ready(self)
+        self._scheduler._mark_ready(self)
 
     def _run_one(self) -> None:
         """Run `on_start` if it has not run yet, else handle the next message."""
@@ -156,7 +157,7 @@ class DeterministicExecutor:
                 actor_class.__name__,
                 (actor_class, _Runnable),
                 {
-                    "_executor": self,
+                    "_scheduler": self,
                     "_create_actor_inbox": staticmethod(lambda: _Inbox(self)),
                     "_create_future": staticmethod(self._future_class),
                 },
@@ -186,6 +187,10 @@ class DeterministicExecutor:
 
     def live_actors(self) -> list[pykka.ActorRef[Any]]:
         return [ref for ref in self._actors if ref.is_alive()]
+
+    def start_process(self) -> Process:
+        """A process starting now: these actors, this scheduler, a monotonic clock from zero."""
+        return Process(self, origin_ms=self._now_ms)
 
     def crash(self, refs: list[pykka.ActorRef[Any]]) -> None:
         """Make actors vanish as a dying process does: no `on_stop`, mail never delivered."""
@@ -263,3 +268,50 @@ class DeterministicExecutor:
             if not self._fire_next(horizon_ms):
                 return
             steps_at_this_instant = 0
+
+
+class Process:
+    """The deterministic executor as one simulated process sees it.
+
+    Every process shares the scheduler, the randomness and the wall clock, but its monotonic
+    clock starts at zero when it starts, as a real process's does: a server restarted from its
+    log cannot carry its predecessor's monotonic times over, only wall-clock ones.
+    """
+
+    def __init__(self, executor: DeterministicExecutor, *, origin_ms: int) -> None:
+        self._executor = executor
+        self._origin_ms = origin_ms
+        self._refs: list[pykka.ActorRef[Any]] = []
+
+    @property
+    def random(self) -> random.Random:
+        return self._executor.random
+
+    def spawn(self, actor_class: type[A], *args: Any, **kwargs: Any) -> pykka.ActorRef[A]:
+        ref = self._executor.spawn(actor_class, *args, **kwargs)
+        self._refs = [known for known in self._refs if known.is_alive()]
+        self._refs.append(ref)
+        return ref
+
+    def now_ms(self) -> int:
+        return self._executor.now_ms() - self._origin_ms
+
+    def wall_ms(self) -> int:
+        return self._executor.wall_ms()
+
+    def call_at(self, deadline_ms: int, callback: Callable[[], object]) -> Deadline:
+        return self._executor.call_at(deadline_ms + self._origin_ms, callback)
+
+    def new_id(self) -> str:
+        return self._executor.new_id()
+
+    def wait(self, future: pykka.Future[T], timeout_s: float) -> T:
+        return self._executor.wait(future, timeout_s)
+
+    def shutdown(self) -> None:
+        """Stop this process's actors; the other processes go on."""
+        for ref in reversed(self._refs):
+            if ref.is_alive():
+                ref.stop(block=False)
+        self._executor.run_until_idle()
+        self._refs.clear()

@@ -35,7 +35,8 @@ class Deadline:
 
 
 class Executor(Protocol):
-    """Where actors run. Times are integer milliseconds on the executor's monotonic clock."""
+    """Where actors run. `now_ms` and `call_at` use the process's monotonic clock (intervals,
+    timers); `wall_ms` is the wall clock (what a log records)."""
 
     @property
     def random(self) -> random.Random:
@@ -47,7 +48,7 @@ class Executor(Protocol):
     def now_ms(self) -> int: ...
 
     def wall_ms(self) -> int:
-        """Wall-clock milliseconds, for epochs when the glasses send none."""
+        """Wall-clock (UTC) milliseconds: the time of every event and every deadline in one."""
         ...
 
     def call_at(self, deadline_ms: int, callback: Callable[[], object]) -> TimerHandle:

@@ -1,4 +1,8 @@
-"""The GraceTimer actor: every deadline of a runtime, fired as messages on the executor's clock."""
+"""The GraceTimer actor: every deadline of a runtime, fired as messages on the executor's clock.
+
+Deadlines arrive as wall-clock instants (as events record them) and are armed on the monotonic
+clock, which a change of the wall clock does not disturb; one already past fires at once.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ from events.catalog import TimerFired, TimerKind
 
 
 class Arm(msgspec.Struct, frozen=True, kw_only=True):
-    """Arm (or re-arm) the `timer` of `owner_key`; when due, `owner` gets `TimerFired`."""
+    """Arm (or re-arm) the `timer` of `owner_key` for the wall-clock instant `deadline_ms`;
+    when due, `owner` gets `TimerFired`."""
 
     owner_key: str
     timer: TimerKind
@@ -53,7 +58,9 @@ class GraceTimer(pykka.Actor):
                 self._disarm((key, timer))
                 me = self.actor_ref
                 due = _Due(owner_key=key, timer=timer, deadline_ms=deadline)
-                handle = self._executor.call_at(deadline, lambda: tell(me, due))
+                executor = self._executor
+                due_in = max(0, deadline - executor.wall_ms())
+                handle = executor.call_at(executor.now_ms() + due_in, lambda: tell(me, due))
                 self._armed[(key, timer)] = (deadline, owner, handle)
             case Disarm(owner_key=key, timer=timer):
                 self._disarm((key, timer))

@@ -3,6 +3,8 @@
 Each input is handled in one turn: decide, append the input with its decisions to the log as one
 atomic batch, then act (tell the supervisor, arm timers, ask the bridge). Nothing acts on an input
 before it is durable, and the session's state changes only by applying the events it appended.
+Every time in an event, deadlines included, is wall-clock: a process that restarts from the log
+honours the deadlines its predecessor set.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ class Session(pykka.Actor):
     def _record(self, event: Event, event_id: str) -> None:
         pending = Pending(
             event_id=event_id,
-            time_ms=self._executor.now_ms(),
+            time_ms=self._executor.wall_ms(),
             server=self._server,
             user=self._user,
             event=cast("AnyEvent", event),
@@ -268,7 +270,7 @@ class Session(pykka.Actor):
     def _on_disconnected(self) -> None:
         if self.view.state != "ACTIVE":
             return
-        deadline = self._executor.now_ms() + self._grace_ms
+        deadline = self._executor.wall_ms() + self._grace_ms
         self._decide_that(
             GraceStarted(
                 cause=self._cause,
@@ -290,7 +292,7 @@ class Session(pykka.Actor):
     def _on_restarted(self) -> None:
         view = self.view
         if view.state == "ACTIVE":
-            deadline = self._executor.now_ms() + self._grace_ms
+            deadline = self._executor.wall_ms() + self._grace_ms
             self._decide_that(
                 GraceStarted(
                     cause=self._cause,
@@ -421,7 +423,7 @@ class Session(pykka.Actor):
 
     def _restart_after_failure(self, why: str) -> None:
         view, budget = self.view, self._policy.budget
-        now = self._executor.now_ms()
+        now = self._executor.wall_ms()
         if budget.exhausted(view, now):
             retry_at = now + budget.cooldown_ms
             self._decide_that(
@@ -441,7 +443,7 @@ class Session(pykka.Actor):
     def _rejoin(self, why: str) -> None:
         """A restart a reconnect asked for: now, unless the last restarts failed."""
         view, policy = self.view, self._policy
-        now = self._executor.now_ms()
+        now = self._executor.wall_ms()
         guard = policy.rejoin_guard_ms
         if guard and view.last_start_ms is not None and now - view.last_start_ms < guard:
             self._decline(f"skipped: within the {guard / 1000:g} s guard after the last rejoin")

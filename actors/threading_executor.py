@@ -25,10 +25,8 @@ logger = logging.getLogger(__name__)
 class ThreadingExecutor:
     """Actors on pykka threads, the monotonic clock, and a single timer thread."""
 
-    def __init__(self, *, origin: float | None = None) -> None:
-        """`origin` is the `time.monotonic()` instant of time zero; executors that share one
-        keep comparable clocks."""
-        self._origin = time.monotonic() if origin is None else origin
+    def __init__(self) -> None:
+        self._origin = time.monotonic()
         self._random = random.Random()
         self._classes: dict[type[pykka.Actor], type[pykka.Actor]] = {}
         self._refs: list[pykka.ActorRef[Any]] = []

@@ -61,6 +61,7 @@ class RecordedRun(msgspec.Struct, frozen=True, kw_only=True):
 
     scenario: Scenario
     policy: str
+    started_ms: int
     ended_ms: int | None
     """When it ended; `None` if it was cut short."""
 
@@ -365,7 +366,7 @@ def _replay(args: argparse.Namespace) -> int:
         raise UsageError(msg)
     last_ms = max((e.time_ms for e in events), default=None)
     if recorded is not None and recorded.ended_ms is None and corrupt is None:
-        until = "" if last_ms is None else f" up to {last_ms / 1000:g} s"
+        until = "" if last_ms is None else f" up to {(last_ms - recorded.started_ms) / 1000:g} s"
         print(
             f"rejoin: {args.log}: the run did not finish (its end is not in the log); "
             f"the figures cover it{until}",
@@ -383,7 +384,8 @@ def _replay(args: argparse.Namespace) -> int:
         _print_json([result])
     else:
         shown = [e for e in events if args.user is None or e.user == args.user]
-        print("\n".join(timeline_lines(shown, result.metrics)))
+        started = recorded.started_ms if recorded is not None else None
+        print("\n".join(timeline_lines(shown, result.metrics, started)))
     return 0
 
 
@@ -413,6 +415,7 @@ def _recorded_run(log: Path, envelopes: list[Envelope]) -> RecordedRun | None:
     return RecordedRun(
         scenario=msgspec.structs.replace(scenario, seed=started.event.seed),
         policy=started.event.policy,
+        started_ms=started.time_ms,
         ended_ms=ended,
     )
 

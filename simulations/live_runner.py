@@ -1,6 +1,6 @@
 """Running a scenario in real time against a LiveKit server with the real SDK.
 
-One threaded runtime per server (sharing one clock origin, so their logs merge), one SDK event
+One threaded runtime per server (their logs merge by wall-clock time), one SDK event
 loop, and a real phone participant per user that publishes PCM data packets while its glasses are
 connected. Faults a real server cannot be told to inject are done through the loopback server's
 test controls, or refused before anything starts.
@@ -61,13 +61,14 @@ class LiveRun:
         self.settings = settings
         self.loopback = loopback
         self.origin = time.monotonic()
+        self.origin_wall_ms = time.time_ns() // 1_000_000
         self.loop = EventLoopThread()
         self.deliveries = Deliveries()
         self._where: dict[str, str | None] = {}
         self._epochs: dict[str, int] = {}
         self.stores = {s: store or MemoryStore() for s in scenario.servers}
         self.connectors = {s: LiveKitConnector(settings, self.loop) for s in scenario.servers}
-        self.executors = {s: ThreadingExecutor(origin=self.origin) for s in scenario.servers}
+        self.executors = {s: ThreadingExecutor() for s in scenario.servers}
         grace_ms = round(scenario.grace_s * 1000)
         self.runtimes = {
             server: Runtime(
@@ -208,10 +209,11 @@ def run_live(
     store: EventStore | None = None,
 ) -> RunResult:
     refuse_unsupported(scenario, loopback is not None)
-    if store is not None:
-        store.append(RUN_STREAM, 0, [run_started(scenario, policy, scenario.seed, 0)])
-    end_ms = round(scenario.end_s * 1000)
     live = LiveRun(scenario, policy, settings, loopback, store)
+    started_ms = live.origin_wall_ms
+    end_ms = started_ms + round(scenario.end_s * 1000)
+    if store is not None:
+        store.append(RUN_STREAM, 0, [run_started(scenario, policy, scenario.seed, started_ms)])
     try:
         expectations = live.play()
         if store is not None:

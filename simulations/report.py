@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 from actors.policy import Policy
 from events.catalog import GlassesConnected, Input
 from events.envelope import Envelope
@@ -152,8 +154,11 @@ def _metric_lines(m: Metrics) -> list[str]:
     ]
 
 
-def timeline_lines(envelopes: list[Envelope], metrics: Metrics) -> list[str]:
-    """Each user's story across servers, in time order."""
+def timeline_lines(
+    envelopes: list[Envelope], metrics: Metrics, started_ms: int | None = None
+) -> list[str]:
+    """Each user's story across servers, in wall-clock order: times from the run's start when
+    there is one (`started_ms`), else UTC clock times."""
     lines: list[str] = []
     users = sorted({e.user for e in envelopes})
     for user in users:
@@ -170,10 +175,17 @@ def timeline_lines(envelopes: list[Envelope], metrics: Metrics) -> list[str]:
                 detail = " ".join(
                     f"{field}={getattr(event, field)}" for field in event.__struct_fields__
                 )
-            lines.append(
-                printable(
-                    f"  {envelope.time_ms / 1000:>9.3f} s  {envelope.server:<8} {name:<24} {detail}"
-                )
-            )
+            when = _when(envelope.time_ms, started_ms)
+            lines.append(printable(f"  {when}  {envelope.server:<8} {name:<24} {detail}"))
         lines.append("")
     return [*lines, *_metric_lines(metrics)]
+
+
+def _when(time_ms: int, started_ms: int | None) -> str:
+    if started_ms is not None:
+        return f"{(time_ms - started_ms) / 1000:>9.3f} s"
+    try:
+        clock = datetime.datetime.fromtimestamp(time_ms / 1000, datetime.UTC)
+    except (OverflowError, ValueError, OSError):
+        return f"{time_ms} ms"
+    return clock.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]

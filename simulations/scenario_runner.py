@@ -76,17 +76,17 @@ def run(
         store.append(
             RUN_STREAM,
             store.stream_version(RUN_STREAM),
-            [run_started(scenario, policy, chosen, world.now_ms)],
+            [run_started(scenario, policy, chosen, world.wall_ms)],
         )
     expectations = play(world, scenario)
     if store is not None:
-        store.append(RUN_STREAM, store.stream_version(RUN_STREAM), [run_ended(world.now_ms)])
+        store.append(RUN_STREAM, store.stream_version(RUN_STREAM), [run_ended(world.wall_ms)])
     violations = all_violations(world)
     twin = world_for(scenario, policy, chosen, None)
     play(twin, scenario)
     if log_bytes(twin) != log_bytes(world):
         violations.append("determinism: the same seed gave a different event log")
-    metrics = compute(server_events(world.stores.values()), end_ms=world.now_ms)
+    metrics = compute(server_events(world.stores.values()), end_ms=world.wall_ms)
     world.stop()
     twin.stop()
     return RunResult(

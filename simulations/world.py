@@ -120,12 +120,18 @@ class World:
 
     @property
     def now_ms(self) -> int:
+        """The world's own clock: virtual milliseconds since it began."""
         return self.executor.now_ms()
+
+    @property
+    def wall_ms(self) -> int:
+        """The wall clock every server's log records."""
+        return self.executor.wall_ms()
 
     def _start_runtime(self, server: str) -> Runtime:
         return Runtime(
             server=server,
-            executor=self.executor,
+            executor=self.executor.start_process(),
             store=self.stores[server],
             connector=self.sfu.connector(server),
             policy=self.policy,
@@ -134,7 +140,7 @@ class World:
         )
 
     def _sink(self, chunk: AudioChunk) -> None:
-        self.deliveries.record(chunk.time_ms, chunk.server, chunk.user)
+        self.deliveries.record(self.now_ms, chunk.server, chunk.user)
 
     def _phone_tick(self) -> None:
         for user, server in self._where.items():

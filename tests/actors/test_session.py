@@ -14,6 +14,7 @@ from events.catalog import (
     BridgeStatusRequested,
     BridgeStopped,
     Event,
+    GraceStarted,
     IdentityHolderRequested,
     ProcessRestarted,
     RejoinDecided,
@@ -22,6 +23,7 @@ from events.catalog import (
     SessionDisposed,
     SessionOpened,
 )
+from events.envelope import Envelope
 from simulations.invariants import all_violations
 from simulations.sim_livekit import SfuConfig
 from simulations.world import World
@@ -36,6 +38,10 @@ def events(world: World, server: str) -> list[Event]:
 
 def decisions(world: World, server: str, kind: type[E]) -> list[E]:
     return [event for event in events(world, server) if isinstance(event, kind)]
+
+
+def envelopes(world: World, server: str, kind: type[Event]) -> list[Envelope]:
+    return [e for e in world.stores[server].read_all() if isinstance(e.event, kind)]
 
 
 def heard(world: World, server: str, after_ms: int) -> bool:
@@ -247,3 +253,24 @@ def test_a_restarted_server_recovers_its_sessions_from_the_log(world: World) -> 
     world.connect(USER, "prod")
     world.run_for(1_000)
     assert heard(world, "prod", 2_000)
+
+
+def test_a_crash_during_grace_disposes_at_the_original_wall_clock_deadline() -> None:
+    """The restarted process's monotonic clock starts again at zero: only a wall-clock
+    deadline in the log means the same instant to it."""
+    world = World(servers=["prod"], seed=4, grace_ms=8_000)
+    world.connect(USER, "prod")
+    world.run_until(25_000)
+    world.disconnect(USER)
+    world.run_until(26_000)
+    world.crash("prod")
+    world.run_until(32_999)
+    assert world.runtimes["prod"].status(USER) is not None, "still in grace"
+    world.run_until(33_000)
+    assert world.runtimes["prod"].status(USER) is None, "disposed at 33 s, not 26 + 33 s"
+    (grace,) = decisions(world, "prod", GraceStarted)
+    (disposed,) = envelopes(world, "prod", SessionDisposed)
+    assert disposed.time_ms == grace.deadline_ms
+    world.run_until(60_000)
+    assert all_violations(world) == []
+    world.stop()

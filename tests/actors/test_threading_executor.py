@@ -5,13 +5,16 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from actors.bridge import AudioChunk
 from actors.runtime import Runtime
 from actors.threading_executor import ThreadingExecutor
+from events.catalog import GraceStarted, SessionDisposed
 from events.memory_store import MemoryStore
+from events.sqlite_store import SQLiteStore
 from simulations.sim_livekit import SfuConfig, SimLiveKit
 
 USER = "isaiah@mentra.glass"
@@ -76,12 +79,12 @@ def test_actors_run_on_threads_with_the_real_clock() -> None:
 
         runtimes["prod"].glasses_disconnected(USER)
         runtimes["debug"].glasses_connected(USER, epoch=2)
-        switched = executor.now_ms()
+        switched = executor.wall_ms()
         assert eventually(audio_on("debug", switched))
 
         runtimes["debug"].glasses_disconnected(USER)
         runtimes["prod"].glasses_connected(USER, epoch=3)
-        returned = executor.now_ms()
+        returned = executor.wall_ms()
         assert eventually(audio_on("prod", returned)), "prod's kicked bridge was restarted"
         prod = runtimes["prod"].status(USER)
         assert prod is not None
@@ -99,3 +102,44 @@ def test_actors_run_on_threads_with_the_real_clock() -> None:
         executor.shutdown()
     assert [p.server for p in sfu.participants(USER)] == [], "stop left every room"
     assert eventually(lambda: threading.active_count() == threads_before)
+
+
+def test_a_process_restarted_from_its_log_keeps_the_wall_clock_grace_deadline(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "log.db"
+
+    def start(executor: ThreadingExecutor) -> Runtime:
+        sfu = SimLiveKit(executor, random.Random(0), SfuConfig(join_latency_ms=(0, 0)))
+        return Runtime(
+            server="prod",
+            executor=executor,
+            store=SQLiteStore(log),
+            connector=sfu.connector("prod"),
+            grace_ms=1_000,
+        )
+
+    first = ThreadingExecutor()
+    runtime = start(first)
+    try:
+        runtime.glasses_connected(USER)
+        assert eventually(lambda: getattr(runtime.status(USER), "bridge", None) == "up")
+        time.sleep(1.5)  # uptime: a monotonic deadline would be off by this much
+        grace_ends_ms = time.time_ns() // 1_000_000 + 1_000
+        runtime.glasses_disconnected(USER)
+        assert eventually(lambda: getattr(runtime.status(USER), "state", None) == "GRACE")
+    finally:
+        first.shutdown()  # the process dies; nothing more reaches the log
+    second = ThreadingExecutor()
+    restarted = start(second)
+    try:
+        assert eventually(lambda: restarted.status(USER) is None, timeout_s=5)
+        disposed_ms = time.time_ns() // 1_000_000
+    finally:
+        restarted.stop()
+        second.shutdown()
+    assert -100 < disposed_ms - grace_ends_ms < 500, "disposed when the first process's grace ended"
+    logged = list(SQLiteStore(log, read_only=True).read_all())
+    (deadline_ms,) = [e.event.deadline_ms for e in logged if isinstance(e.event, GraceStarted)]
+    (disposal_ms,) = [e.time_ms for e in logged if isinstance(e.event, SessionDisposed)]
+    assert 0 <= disposal_ms - deadline_ms < 500

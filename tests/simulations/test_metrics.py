@@ -13,7 +13,7 @@ def metrics_of(name: str, *, shared_log: bool, legacy: bool = False) -> Metrics:
         scenario, LEGACY if legacy else SUPERVISED, 0, MemoryStore() if shared_log else None
     )
     play(world, scenario)
-    return compute(server_events(world.stores.values()), end_ms=world.now_ms)
+    return compute(server_events(world.stores.values()), end_ms=world.wall_ms)
 
 
 def test_one_shared_log_and_one_log_per_server_give_the_same_metrics() -> None:
