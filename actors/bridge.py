@@ -50,6 +50,11 @@ class AudioChunk(msgspec.Struct, frozen=True, kw_only=True):
 AudioSink = Callable[[AudioChunk], None]
 
 
+class _Join(msgspec.Struct, frozen=True):
+    """Join the room: a message, not `on_start`, so that a connector that raises is a failure
+    the session hears of (pykka reports no failure of `on_start`)."""
+
+
 class Bridge(pykka.Actor):
     def __init__(
         self,
@@ -87,12 +92,14 @@ class Bridge(pykka.Actor):
         return self._request.generation
 
     def on_start(self) -> None:
-        me = self.actor_ref
-        self._handle = self._connector.join(self._request, lambda event: tell(me, event))
+        self.actor_ref.tell(_Join())
 
     def on_receive(self, message: object) -> object:
         generation = self.generation
         match message:
+            case _Join():
+                me = self.actor_ref
+                self._handle = self._connector.join(self._request, lambda event: tell(me, event))
             case RoomData(payload=payload):
                 self._on_audio(payload)
             case RoomJoined(participant_sid=sid, participant_count=count, phone_present=phone):

@@ -34,6 +34,22 @@ class SessionEnded(msgspec.Struct, frozen=True, kw_only=True):
     final: SessionView
 
 
+class SessionFailed(msgspec.Struct, frozen=True, kw_only=True):
+    """A session's turn failed: it keeps its messages and waits for `RestartSession`."""
+
+    user: str
+    stream: str
+    error: str
+
+
+class RestartSession(msgspec.Struct, frozen=True, kw_only=True):
+    """Rebuild from the log and go on; `bridge` is the session's live bridge, if any."""
+
+    error: str
+    restarts: int
+    bridge: tuple[int, pykka.ActorRef[Any]] | None
+
+
 class StartBridge(msgspec.Struct, frozen=True, kw_only=True):
     stream: str
     user: str

@@ -9,10 +9,11 @@ reconnect) the session tries again. Delays grow exponentially with jitter, as in
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import msgspec
 
-from events.projection import RESTART_HISTORY, SessionView
+from events.projection import RESTART_HISTORY
 
 
 class RestartBudget(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,10 +33,13 @@ class RestartBudget(msgspec.Struct, frozen=True, kw_only=True):
             msg = f"intensity must be within 1..{RESTART_HISTORY - 1}"
             raise ValueError(msg)
 
-    def exhausted(self, view: SessionView, now_ms: int) -> bool:
+    def recent(self, restarts_ms: Sequence[int], now_ms: int) -> list[int]:
+        """The restarts that still count against the budget at `now_ms`."""
+        return [t for t in restarts_ms if now_ms - t < self.period_ms]
+
+    def exhausted(self, restarts_ms: Sequence[int], now_ms: int) -> bool:
         """Whether one more failure-driven restart now would exceed the budget."""
-        recent = [t for t in view.failure_restarts_ms if now_ms - t < self.period_ms]
-        return len(recent) >= self.intensity
+        return len(self.recent(restarts_ms, now_ms)) >= self.intensity
 
     def backoff_ms(self, failures: int, rng: random.Random) -> int:
         """The delay before restart number `failures` (1-based) in a row; 0 for none."""

@@ -5,10 +5,18 @@ atomic batch, then act (tell the supervisor, arm timers, ask the bridge). Nothin
 before it is durable, and the session's state changes only by applying the events it appended.
 Every time in an event, deadlines included, is wall-clock: a process that restarts from the log
 honours the deadlines its predecessor set.
+
+A turn that fails (a failed append, or any other error) leaves nothing behind: the session drops
+its state, keeps the input at the head of its mailbox with every message that arrives after it,
+and reports to the supervisor, which restarts it under a restart budget. A restart rebuilds the
+state from the session's own stream, records `SessionRestarted`, and goes on with the kept
+messages in order. The actor, its address and its bridge stay what they were.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -20,7 +28,9 @@ from actors.grace_timer import Arm, Disarm, DisarmAll
 from actors.messages import (
     BridgeAttached,
     GateAudio,
+    RestartSession,
     SessionEnded,
+    SessionFailed,
     StartBridge,
     StatusRequest,
     StopBridge,
@@ -54,6 +64,7 @@ from events.catalog import (
     RestartBudgetExhausted,
     SessionDisposed,
     SessionOpened,
+    SessionRestarted,
     SessionResumed,
     StaleInputIgnored,
     TimerFired,
@@ -61,7 +72,9 @@ from events.catalog import (
 )
 from events.envelope import Pending
 from events.log import EventStore
-from events.projection import SessionView, apply
+from events.projection import SessionView, apply, replay_stream
+
+logger = logging.getLogger(__name__)
 
 OPERATOR_REASONS: frozenset[DisconnectReason] = frozenset(
     {"PARTICIPANT_REMOVED", "ROOM_DELETED", "ROOM_CLOSED"}
@@ -99,29 +112,71 @@ class Session(pykka.Actor):
         self._timer = timer
         self._connector = connector
         self._view = recovered
+        self._durable = recovered
+        """The view as the log has it: what a query sees, whatever a failed turn left."""
         self._version = recovered.version if recovered is not None else 0
         self._before: SessionView | None = None
         self._bridge: pykka.ActorRef[Any] | None = None
         self._cause = ""
         self._pending: list[Pending] = []
         self._effects: list[Callable[[], object]] = []
-
-    def on_start(self) -> None:
-        if self._view is not None and self._view.state != "DISPOSED":
-            self._handle(ProcessRestarted())
+        self._kept: collections.deque[object] = collections.deque()
+        """Messages kept while the session waits to be restarted, the failed one first."""
+        self._failed = False
 
     def on_receive(self, message: object) -> object:
         match message:
             case ViewQuery():
-                return self._view
-            case BridgeAttached(generation=generation, bridge=bridge):
-                if self._view is not None and generation == self._view.generation:
-                    self._bridge = bridge
-                    if self._policy.audio_only_when_active:
-                        tell(bridge, GateAudio(open=self._audio_open()))
-            case Input():
-                self._handle(message)
+                return self._durable
+            case RestartSession():
+                self._restart(message)
+            case _ if self._failed:
+                self._kept.append(message)
+            case _:
+                self._receive(message)
         return None
+
+    def _receive(self, message: object) -> None:
+        """Handle one message; a failure keeps it for the restart and tells the supervisor."""
+        try:
+            match message:
+                case BridgeAttached():
+                    self._attach(message)
+                case Input():
+                    self._handle(message)
+        except Exception as error:
+            self._fail(message, error)
+
+    def _fail(self, message: object, error: Exception) -> None:
+        logger.warning("session %s failed: %s", self._stream, error, exc_info=error)
+        self._failed = True
+        if not isinstance(message, SessionRestarted):
+            self._kept.appendleft(message)
+        self._view, self._pending, self._effects = self._durable, [], []
+        failed = SessionFailed(user=self._user, stream=self._stream, error=_describe(error))
+        tell(self._supervisor, failed)
+
+    def _restart(self, restart: RestartSession) -> None:
+        try:
+            envelopes = self._store.read_stream(self._stream)
+        except Exception as error:
+            self._fail(restart, error)
+            return
+        self._view = self._durable = replay_stream(envelopes)
+        self._version = self._view.version if self._view is not None else 0
+        live = restart.bridge
+        current = self._view is not None and live is not None and live[0] == self._view.generation
+        self._bridge = live[1] if current and live is not None else None
+        self._failed = False
+        self._receive(SessionRestarted(error=restart.error, restarts=restart.restarts))
+        while self._kept and not self._failed:
+            self._receive(self._kept.popleft())
+
+    def _attach(self, attached: BridgeAttached) -> None:
+        if self._view is not None and attached.generation == self._view.generation:
+            self._bridge = attached.bridge
+            if self._policy.audio_only_when_active:
+                tell(attached.bridge, GateAudio(open=self._audio_open()))
 
     # One turn per input
 
@@ -165,6 +220,7 @@ class Session(pykka.Actor):
         self._pending, self._effects = [], []
         self._store.append(self._stream, self._version, pending)
         self._version += len(pending)
+        self._durable = self._view
         for effect in effects:
             effect()
 
@@ -424,7 +480,7 @@ class Session(pykka.Actor):
     def _restart_after_failure(self, why: str) -> None:
         view, budget = self.view, self._policy.budget
         now = self._executor.wall_ms()
-        if budget.exhausted(view, now):
+        if budget.exhausted(view.failure_restarts_ms, now):
             retry_at = now + budget.cooldown_ms
             self._decide_that(
                 RestartBudgetExhausted(
@@ -516,3 +572,7 @@ class Session(pykka.Actor):
     def _arm(self, timer: TimerKind, deadline: int) -> None:
         arm = Arm(owner_key=self._stream, timer=timer, deadline_ms=deadline, owner=self.actor_ref)
         self._then(lambda: tell(self._timer, arm))
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"

@@ -4,12 +4,18 @@ It routes glasses inputs to the user's session (opening a new incarnation when t
 starts and stops bridges when a session asks, and knows every live child, so a stopped runtime
 leaves nothing behind. A session addresses its bridge through the reference the supervisor hands
 it for that generation; a bridge of an older generation is stopped before a newer one starts.
+
+It supervises its sessions one for one, as OTP does: a session whose turn failed is restarted at
+once a few times, then with backoff (`SESSION_RESTARTS`), and never given up on. A failed bridge
+is replaced by its session's policy, which hears of the failure as the bridge's loss.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import msgspec
 import pykka
 
 from actors.bridge import AudioSink, Bridge
@@ -19,7 +25,9 @@ from actors.messages import (
     BridgeAttached,
     BridgeExited,
     ForUser,
+    RestartSession,
     SessionEnded,
+    SessionFailed,
     SessionQuery,
     Shutdown,
     StartBridge,
@@ -29,11 +37,27 @@ from actors.messages import (
     Undeliverable,
 )
 from actors.policy import Policy
+from actors.restart_budget import RestartBudget
 from actors.session import Session
-from events.catalog import GlassesConnected
+from events.catalog import GlassesConnected, ProcessRestarted
 from events.envelope import stream_name
 from events.log import EventStore
 from events.projection import SessionView
+
+logger = logging.getLogger(__name__)
+
+SESSION_RESTARTS = RestartBudget(
+    intensity=3, period_ms=5_000, min_backoff_ms=200, max_backoff_ms=5_000, jitter=0.2
+)
+"""Three quick restarts within 5 s, then backoff up to 5 s: a log that fails for a while is
+tried again every few seconds, and recovery follows within seconds of its return."""
+
+
+class _RestartDue(msgspec.Struct, frozen=True, kw_only=True):
+    user: str
+    stream: str
+    error: str
+    restarts: int
 
 
 class Supervisor(pykka.Actor):
@@ -64,6 +88,8 @@ class Supervisor(pykka.Actor):
         self._sessions: dict[str, pykka.ActorRef[Any]] = {}
         self._ended: dict[str, SessionView] = {}
         self._bridges: dict[str, tuple[int, pykka.ActorRef[Any]]] = {}
+        self._restarts: dict[str, list[int]] = {}
+        """When each failing session was (or will be) restarted, on the monotonic clock."""
 
     def on_start(self) -> None:
         for view in self._recovered:
@@ -71,9 +97,9 @@ class Supervisor(pykka.Actor):
             if view.state == "DISPOSED":
                 self._ended[view.stream] = view
             else:
-                self._sessions[view.user] = self._spawn_session(
-                    view.user, view.stream, view.incarnation, view
-                )
+                session = self._spawn_session(view.user, view.stream, view.incarnation, view)
+                self._sessions[view.user] = session
+                tell(session, ProcessRestarted())
 
     def on_receive(self, message: object) -> object:
         match message:
@@ -86,8 +112,18 @@ class Supervisor(pykka.Actor):
                     session = self._spawn_session(user, stream, incarnation, None)
                     self._sessions[user] = session
                 tell(session, event)
+            case SessionFailed():
+                self._restart_later(message)
+            case _RestartDue(user=user, stream=stream, error=error, restarts=restarts):
+                tell(
+                    self._sessions.get(user),
+                    RestartSession(
+                        error=error, restarts=restarts, bridge=self._bridges.get(stream)
+                    ),
+                )
             case SessionEnded(user=user, final=final):
                 session = self._sessions.pop(user, None)
+                self._restarts.pop(final.stream, None)
                 self._ended[final.stream] = final
                 if session is not None:
                     session.stop(block=False)
@@ -115,6 +151,30 @@ class Supervisor(pykka.Actor):
                 self._sessions.clear()
                 return children
         return None
+
+    def _restart_later(self, failed: SessionFailed) -> None:
+        """Restart a failed session now while within the budget, later once it is spent."""
+        now = self._executor.now_ms()
+        recent = SESSION_RESTARTS.recent(self._restarts.get(failed.stream, ()), now)
+        beyond = len(recent) + 1 - SESSION_RESTARTS.intensity
+        delay = SESSION_RESTARTS.backoff_ms(beyond, self._executor.random)
+        self._restarts[failed.stream] = [*recent, now + delay]
+        due = _RestartDue(
+            user=failed.user, stream=failed.stream, error=failed.error, restarts=len(recent) + 1
+        )
+        me = self.actor_ref
+        if delay:
+            logger.warning(
+                "session %s failed %d times within %g s (%s); restarting in %d ms",
+                failed.stream,
+                len(recent) + 1,
+                SESSION_RESTARTS.period_ms / 1000,
+                failed.error,
+                delay,
+            )
+            self._executor.call_at(now + delay, lambda: tell(me, due))
+        else:
+            tell(me, due)
 
     def _spawn_session(
         self, user: str, stream: str, incarnation: int, recovered: SessionView | None

@@ -125,6 +125,15 @@ class RunEnded(Input, frozen=True, kw_only=True):
     """A simulated run reached its end, at this envelope's time; a log without one was cut short."""
 
 
+class SessionRestarted(Input, frozen=True, kw_only=True):
+    """The session failed (its log refused an append, say) and was rebuilt from its stream;
+    the input it failed on, and every one after it, follow."""
+
+    error: str
+    restarts: int
+    """Restarts within the supervisor's period, this one included."""
+
+
 class ProcessRestarted(Input, frozen=True, kw_only=True):
     """The server restarted; the bridge and the glasses connection did not survive it."""
 
@@ -204,6 +213,7 @@ AnyEvent = (
     | TimerFired
     | RunStarted
     | RunEnded
+    | SessionRestarted
     | ProcessRestarted
     | SessionOpened
     | SessionResumed

@@ -152,6 +152,14 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
     return view
 
 
+def replay_stream(envelopes: Iterable[Envelope]) -> SessionView | None:
+    """The view one stream's events fold into; `None` before its `SessionOpened`."""
+    view: SessionView | None = None
+    for envelope in envelopes:
+        view = apply(view, envelope)
+    return view
+
+
 def replay(envelopes: Iterable[Envelope]) -> dict[str, SessionView]:
     """Fold a log into the latest view of each stream that opened a session."""
     views: dict[str, SessionView] = {}

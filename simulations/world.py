@@ -22,6 +22,7 @@ from actors.policy import SUPERVISED, Policy
 from actors.runtime import DEFAULT_GRACE_MS, Runtime
 from events.log import EventStore
 from events.memory_store import MemoryStore
+from simulations.faulty_store import FaultyStore
 from simulations.sim_livekit import SfuConfig, SimLiveKit
 
 
@@ -111,6 +112,10 @@ class World:
         self.stores = {
             server: (store_for or (lambda _server: MemoryStore()))(server) for server in servers
         }
+        # The servers write through these, so that a log fault hits one server's appends.
+        self.logs = {
+            server: FaultyStore(store, lambda: self.now_ms) for server, store in self.stores.items()
+        }
         self.runtimes = {server: self._start_runtime(server) for server in servers}
         self.executor.call_at(chunk_ms, self._phone_tick)
 
@@ -132,7 +137,7 @@ class World:
         return Runtime(
             server=server,
             executor=self.executor.start_process(),
-            store=self.stores[server],
+            store=self.logs[server],
             connector=self.sfu.connector(server),
             policy=self.policy,
             grace_ms=self.grace_ms,
@@ -220,6 +225,11 @@ class World:
         """An operator deletes `user`'s room: every bridge in it is disconnected."""
         self._fault("remove", user=user)
         self.sfu.delete_room(user)
+
+    def log_fault(self, server: str, duration_ms: int) -> None:
+        """`server`'s log refuses every append for `duration_ms`, as a failing disk would."""
+        self._fault("log_fault", lasts_ms=duration_ms, server=server)
+        self.logs[server].fail_for(duration_ms)
 
     def signal_loss(self, server: str, user: str) -> None:
         if self.sfu.drop_signal(user, server):

@@ -5,25 +5,10 @@ import random
 import pytest
 
 from actors.restart_budget import RestartBudget
-from events.projection import SessionView
 
 BUDGET = RestartBudget(
     intensity=3, period_ms=10_000, min_backoff_ms=100, max_backoff_ms=1_000, jitter=0.2
 )
-
-
-def view(restarts: tuple[int, ...]) -> SessionView:
-    return SessionView(
-        stream="prod/a/1",
-        server="prod",
-        user="a",
-        incarnation=1,
-        version=1,
-        state="ACTIVE",
-        epoch=1,
-        time_ms=0,
-        failure_restarts_ms=restarts,
-    )
 
 
 def test_backoff_doubles_from_the_minimum_up_to_the_cap_with_bounded_jitter() -> None:
@@ -40,9 +25,10 @@ def test_no_failures_means_no_backoff() -> None:
 
 
 def test_the_budget_is_spent_by_intensity_restarts_within_the_period() -> None:
-    assert not BUDGET.exhausted(view((1_000, 2_000)), now_ms=3_000)
-    assert BUDGET.exhausted(view((1_000, 2_000, 2_500)), now_ms=3_000)
-    assert not BUDGET.exhausted(view((1_000, 2_000, 2_500)), now_ms=11_001), "window slid"
+    assert not BUDGET.exhausted((1_000, 2_000), now_ms=3_000)
+    assert BUDGET.exhausted((1_000, 2_000, 2_500), now_ms=3_000)
+    assert not BUDGET.exhausted((1_000, 2_000, 2_500), now_ms=11_001), "window slid"
+    assert BUDGET.recent((1_000, 2_000, 2_500), now_ms=11_500) == [2_000, 2_500]
 
 
 def test_an_intensity_the_view_cannot_remember_is_refused() -> None:

@@ -1,0 +1,168 @@
+"""The supervisor supervises: a session whose turn fails (here, because its log refuses appends)
+is rebuilt from its stream and restarted under a budget, keeps every input that reached it, and
+brings the user's audio back; a bridge that cannot even start is replaced by its session."""
+
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from actors.connector import IdentityHolder, JoinRequest, RoomEvent, RoomHandle
+from actors.runtime import Runtime
+from actors.supervisor import SESSION_RESTARTS
+from actors.threading_executor import ThreadingExecutor
+from events.catalog import (
+    BridgeDisconnected,
+    BridgeStarted,
+    Event,
+    GlassesConnected,
+    GlassesDisconnected,
+    SessionOpened,
+    SessionRestarted,
+    SessionResumed,
+)
+from events.memory_store import MemoryStore
+from simulations.faulty_store import FaultyStore
+from simulations.invariants import all_violations
+from simulations.sim_livekit import SfuConfig, SimConnector, SimLiveKit
+from simulations.world import World
+
+USER = "isaiah@mentra.glass"
+
+
+def kinds(world: World, server: str) -> list[type[Event]]:
+    return [type(e.event) for e in world.stores[server].read_all()]
+
+
+def heard(world: World, server: str, after_ms: int) -> bool:
+    return world.deliveries.heard(USER, server, after_ms=after_ms, until_ms=world.now_ms)
+
+
+def test_a_session_whose_log_fails_keeps_its_inputs_and_recovers_when_the_log_does() -> None:
+    world = World(servers=["prod", "debug"], seed=2)
+    world.connect(USER, "prod")
+    world.run_until(1_000)
+    world.log_fault("prod", 5_000)
+    world.run_until(2_000)
+    world.connect(USER, "debug")
+    world.run_until(3_000)
+    assert world.runtimes["prod"].status(USER) is not None, "a failed session still answers"
+    world.connect(USER, "prod")
+    world.run_until(4_000)
+    assert world.runtimes["prod"].status(USER).state == "ACTIVE"  # type: ignore[union-attr]
+    world.run_until(20_000)
+    prod = kinds(world, "prod")
+    restarted = prod.index(SessionRestarted)
+    assert prod[restarted + 1 :].count(GlassesDisconnected) == 1, "the switch away, kept"
+    assert prod[restarted + 1 :].count(GlassesConnected) == 1, "the return, kept"
+    assert SessionResumed in prod[restarted:]
+    assert BridgeStarted in prod[restarted:], "the bridge debug kicked is restarted"
+    assert heard(world, "prod", 15_000), "audio is back on prod"
+    assert all_violations(world) == []
+    world.stop()
+
+
+def test_a_log_that_fails_at_the_first_connection_opens_the_session_once_it_works() -> None:
+    world = World(servers=["prod"], seed=3)
+    world.log_fault("prod", 3_000)
+    world.connect(USER, "prod")
+    world.run_until(15_000)
+    prod = kinds(world, "prod")
+    assert prod[:3] == [SessionRestarted, GlassesConnected, SessionOpened]
+    assert heard(world, "prod", 10_000)
+    assert all_violations(world) == []
+    world.stop()
+
+
+def test_restarts_back_off_while_the_log_fails_and_never_give_up() -> None:
+    world = World(servers=["prod"], seed=5)
+    world.connect(USER, "prod")
+    world.run_until(1_000)
+    world.log_fault("prod", 60_000)
+    world.disconnect(USER)
+    world.run_until(61_000)
+    refused = world.logs["prod"].refused
+    quick = SESSION_RESTARTS.intensity + 1
+    assert quick < refused < quick + 60_000 / SESSION_RESTARTS.min_backoff_ms / 4, (
+        "a few quick restarts, then backoff: no tight loop over a minute"
+    )
+    world.run_until(61_000 + 2 * SESSION_RESTARTS.max_backoff_ms)
+    assert SessionRestarted in kinds(world, "prod"), "tried again once the log worked"
+    world.stop()
+
+
+class _BrokenConnector:
+    """A connector whose `join` raises for its first `failures` calls, then passes on."""
+
+    def __init__(self, inner: SimConnector, failures: int) -> None:
+        self._inner = inner
+        self._failures = failures
+
+    def join(self, request: JoinRequest, on_event: Callable[[RoomEvent], object]) -> RoomHandle:
+        if self._failures > 0:
+            self._failures -= 1
+            msg = "the SDK could not create a room"
+            raise RuntimeError(msg)
+        return self._inner.join(request, on_event)
+
+    def lookup_holder(
+        self, room: str, identity: str, reply: Callable[[IdentityHolder | None], object]
+    ) -> None:
+        self._inner.lookup_holder(room, identity, reply)
+
+
+def test_a_bridge_that_fails_to_start_is_replaced_through_its_sessions_policy() -> None:
+    world = World(servers=["prod"], seed=6)
+    runtime = world.runtimes["prod"]
+    broken = Runtime(
+        server="prod",
+        executor=world.executor.start_process(),
+        store=world.logs["prod"],
+        connector=_BrokenConnector(world.sfu.connector("prod"), failures=2),
+        audio_sink=world._sink,
+    )
+    world.runtimes["prod"] = broken
+    runtime.stop()
+    world.connect(USER, "prod")
+    world.run_until(5_000)
+    prod = world.stores["prod"].read_all()
+    lost = [e.event for e in prod if isinstance(e.event, BridgeDisconnected)]
+    assert [e.reason for e in lost] == ["AGENT_ERROR", "AGENT_ERROR"]
+    assert heard(world, "prod", 1_000)
+    assert all_violations(world) == []
+    world.stop()
+
+
+def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def test_on_threads_a_session_whose_log_fails_recovers_with_every_input() -> None:
+    executor = ThreadingExecutor()
+    log = FaultyStore(MemoryStore(), lambda: int(time.monotonic() * 1000))
+    sfu = SimLiveKit(executor, random.Random(0), SfuConfig(join_latency_ms=(5, 20)))
+    runtime = Runtime(server="prod", executor=executor, store=log, connector=sfu.connector("prod"))
+    actors = []
+    try:
+        runtime.glasses_connected(USER)
+        assert eventually(lambda: getattr(runtime.status(USER), "bridge", None) == "up")
+        actors = runtime.actors()
+        log.fail_for(1_000)
+        runtime.glasses_disconnected(USER)
+        runtime.glasses_connected(USER)
+        time.sleep(0.2)
+        assert runtime.status(USER) is not None, "a failed session still answers"
+        assert eventually(lambda: SessionRestarted in [type(e.event) for e in log.read_all()])
+        assert eventually(lambda: getattr(runtime.status(USER), "state", None) == "ACTIVE")
+        kept: list[Any] = [type(e.event) for e in log.read_all()]
+        after = kept[kept.index(SessionRestarted) :]
+        assert (after.count(GlassesDisconnected), after.count(GlassesConnected)) == (1, 1)
+    finally:
+        runtime.stop()
+        executor.shutdown()
+    assert not any(actor.is_alive() for actor in actors)
