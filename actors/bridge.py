@@ -131,8 +131,9 @@ class Bridge(pykka.Actor):
                 self._audio_open = is_open
                 if is_open:
                     self._heard_audio = False
-            case RoomJoinFailed(error=error):
-                tell(self._session, BridgeJoinFailed(generation=generation, error=error))
+            case RoomJoinFailed(error=error, permanent=permanent):
+                failed = BridgeJoinFailed(generation=generation, error=error, permanent=permanent)
+                tell(self._session, failed)
                 self.stop()
             case RoomDisconnected(reason=reason):
                 self._connected = False

@@ -3,6 +3,11 @@
 A connector never blocks its caller on the network: `join` returns a handle at once and reports
 what happens in the room through the `on_event` callback, from whatever thread it runs on. The
 Bridge turns those callbacks into messages to itself.
+
+A failure says whether it is permanent (bad credentials, a malformed URL, no permission: trying
+again cannot help) or transient. A room-service lookup has three answers, never two: someone
+holds the identity, nobody does, or the service could not say; "could not say" is never
+"nobody".
 """
 
 from __future__ import annotations
@@ -13,6 +18,13 @@ from typing import Protocol
 import msgspec
 
 from events.catalog import DisconnectReason
+
+
+class Deadlines(msgspec.Struct, frozen=True, kw_only=True):
+    """How long a session waits for a connector before the silence counts as a failure."""
+
+    join_ms: int = 15_000
+    lookup_ms: int = 5_000
 
 
 class RoomServerError(Exception):
@@ -37,6 +49,7 @@ class RoomJoined(msgspec.Struct, frozen=True, kw_only=True):
 
 class RoomJoinFailed(msgspec.Struct, frozen=True, kw_only=True):
     error: str
+    permanent: bool = False
 
 
 class RoomDisconnected(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,6 +76,20 @@ class IdentityHolder(msgspec.Struct, frozen=True, kw_only=True):
     epoch: int | None
 
 
+class Nobody(msgspec.Struct, frozen=True, kw_only=True):
+    """Nobody holds the identity in the room."""
+
+
+class LookupFailed(msgspec.Struct, frozen=True, kw_only=True):
+    """The room service could not say who holds the identity."""
+
+    error: str
+    permanent: bool = False
+
+
+LookupAnswer = IdentityHolder | Nobody | LookupFailed
+
+
 class RoomHandle(Protocol):
     def leave(self) -> None:
         """Leave the room and release every resource of this join; safe to call twice."""
@@ -73,7 +100,8 @@ class RoomConnector(Protocol):
     def join(self, request: JoinRequest, on_event: Callable[[RoomEvent], object]) -> RoomHandle: ...
 
     def lookup_holder(
-        self, room: str, identity: str, reply: Callable[[IdentityHolder | None], object]
+        self, room: str, identity: str, reply: Callable[[LookupAnswer], object]
     ) -> None:
-        """Ask the room service who holds `identity` in `room`; `None` if nobody does."""
+        """Ask the room service who holds `identity` in `room`; `reply` gets the answer once,
+        unless the call hangs (the session holds a deadline of its own)."""
         ...

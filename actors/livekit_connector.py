@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
@@ -26,6 +27,9 @@ from livekit.protocol import models
 from actors.connector import (
     IdentityHolder,
     JoinRequest,
+    LookupAnswer,
+    LookupFailed,
+    Nobody,
     PhonePresence,
     RoomData,
     RoomDisconnected,
@@ -51,6 +55,8 @@ class LiveKitSettings(msgspec.Struct, frozen=True, kw_only=True):
     api_secret: str
     token_ttl_s: int = 600
     connect_timeout_s: float = 10.0
+    lookup_timeout_s: float = 5.0
+    leave_timeout_s: float = 5.0
     single_peer_connection: bool | None = None
     """`None` lets the SDK choose (single PC, falling back on a 404); the loopback server speaks
     only the two-PC protocol, and `False` skips the fallback's noise."""
@@ -98,6 +104,20 @@ def bridge_token(settings: LiveKitSettings, request: JoinRequest) -> str:
             can_publish_data=False,
         ),
     )
+
+
+_PERMANENT = re.compile(
+    r"\b(401|403)\b|unauthori[sz]ed|forbidden|permission|invalid (api )?key|"
+    r"failed to parse the url|invalid url|relative url|unsupported url scheme",
+    re.IGNORECASE,
+)
+_PERMANENT_CODES = frozenset({"unauthenticated", "permission_denied", "malformed"})
+
+
+def is_permanent(error: str) -> bool:
+    """Whether an SDK error says trying again cannot help: credentials refused, a URL that
+    does not parse. Anything else (refused connections, timeouts, 5xx) may pass."""
+    return _PERMANENT.search(error) is not None
 
 
 def reason_name(reason: int) -> DisconnectReason:
@@ -157,25 +177,34 @@ class LiveKitConnector:
             self._handles.discard(handle)
 
     def lookup_holder(
-        self, room: str, identity: str, reply: Callable[[IdentityHolder | None], object]
+        self, room: str, identity: str, reply: Callable[[LookupAnswer], object]
     ) -> None:
         self._loop.submit(self._lookup(room, identity, reply))
 
     async def _lookup(
-        self, room: str, identity: str, reply: Callable[[IdentityHolder | None], object]
+        self, room: str, identity: str, reply: Callable[[LookupAnswer], object]
     ) -> None:
         try:
-            info = await self._room_service().get_participant(
-                api.RoomParticipantIdentity(room=room, identity=identity)
+            info = await asyncio.wait_for(
+                self._room_service().get_participant(
+                    api.RoomParticipantIdentity(room=room, identity=identity)
+                ),
+                timeout=self.settings.lookup_timeout_s,
             )
         except api.TwirpError as error:
-            if error.code != "not_found":
-                logger.warning("room service lookup failed: %s", redact(str(error)))
-            reply(None)
+            if error.code == "not_found":
+                reply(Nobody())
+            else:
+                message = redact(f"{error.code}: {error.message}")
+                reply(LookupFailed(error=message, permanent=error.code in _PERMANENT_CODES))
+            return
+        except TimeoutError:
+            timeout = self.settings.lookup_timeout_s
+            reply(LookupFailed(error=f"no answer within {timeout:g} s"))
             return
         except Exception as error:
-            logger.warning("room service lookup failed: %s", redact(str(error)))
-            reply(None)
+            message = redact(str(error) or type(error).__name__)
+            reply(LookupFailed(error=message, permanent=is_permanent(message)))
             return
         reply(_holder(info.metadata))
 
@@ -264,7 +293,7 @@ class LiveKitHandle:
         except Exception as error:
             if not self._left.is_set():
                 message = redact(str(error) or type(error).__name__)
-                self._on_event(RoomJoinFailed(error=message))
+                self._on_event(RoomJoinFailed(error=message, permanent=is_permanent(message)))
             await self._release()
             return
         if self._left.is_set():
@@ -333,7 +362,8 @@ class LiveKitHandle:
         room, self._room = self._room, None
         if room is not None:
             try:
-                await asyncio.wait_for(room.disconnect(), timeout=5)
+                timeout = self._connector.settings.leave_timeout_s
+                await asyncio.wait_for(room.disconnect(), timeout=timeout)
             except Exception as error:
                 logger.warning("leaving the room failed: %s", redact(str(error)))
         self._connector._forget(self)

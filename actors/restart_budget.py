@@ -27,6 +27,8 @@ class RestartBudget(msgspec.Struct, frozen=True, kw_only=True):
     max_backoff_ms: int = 8_000
     jitter: float = 0.2
     cooldown_ms: int = 30_000
+    permanent_cooldown_ms: int = 300_000
+    """How long a permanent error (credentials refused) waits before one more try."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.intensity < RESTART_HISTORY:

@@ -7,7 +7,7 @@ from typing import Any
 import pykka
 
 from actors.bridge import AudioChunk, AudioSink
-from actors.connector import RoomConnector
+from actors.connector import Deadlines, RoomConnector
 from actors.executor import Executor, tell
 from actors.grace_timer import ArmedQuery, GraceTimer
 from actors.messages import ForUser, SessionQuery, Shutdown, Tree, TreeQuery, ViewQuery
@@ -18,6 +18,7 @@ from events.log import EventStore
 from events.projection import SessionView, replay
 
 DEFAULT_GRACE_MS = 60_000
+DEFAULT_DEADLINES = Deadlines()
 
 
 def _discard(_chunk: AudioChunk) -> None:
@@ -41,6 +42,7 @@ class Runtime:
         policy: Policy = SUPERVISED,
         grace_ms: int = DEFAULT_GRACE_MS,
         audio_sink: AudioSink = _discard,
+        deadlines: Deadlines = DEFAULT_DEADLINES,
         reply_timeout_s: float = 5.0,
     ) -> None:
         self.server = server
@@ -58,6 +60,7 @@ class Runtime:
             policy=policy,
             grace_ms=grace_ms,
             connector=connector,
+            deadlines=deadlines,
             sink=audio_sink,
             timer=self._timer,
             recovered=recovered,

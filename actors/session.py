@@ -22,7 +22,15 @@ from typing import Any, cast
 
 import pykka
 
-from actors.connector import IdentityHolder, JoinRequest, RoomConnector
+from actors.connector import (
+    Deadlines,
+    IdentityHolder,
+    JoinRequest,
+    LookupAnswer,
+    LookupFailed,
+    Nobody,
+    RoomConnector,
+)
 from actors.executor import Executor, tell
 from actors.grace_timer import Arm, Disarm, DisarmAll
 from actors.messages import (
@@ -58,10 +66,12 @@ from events.catalog import (
     IdentityHolderObserved,
     IdentityHolderRequested,
     Input,
+    LookupRetryDecided,
     ProcessRestarted,
     RejoinDecided,
     RejoinDeclined,
     RestartBudgetExhausted,
+    RetriesStopped,
     SessionDisposed,
     SessionOpened,
     SessionRestarted,
@@ -97,6 +107,7 @@ class Session(pykka.Actor):
         supervisor: pykka.ActorRef[Any],
         timer: pykka.ActorRef[Any],
         connector: RoomConnector,
+        deadlines: Deadlines,
         recovered: SessionView | None = None,
     ) -> None:
         super().__init__()
@@ -111,6 +122,7 @@ class Session(pykka.Actor):
         self._supervisor = supervisor
         self._timer = timer
         self._connector = connector
+        self._deadlines = deadlines
         self._view = recovered
         self._durable = recovered
         """The view as the log has it: what a query sees, whatever a failed turn left."""
@@ -234,8 +246,8 @@ class Session(pykka.Actor):
                 self._on_timer(timer, deadline)
             case ProcessRestarted():
                 self._on_restarted()
-            case IdentityHolderObserved(holder_server=server, holder_epoch=epoch):
-                self._on_identity_holder(server, epoch)
+            case IdentityHolderObserved():
+                self._on_identity_holder(event)
             case (
                 BridgeJoined(generation=generation)
                 | BridgeJoinFailed(generation=generation)
@@ -250,9 +262,13 @@ class Session(pykka.Actor):
                         f"generation {self._view.generation} is current",
                     )
                 )
-            case BridgeJoinFailed(error=error):
-                self._on_bridge_lost("JOIN_FAILURE", f"join failed: {error}")
+            case BridgeJoined():
+                self._disarm_join()
+            case BridgeJoinFailed(error=error, permanent=permanent):
+                self._disarm_join()
+                self._on_bridge_lost("JOIN_FAILURE", f"join failed: {error}", permanent=permanent)
             case BridgeDisconnected(reason=reason):
+                self._disarm_join()
                 self._on_bridge_lost(reason, f"left the room: {reason}")
             case BridgeStatusObserved(connected=connected, phone_present=phone):
                 self._on_status(connected=connected, phone_present=phone)
@@ -293,12 +309,8 @@ class Session(pykka.Actor):
             self._stop_bridge(f"{policy.name}: a reconnect always starts a fresh bridge")
             self._rejoin(f"{policy.name}: a reconnect always starts a fresh bridge")
         elif view.backoff_due_ms is not None:
-            self._decide_that(
-                RejoinDeclined(
-                    cause=self._cause,
-                    why=f"a restart after failures is already due at {view.backoff_due_ms} ms",
-                )
-            )
+            due_in = view.backoff_due_ms - self._executor.wall_ms()
+            self._decline(f"a restart after failures is already due in {due_in} ms")
         elif view.bridge == "joining":
             self._keep("a join is already in flight")
         elif view.bridge == "up":
@@ -359,6 +371,8 @@ class Session(pykka.Actor):
             self._arm("grace", deadline)
         elif view.grace_deadline_ms is not None:
             self._arm("grace", view.grace_deadline_ms)
+        if view.escalated_until_ms is not None:
+            self._arm("cooldown", view.escalated_until_ms)
 
     # Timers
 
@@ -377,6 +391,18 @@ class Session(pykka.Actor):
                 self._rejoin("cool-down over: the restart budget is back, trying again")
             else:
                 self._decline("cool-down over; nothing to restart while the glasses are away")
+        elif timer == "join" and view.join_deadline_ms == deadline:
+            seconds = self._deadlines.join_ms / 1000
+            self._stop_bridge(f"no join within {seconds:g} s")
+            self._on_bridge_lost("JOIN_FAILURE", f"did not join within {seconds:g} s")
+        elif timer == "lookup" and view.lookup_deadline_ms == deadline:
+            seconds = self._deadlines.lookup_ms / 1000
+            self._on_lookup_failed(f"no answer within {seconds:g} s", permanent=False)
+        elif timer == "lookup_retry" and view.lookup_retry_due_ms == deadline:
+            if view.state == "ACTIVE" and view.bridge == "down":
+                self._request_holder("the room service could not say before: ask it again")
+            else:
+                self._decline("the session moved on before asking the room service again")
         else:
             self._decide_that(
                 StaleInputIgnored(cause=self._cause, why=f"{timer} deadline no longer applies")
@@ -397,13 +423,7 @@ class Session(pykka.Actor):
             return
         if connected and self._policy.supervise_losses:
             # The SDK can still say connected before it hears of a kick: ask the server.
-            self._decide_that(
-                IdentityHolderRequested(
-                    cause=self._cause,
-                    why="the bridge says it is in the room: confirm with the room service",
-                )
-            )
-            self._then(self._lookup_holder)
+            self._request_holder("the bridge says it is in the room: confirm with the room service")
         elif connected:
             phone = "" if phone_present else " (the phone is not in the room yet)"
             self._keep(f"the bridge is still in the room: a blip keeps a healthy bridge{phone}")
@@ -413,10 +433,14 @@ class Session(pykka.Actor):
         else:
             self._rejoin("status: the bridge is not in the room")
 
-    def _on_bridge_lost(self, reason: DisconnectReason, what: str) -> None:
+    def _on_bridge_lost(
+        self, reason: DisconnectReason, what: str, *, permanent: bool = False
+    ) -> None:
         view, policy = self.view, self._policy
         self._bridge = None
-        if self._before is not None and self._before.awaiting_status:
+        if permanent and policy.supervise_losses:
+            self._stop_retrying(f"the bridge {what}")
+        elif self._before is not None and self._before.awaiting_status:
             self._rejoin(f"status: the bridge {what} before answering")
         elif not policy.supervise_losses:
             self._decline(f"{policy.name} does not rejoin on its own; the bridge {what}")
@@ -426,35 +450,42 @@ class Session(pykka.Actor):
                 "and a rejoin would kick it"
             )
         elif reason == "DUPLICATE_IDENTITY":
-            self._decide_that(
-                IdentityHolderRequested(
-                    cause=self._cause,
-                    why="kicked while active: ask the room who holds the identity, "
-                    "to fence by epoch",
-                )
+            self._request_holder(
+                "kicked while active: ask the room who holds the identity, to fence by epoch"
             )
-            self._then(self._lookup_holder)
         elif reason in OPERATOR_REASONS:
             self._decline(f"removed by an operator ({reason}); down until the next reconnect")
         else:
             self._restart_after_failure(f"transient loss while active: the bridge {what}")
 
+    def _request_holder(self, why: str) -> None:
+        deadline = self._executor.wall_ms() + self._deadlines.lookup_ms
+        self._decide_that(IdentityHolderRequested(cause=self._cause, why=why, deadline_ms=deadline))
+        self._arm("lookup", deadline)
+        self._then(self._lookup_holder)
+
     def _lookup_holder(self) -> None:
         me = self.actor_ref
         identity = self.view.identity or self._policy.identity(self._user, self._server)
 
-        def reply(holder: IdentityHolder | None) -> None:
-            tell(
-                me,
-                IdentityHolderObserved(
-                    holder_server=holder.server if holder else None,
-                    holder_epoch=holder.epoch if holder else None,
-                ),
-            )
+        def reply(answer: LookupAnswer) -> None:
+            tell(me, _observed(answer))
 
         self._connector.lookup_holder(self._user, identity, reply)
 
-    def _on_identity_holder(self, server: str | None, epoch: int | None) -> None:
+    def _on_identity_holder(self, observed: IdentityHolderObserved) -> None:
+        if self._before is None or self._before.lookup_deadline_ms is None:
+            self._decide_that(
+                StaleInputIgnored(
+                    cause=self._cause, why="the room service answered after its deadline"
+                )
+            )
+            return
+        self._then(lambda: tell(self._timer, Disarm(owner_key=self._stream, timer="lookup")))
+        if observed.error is not None:
+            self._on_lookup_failed(observed.error, permanent=observed.permanent)
+            return
+        server, epoch = observed.holder_server, observed.holder_epoch
         view = self.view
         if view.state == "ACTIVE" and view.bridge == "up":
             self._confirm_status(server)
@@ -468,6 +499,40 @@ class Session(pykka.Actor):
             )
         else:
             self._decline(f"{server} holds the identity for a newer connection (epoch {epoch})")
+
+    def _on_lookup_failed(self, error: str, *, permanent: bool) -> None:
+        """The room service could not say who holds the identity: never read as "nobody"."""
+        view = self.view
+        unknown = f"the room service could not say who holds the identity ({error})"
+        if permanent:
+            self._stop_retrying(unknown)
+        elif view.state == "ACTIVE" and view.bridge == "up":
+            self._keep(f"{unknown}: a bridge that says it is in the room is kept")
+        elif view.state == "ACTIVE" and view.bridge == "down" and view.backoff_due_ms is None:
+            delay = self._policy.budget.backoff_ms(view.lookup_failures, self._executor.random)
+            self._decide_that(
+                LookupRetryDecided(
+                    cause=self._cause,
+                    why=f"{unknown}: ask again in {delay} ms rather than rejoin blind",
+                    delay_ms=delay,
+                )
+            )
+            self._arm("lookup_retry", self._executor.wall_ms() + delay)
+        else:
+            self._decline(f"{unknown}; the session moved on meanwhile")
+
+    def _stop_retrying(self, why: str) -> None:
+        retry_at = self._executor.wall_ms() + self._policy.budget.permanent_cooldown_ms
+        minutes = self._policy.budget.permanent_cooldown_ms / 60_000
+        self._decide_that(
+            RetriesStopped(
+                cause=self._cause,
+                why=f"{why}: a permanent error; no retries until the glasses reconnect "
+                f"or {minutes:g} min pass",
+                retry_at_ms=retry_at,
+            )
+        )
+        self._arm("cooldown", retry_at)
 
     def _confirm_status(self, holder: str | None) -> None:
         if holder == self._server:
@@ -517,6 +582,7 @@ class Session(pykka.Actor):
         view = self.view
         generation = view.generation + 1
         identity = self._policy.identity(self._user, self._server)
+        deadline = self._executor.wall_ms() + self._deadlines.join_ms
         self._decide_that(
             BridgeStarted(
                 cause=self._cause,
@@ -524,8 +590,10 @@ class Session(pykka.Actor):
                 generation=generation,
                 identity=identity,
                 epoch=view.epoch,
+                join_deadline_ms=deadline,
             )
         )
+        self._arm("join", deadline)
         request = JoinRequest(
             room=self._user,
             identity=identity,
@@ -569,9 +637,25 @@ class Session(pykka.Actor):
         if open_ or self._policy.audio_only_when_active:
             self._then(lambda: tell(self._bridge, GateAudio(open=open_)))
 
+    def _disarm_join(self) -> None:
+        if self._before is not None and self._before.join_deadline_ms is not None:
+            self._then(lambda: tell(self._timer, Disarm(owner_key=self._stream, timer="join")))
+
     def _arm(self, timer: TimerKind, deadline: int) -> None:
         arm = Arm(owner_key=self._stream, timer=timer, deadline_ms=deadline, owner=self.actor_ref)
         self._then(lambda: tell(self._timer, arm))
+
+
+def _observed(answer: LookupAnswer) -> IdentityHolderObserved:
+    match answer:
+        case IdentityHolder(server=server, epoch=epoch):
+            return IdentityHolderObserved(holder_server=server, holder_epoch=epoch)
+        case Nobody():
+            return IdentityHolderObserved(holder_server=None, holder_epoch=None)
+        case LookupFailed(error=error, permanent=permanent):
+            return IdentityHolderObserved(
+                holder_server=None, holder_epoch=None, error=error, permanent=permanent
+            )
 
 
 def _describe(error: Exception) -> str:

@@ -19,7 +19,7 @@ import msgspec
 import pykka
 
 from actors.bridge import AudioSink, Bridge
-from actors.connector import RoomConnector
+from actors.connector import Deadlines, RoomConnector
 from actors.executor import Executor, tell
 from actors.messages import (
     BridgeAttached,
@@ -70,6 +70,7 @@ class Supervisor(pykka.Actor):
         policy: Policy,
         grace_ms: int,
         connector: RoomConnector,
+        deadlines: Deadlines,
         sink: AudioSink,
         timer: pykka.ActorRef[Any],
         recovered: list[SessionView],
@@ -81,6 +82,7 @@ class Supervisor(pykka.Actor):
         self._policy = policy
         self._grace_ms = grace_ms
         self._connector = connector
+        self._deadlines = deadlines
         self._sink = sink
         self._timer = timer
         self._recovered = sorted(recovered, key=lambda view: view.incarnation)
@@ -192,6 +194,7 @@ class Supervisor(pykka.Actor):
             supervisor=self.actor_ref,
             timer=self._timer,
             connector=self._connector,
+            deadlines=self._deadlines,
             recovered=recovered,
         )
 

@@ -37,7 +37,8 @@ DisconnectReason = Literal[
 ]
 """LiveKit's `DisconnectReason` names, kept as strings so a log outlives the SDK's numbering."""
 
-TimerKind = Literal["grace", "backoff", "cooldown"]
+TimerKind = Literal["grace", "backoff", "cooldown", "join", "lookup", "lookup_retry"]
+"""`join` and `lookup` are deadlines for a connector's answer; `lookup_retry` asks again."""
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
@@ -76,6 +77,8 @@ class BridgeJoined(Input, frozen=True, kw_only=True):
 class BridgeJoinFailed(Input, frozen=True, kw_only=True):
     generation: int
     error: str
+    permanent: bool = False
+    """Trying again cannot help (credentials refused, a malformed URL)."""
 
 
 class BridgeDisconnected(Input, frozen=True, kw_only=True):
@@ -101,10 +104,13 @@ class BridgeStatusObserved(Input, frozen=True, kw_only=True):
 
 
 class IdentityHolderObserved(Input, frozen=True, kw_only=True):
-    """Who holds the bridge identity in the room now, as the room service reports it."""
+    """Who holds the bridge identity in the room now, as the room service reports it: a holder,
+    nobody (no holder, no error), or, with `error`, that the service could not say."""
 
     holder_server: str | None
     holder_epoch: int | None
+    error: str | None = None
+    permanent: bool = False
 
 
 class TimerFired(Input, frozen=True, kw_only=True):
@@ -161,7 +167,20 @@ class BridgeStatusRequested(Decision, frozen=True, kw_only=True):
 
 
 class IdentityHolderRequested(Decision, frozen=True, kw_only=True):
-    pass
+    deadline_ms: int | None = None
+    """When no answer by then counts as the room service failing."""
+
+
+class LookupRetryDecided(Decision, frozen=True, kw_only=True):
+    """The room service could not say who holds the identity: ask it again after `delay_ms`."""
+
+    delay_ms: int
+
+
+class RetriesStopped(Decision, frozen=True, kw_only=True):
+    """A permanent error: no retries until the glasses reconnect or `retry_at_ms`."""
+
+    retry_at_ms: int
 
 
 class BridgeKept(Decision, frozen=True, kw_only=True):
@@ -187,6 +206,8 @@ class BridgeStarted(Decision, frozen=True, kw_only=True):
     generation: int
     identity: str
     epoch: int
+    join_deadline_ms: int | None = None
+    """When a join still in flight counts as failed."""
 
 
 class BridgeStopped(Decision, frozen=True, kw_only=True):
@@ -220,6 +241,8 @@ AnyEvent = (
     | GraceStarted
     | BridgeStatusRequested
     | IdentityHolderRequested
+    | LookupRetryDecided
+    | RetriesStopped
     | BridgeKept
     | RejoinDecided
     | RejoinDeclined

@@ -22,9 +22,13 @@ from events.catalog import (
     DisconnectReason,
     FirstAudio,
     GraceStarted,
+    IdentityHolderObserved,
+    IdentityHolderRequested,
+    LookupRetryDecided,
     ProcessRestarted,
     RejoinDecided,
     RestartBudgetExhausted,
+    RetriesStopped,
     SessionDisposed,
     SessionOpened,
     SessionResumed,
@@ -63,6 +67,13 @@ class SessionView(msgspec.Struct, frozen=True, kw_only=True):
     awaiting_status: bool = False
     audio_held: bool = False
     last_start_ms: int | None = None
+    join_deadline_ms: int | None = None
+    lookup_deadline_ms: int | None = None
+    lookup_retry_due_ms: int | None = None
+    lookup_failures: int = 0
+    """Room-service lookups in a row that could not say who holds the identity."""
+    unavailable: str | None = None
+    """Why retries stopped after a permanent error, until a join or a lookup succeeds."""
 
 
 def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
@@ -99,8 +110,11 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
                 grace_deadline_ms=None,
                 backoff_due_ms=None,
                 escalated_until_ms=None,
+                join_deadline_ms=None,
+                lookup_deadline_ms=None,
+                lookup_retry_due_ms=None,
             )
-        case BridgeStarted(generation=generation, identity=identity):
+        case BridgeStarted(generation=generation, identity=identity, join_deadline_ms=deadline):
             return replace(
                 view,
                 generation=generation,
@@ -111,27 +125,57 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
                 backoff_due_ms=None,
                 escalated_until_ms=None,
                 audio_since_join=False,
+                join_deadline_ms=deadline,
+                lookup_retry_due_ms=None,
             )
         case BridgeJoined() if current:
-            return replace(view, bridge="up")
+            return replace(view, bridge="up", join_deadline_ms=None, unavailable=None)
         case BridgeJoinFailed() if current:
             return replace(
-                view, bridge="down", last_disconnect_reason="JOIN_FAILURE", awaiting_status=False
+                view,
+                bridge="down",
+                last_disconnect_reason="JOIN_FAILURE",
+                awaiting_status=False,
+                join_deadline_ms=None,
             )
         case BridgeDisconnected(reason=reason) if current:
             return replace(
-                view, bridge="down", last_disconnect_reason=reason, awaiting_status=False
+                view,
+                bridge="down",
+                last_disconnect_reason=reason,
+                awaiting_status=False,
+                join_deadline_ms=None,
             )
         case BridgeStatusRequested():
             return replace(view, awaiting_status=True)
         case BridgeStatusObserved() if current:
             return replace(view, awaiting_status=False)
         case BridgeStopped() if current:
-            return replace(view, bridge="down")
+            return replace(view, bridge="down", join_deadline_ms=None)
+        case IdentityHolderRequested(deadline_ms=deadline):
+            return replace(view, lookup_deadline_ms=deadline, lookup_retry_due_ms=None)
+        case IdentityHolderObserved(error=None):
+            return replace(view, lookup_deadline_ms=None, lookup_failures=0, unavailable=None)
+        case IdentityHolderObserved():
+            return replace(view, lookup_deadline_ms=None, lookup_failures=view.lookup_failures + 1)
+        case LookupRetryDecided(delay_ms=delay):
+            return replace(view, lookup_retry_due_ms=envelope.time_ms + delay)
+        case RetriesStopped(retry_at_ms=retry_at, why=why):
+            return replace(view, escalated_until_ms=retry_at, unavailable=why)
         case FirstAudio() if current:
             return replace(view, audio_since_join=True, failure_streak=0)
         case ProcessRestarted():
-            return replace(view, bridge="down")
+            # The process that armed these deadlines is gone, and the glasses connection with
+            # it: the next connection decides afresh.
+            return replace(
+                view,
+                bridge="down",
+                backoff_due_ms=None,
+                join_deadline_ms=None,
+                lookup_deadline_ms=None,
+                lookup_retry_due_ms=None,
+                awaiting_status=False,
+            )
         case RejoinDecided(delay_ms=delay, failure=True):
             return replace(
                 view,
@@ -145,9 +189,18 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
             return replace(view, backoff_due_ms=envelope.time_ms + delay if delay else None)
         case RestartBudgetExhausted(retry_at_ms=retry_at):
             return replace(view, escalated_until_ms=retry_at)
-        case TimerFired(timer="backoff"):
+        # A deadline changes the view only if it is the one the view holds: one that fired
+        # while it was being re-armed is stale.
+        case TimerFired(timer="backoff", deadline_ms=due) if due == view.backoff_due_ms:
             return replace(view, backoff_due_ms=None)
+        case TimerFired(timer="join", deadline_ms=due) if due == view.join_deadline_ms:
+            return replace(view, join_deadline_ms=None)
+        case TimerFired(timer="lookup", deadline_ms=due) if due == view.lookup_deadline_ms:
+            return replace(view, lookup_deadline_ms=None, lookup_failures=view.lookup_failures + 1)
+        case TimerFired(timer="lookup_retry", deadline_ms=due) if due == view.lookup_retry_due_ms:
+            return replace(view, lookup_retry_due_ms=None)
         case TimerFired(timer="cooldown"):
+            # The cool-down gives the budget back even if a reconnect retried meanwhile.
             return replace(view, escalated_until_ms=None, failure_restarts_ms=(), failure_streak=0)
     return view
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 import pykka
 
+from actors.connector import Deadlines
 from actors.deterministic_executor import DeterministicExecutor
 from actors.policy import POLICIES, SUPERVISED
 from actors.session import Session
@@ -85,6 +86,7 @@ def reconnect_decision_cpu_us(samples: int = 2_000) -> tuple[float, float]:
             supervisor=supervisor,
             timer=timer,
             connector=connector,
+            deadlines=Deadlines(),
             recovered=kicked,
         )
         executor.run_until_idle()

@@ -8,6 +8,9 @@ It follows what the real server and SDK do (research/livekit-wire-protocol.md):
   reachable and the token still valid, fails with `JOIN_FAILURE` on an expired token, learns of a
   kick that happened meanwhile, and gives up with `UNKNOWN_REASON`;
 - admin removal and room deletion disconnect with `PARTICIPANT_REMOVED` and `ROOM_DELETED`;
+- the room service can fail for one server's lookups, each failing at once or hanging unanswered;
+- a server's credentials can be refused (every join and lookup fails for good: HTTP 401), and
+  a server's joins can hang, never completing;
 - data packets reach every other participant whose signal is up.
 
 All timing runs on the executor's clock, so the same seed gives the same room history.
@@ -25,6 +28,9 @@ import msgspec
 from actors.connector import (
     IdentityHolder,
     JoinRequest,
+    LookupAnswer,
+    LookupFailed,
+    Nobody,
     PhonePresence,
     RoomData,
     RoomDisconnected,
@@ -39,6 +45,9 @@ RESUME_GIVE_UP_MS = 16_800
 """How long the SDK keeps trying to resume a dropped signal before it gives up."""
 
 DEPARTURE_DETECTION_MS = 15_000
+
+REFUSED = "401 Unauthorized: invalid API key"
+"""What the server says to a server whose credentials it refuses."""
 """How long LiveKit takes to notice a participant whose process died (livekit/livekit#3292)."""
 
 
@@ -102,6 +111,10 @@ class SimLiveKit:
         self._phones: set[str] = set()
         self._sids = itertools.count(1)
         self._outage_until_ms = -1
+        self._room_service_down_until_ms: dict[str, int] = {}
+        self._room_service_hangs: dict[str, bool | None] = {}
+        self._joins_hang_until_ms: dict[str, int] = {}
+        self._refused: set[str] = set()
         self.kicks = 0
         self.joins = 0
 
@@ -117,12 +130,19 @@ class SimLiveKit:
                 request, on_event, f"PA_{next(self._sids)}", now + self.config.token_ttl_ms
             )
             latency = self._rng.randint(*self.config.join_latency_ms)
+            if now < self._joins_hang_until_ms.get(request.server, -1):
+                return connection  # never completes: the joiner's own deadline must end it
         self._executor.call_at(now + latency, lambda: self._complete_join(connection))
         return connection
 
     def _complete_join(self, connection: _Connection) -> None:
         with self._lock:
             if connection.state != "pending":
+                return
+            if connection.request.server in self._refused:
+                connection.state = "gone"
+                refused = RoomJoinFailed(error=REFUSED, permanent=True)
+                connection.on_event(refused)
                 return
             if self._in_outage():
                 connection.state = "gone"
@@ -150,22 +170,57 @@ class SimLiveKit:
             connection.state = "gone"
 
     def lookup_holder(
-        self, room: str, identity: str, reply: Callable[[IdentityHolder | None], object]
+        self, room: str, identity: str, reply: Callable[[LookupAnswer], object], *, asker: str
     ) -> None:
         with self._lock:
             latency = self._rng.randint(*self.config.lookup_latency_ms)
+            down = self._executor.now_ms() < self._room_service_down_until_ms.get(asker, -1)
+            hangs = self._room_service_hangs.get(asker)
+            if down and (self._rng.random() < 0.5 if hangs is None else hangs):
+                return  # the call hangs: the asker's own deadline must end the wait
 
         def answer() -> None:
+            found: LookupAnswer
             with self._lock:
                 holder = self._rooms.get(room, {}).get(identity)
-                found = (
-                    IdentityHolder(server=holder.request.server, epoch=holder.request.epoch)
-                    if holder is not None
-                    else None
-                )
+                if asker in self._refused:
+                    found = LookupFailed(error=REFUSED, permanent=True)
+                elif down:
+                    found = LookupFailed(error="room service unavailable (503)")
+                elif holder is None:
+                    found = Nobody()
+                else:
+                    found = IdentityHolder(server=holder.request.server, epoch=holder.request.epoch)
             reply(found)
 
         self._executor.call_at(self._executor.now_ms() + latency, answer)
+
+    def refuse_credentials(self, server: str, *, refused: bool = True) -> None:
+        """From now on `server`'s joins and lookups fail for good (or pass again)."""
+        with self._lock:
+            if refused:
+                self._refused.add(server)
+            else:
+                self._refused.discard(server)
+
+    def hang_joins(self, server: str, duration_ms: int) -> None:
+        """`server`'s joins started within `duration_ms` never complete."""
+        with self._lock:
+            until = self._executor.now_ms() + duration_ms
+            self._joins_hang_until_ms[server] = max(
+                self._joins_hang_until_ms.get(server, -1), until
+            )
+
+    def room_service_fault(
+        self, server: str, duration_ms: int, *, hangs: bool | None = None
+    ) -> None:
+        """`server`'s room-service lookups fail for `duration_ms`: each hangs unanswered, or
+        fails at once, as `hangs` says (`None`: either, half the time each)."""
+        with self._lock:
+            self._room_service_hangs[server] = hangs
+            until = self._executor.now_ms() + duration_ms
+            previous = self._room_service_down_until_ms.get(server, -1)
+            self._room_service_down_until_ms[server] = max(previous, until)
 
     # The phone
 
@@ -331,9 +386,9 @@ class SimConnector:
         return _SimHandle(self._sfu, self._sfu.join(request, on_event))
 
     def lookup_holder(
-        self, room: str, identity: str, reply: Callable[[IdentityHolder | None], object]
+        self, room: str, identity: str, reply: Callable[[LookupAnswer], object]
     ) -> None:
-        self._sfu.lookup_holder(room, identity, reply)
+        self._sfu.lookup_holder(room, identity, reply, asker=self.server)
 
 
 class _SimHandle:

@@ -231,6 +231,11 @@ class World:
         self._fault("log_fault", lasts_ms=duration_ms, server=server)
         self.logs[server].fail_for(duration_ms)
 
+    def room_service_fault(self, server: str, duration_ms: int) -> None:
+        """`server`'s room-service lookups fail or hang for `duration_ms`."""
+        self._fault("room_service_fault", lasts_ms=duration_ms, server=server)
+        self.sfu.room_service_fault(server, duration_ms)
+
     def signal_loss(self, server: str, user: str) -> None:
         if self.sfu.drop_signal(user, server):
             self._fault("signal_loss", server=server, user=user)

@@ -7,7 +7,7 @@ from typing import Any
 import pykka
 
 from actors.bridge import AudioChunk, Bridge
-from actors.connector import IdentityHolder, JoinRequest, RoomData, RoomEvent, RoomJoined
+from actors.connector import JoinRequest, LookupAnswer, RoomData, RoomEvent, RoomJoined
 from actors.deterministic_executor import DeterministicExecutor
 from actors.messages import GateAudio, StatusRequest
 from events.catalog import BridgeJoined, BridgeStatusObserved, FirstAudio
@@ -34,7 +34,7 @@ class ManualConnector:
         return Handle(self)
 
     def lookup_holder(
-        self, room: str, identity: str, reply: Callable[[IdentityHolder | None], object]
+        self, room: str, identity: str, reply: Callable[[LookupAnswer], object]
     ) -> None:
         reply(None)
 

@@ -6,7 +6,7 @@ import json
 from livekit import api
 
 from actors.connector import JoinRequest
-from actors.livekit_connector import LiveKitSettings, bridge_token, reason_name
+from actors.livekit_connector import LiveKitSettings, bridge_token, is_permanent, reason_name
 from actors.redaction import redact
 
 SETTINGS = LiveKitSettings(
@@ -51,3 +51,20 @@ def test_secrets_never_reach_a_message_or_a_repr() -> None:
         "settings register their secret, and a token is hidden by its shape"
     )
     assert "s3cret-value-long-enough-for-hs256-keys" not in repr(SETTINGS)
+
+
+def test_errors_trying_again_cannot_fix_are_permanent_and_the_rest_transient() -> None:
+    for permanent in [
+        "engine: signal failure: client error: 401 Unauthorized - invalid or expired token",
+        "engine: signal failure: failed to parse the url: relative URL without a base",
+        "403 Forbidden",
+        "unauthenticated: invalid API key",
+    ]:
+        assert is_permanent(permanent), permanent
+    for transient in [
+        "engine: signal failure: transport connection error: IO error: Connection refused",
+        "503 Service Unavailable",
+        "no answer within 5 s",
+        "room 4010 is full",
+    ]:
+        assert not is_permanent(transient), transient

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from actors.connector import IdentityHolder, JoinRequest, RoomEvent, RoomHandle
+from actors.connector import JoinRequest, LookupAnswer, RoomEvent, RoomHandle
 from actors.runtime import Runtime
 from actors.supervisor import SESSION_RESTARTS
 from actors.threading_executor import ThreadingExecutor
@@ -106,7 +106,7 @@ class _BrokenConnector:
         return self._inner.join(request, on_event)
 
     def lookup_holder(
-        self, room: str, identity: str, reply: Callable[[IdentityHolder | None], object]
+        self, room: str, identity: str, reply: Callable[[LookupAnswer], object]
     ) -> None:
         self._inner.lookup_holder(room, identity, reply)
 
