@@ -15,9 +15,11 @@ from actors.policy import SUPERVISED, Policy
 from actors.supervisor import Supervisor
 from events.catalog import GlassesConnected, GlassesDisconnected, TimerKind
 from events.log import EventStore
-from events.projection import SessionView, replay
+from events.projection import SessionView, replay_stream
 
 DEFAULT_GRACE_MS = 60_000
+DEFAULT_RETENTION_MS = 600_000
+"""How long an ended session's view stays in memory, for `views()` and `status()` callers."""
 DEFAULT_DEADLINES = Deadlines()
 
 
@@ -43,6 +45,7 @@ class Runtime:
         grace_ms: int = DEFAULT_GRACE_MS,
         audio_sink: AudioSink = _discard,
         deadlines: Deadlines = DEFAULT_DEADLINES,
+        retention_ms: int = DEFAULT_RETENTION_MS,
         reply_timeout_s: float = 5.0,
     ) -> None:
         self.server = server
@@ -50,7 +53,11 @@ class Runtime:
         self._executor = executor
         self._store = store
         self._timeout = reply_timeout_s
-        recovered = [v for v in replay(store.read_all()).values() if v.server == server]
+        recovered = [
+            view
+            for stream in store.open_streams(server)
+            if (view := replay_stream(store.read_stream(stream))) is not None
+        ]
         self._timer = executor.spawn(GraceTimer, executor)
         self._supervisor: pykka.ActorRef[Supervisor] = executor.spawn(
             Supervisor,
@@ -64,6 +71,7 @@ class Runtime:
             sink=audio_sink,
             timer=self._timer,
             recovered=recovered,
+            retention_ms=retention_ms,
         )
 
     def glasses_connected(self, user: str, epoch: int | None = None) -> None:
@@ -84,7 +92,8 @@ class Runtime:
         return view
 
     def views(self) -> dict[str, SessionView]:
-        """Every session this runtime has held, live or ended, by stream."""
+        """This runtime's sessions by stream: the open ones, and those that ended within the
+        retention period (`replay` of the log has every one)."""
         tree: Tree = self._ask(self._supervisor, TreeQuery())
         views = dict(tree.ended)
         for session in tree.sessions.values():

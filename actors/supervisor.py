@@ -5,6 +5,10 @@ starts and stops bridges when a session asks, and knows every live child, so a s
 leaves nothing behind. A session addresses its bridge through the reference the supervisor hands
 it for that generation; a bridge of an older generation is stopped before a newer one starts.
 
+It starts from the open sessions only (the store's index of sessions), and keeps an ended
+session's final view for `retention_ms`, so that memory follows the users of the moment, not the
+length of the history.
+
 It supervises its sessions one for one, as OTP does: a session whose turn failed is restarted at
 once a few times, then with backoff (`SESSION_RESTARTS`), and never given up on. A failed bridge
 is replaced by its session's policy, which hears of the failure as the bridge's loss.
@@ -53,6 +57,12 @@ SESSION_RESTARTS = RestartBudget(
 tried again every few seconds, and recovery follows within seconds of its return."""
 
 
+class _Forget(msgspec.Struct, frozen=True, kw_only=True):
+    """An ended session's retention is over."""
+
+    stream: str
+
+
 class _RestartDue(msgspec.Struct, frozen=True, kw_only=True):
     user: str
     stream: str
@@ -74,6 +84,7 @@ class Supervisor(pykka.Actor):
         sink: AudioSink,
         timer: pykka.ActorRef[Any],
         recovered: list[SessionView],
+        retention_ms: int,
     ) -> None:
         super().__init__()
         self._server = server
@@ -86,7 +97,7 @@ class Supervisor(pykka.Actor):
         self._sink = sink
         self._timer = timer
         self._recovered = sorted(recovered, key=lambda view: view.incarnation)
-        self._incarnations: dict[str, int] = {}
+        self._retention_ms = retention_ms
         self._sessions: dict[str, pykka.ActorRef[Any]] = {}
         self._ended: dict[str, SessionView] = {}
         self._bridges: dict[str, tuple[int, pykka.ActorRef[Any]]] = {}
@@ -95,24 +106,17 @@ class Supervisor(pykka.Actor):
 
     def on_start(self) -> None:
         for view in self._recovered:
-            self._incarnations[view.user] = view.incarnation
-            if view.state == "DISPOSED":
-                self._ended[view.stream] = view
-            else:
-                session = self._spawn_session(view.user, view.stream, view.incarnation, view)
-                self._sessions[view.user] = session
-                tell(session, ProcessRestarted())
+            session = self._spawn_session(view.user, view.stream, view.incarnation, view)
+            self._sessions[view.user] = session
+            tell(session, ProcessRestarted())
+        self._recovered = []
 
     def on_receive(self, message: object) -> object:
         match message:
             case ForUser(user=user, event=event) | Undeliverable(user=user, event=event):
                 session = self._sessions.get(user)
                 if session is None and isinstance(event, GlassesConnected):
-                    incarnation = self._incarnations.get(user, 0) + 1
-                    self._incarnations[user] = incarnation
-                    stream = stream_name(self._server, user, incarnation)
-                    session = self._spawn_session(user, stream, incarnation, None)
-                    self._sessions[user] = session
+                    session = self._open_session(user, message)
                 tell(session, event)
             case SessionFailed():
                 self._restart_later(message)
@@ -127,8 +131,14 @@ class Supervisor(pykka.Actor):
                 session = self._sessions.pop(user, None)
                 self._restarts.pop(final.stream, None)
                 self._ended[final.stream] = final
+                me, forget = self.actor_ref, _Forget(stream=final.stream)
+                self._executor.call_at(
+                    self._executor.now_ms() + self._retention_ms, lambda: tell(me, forget)
+                )
                 if session is not None:
                     session.stop(block=False)
+            case _Forget(stream=stream):
+                self._ended.pop(stream, None)
             case StartBridge():
                 self._start_bridge(message)
             case StopBridge(stream=stream, generation=generation):
@@ -153,6 +163,23 @@ class Supervisor(pykka.Actor):
                 self._sessions.clear()
                 return children
         return None
+
+    def _open_session(self, user: str, routed: object) -> pykka.ActorRef[Any] | None:
+        """A new incarnation of `user`'s session, numbered after the store's latest."""
+        try:
+            incarnation = self._store.last_incarnation(self._server, user) + 1
+        except Exception:
+            # Without the latest incarnation a new stream could collide with an old one: keep
+            # the input, and ask the store again in a while.
+            logger.exception("cannot read %s's latest incarnation; trying again", user)
+            me = self.actor_ref
+            retry_at = self._executor.now_ms() + SESSION_RESTARTS.max_backoff_ms
+            self._executor.call_at(retry_at, lambda: tell(me, routed))
+            return None
+        stream = stream_name(self._server, user, incarnation)
+        session = self._spawn_session(user, stream, incarnation, None)
+        self._sessions[user] = session
+        return session
 
     def _restart_later(self, failed: SessionFailed) -> None:
         """Restart a failed session now while within the budget, later once it is spent."""

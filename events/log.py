@@ -3,13 +3,19 @@
 `append(stream, expected_version, events)` is atomic for the batch, rejects a wrong expected
 version, is idempotent on event id (the same batch appended twice is stored once), and assigns
 gap-free global positions starting at 1. A stream's versions start at 1; an empty stream is at 0.
+
+Every store also keeps an index of sessions, updated by the same atomic append: which streams
+a `SessionOpened` opened and no `SessionDisposed` has closed yet, and each user's latest
+incarnation. A runtime starts from it, reading the streams of open sessions only, whatever the
+length of the history behind them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
+from events.catalog import SessionDisposed, SessionOpened
 from events.envelope import Envelope, Pending
 
 
@@ -57,6 +63,14 @@ class EventStore(Protocol):
 
     def stream_version(self, stream: str) -> int: ...
 
+    def open_streams(self, server: str) -> list[str]:
+        """The streams of `server`'s open sessions, oldest incarnation first."""
+        ...
+
+    def last_incarnation(self, server: str, user: str) -> int:
+        """The latest incarnation of `user`'s session on `server`; 0 if it never had one."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -68,6 +82,25 @@ def read_valid_prefix(store: EventStore) -> tuple[list[Envelope], CorruptLog | N
     except CorruptLog as error:
         return envelopes, error
     return envelopes, None
+
+
+class SessionChange(NamedTuple):
+    """What one event does to the index of sessions."""
+
+    server: str
+    user: str
+    incarnation: int | None
+    """Set when the event opens the session; `None` when it closes it."""
+
+
+def session_change(stored: Pending | Envelope) -> SessionChange | None:
+    """How an event changes the index of sessions, if it does."""
+    match stored.event:
+        case SessionOpened(incarnation=incarnation):
+            return SessionChange(stored.server, stored.user, incarnation)
+        case SessionDisposed():
+            return SessionChange(stored.server, stored.user, None)
+    return None
 
 
 def check_batch(stream: str, events: Sequence[Pending]) -> None:

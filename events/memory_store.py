@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from events.envelope import Envelope, Pending
-from events.log import DuplicateEventId, WrongExpectedVersion, check_batch
+from events.log import DuplicateEventId, WrongExpectedVersion, check_batch, session_change
 
 
 class MemoryStore:
@@ -17,6 +17,9 @@ class MemoryStore:
         self._envelopes: list[Envelope] = []
         self._streams: dict[str, list[int]] = {}
         self._positions_by_id: dict[str, int] = {}
+        self._open: dict[str, dict[str, int]] = {}
+        """Per server, the streams of open sessions and their incarnations."""
+        self._incarnations: dict[tuple[str, str], int] = {}
 
     def append(
         self, stream: str, expected_version: int, events: Sequence[Pending]
@@ -43,7 +46,20 @@ class MemoryStore:
                 positions.append(envelope.position)
                 self._positions_by_id[pending.event_id] = envelope.position
                 appended.append(envelope)
+                self._index(stream, pending)
             return appended
+
+    def _index(self, stream: str, pending: Pending) -> None:
+        change = session_change(pending)
+        if change is None:
+            return
+        open_here = self._open.setdefault(change.server, {})
+        if change.incarnation is None:
+            open_here.pop(stream, None)
+            return
+        open_here[stream] = change.incarnation
+        key = (change.server, change.user)
+        self._incarnations[key] = max(self._incarnations.get(key, 0), change.incarnation)
 
     def _stored_batch(self, stream: str, first: int, events: Sequence[Pending]) -> list[Envelope]:
         stored = self._envelopes[first - 1 : first - 1 + len(events)]
@@ -66,6 +82,15 @@ class MemoryStore:
     def stream_version(self, stream: str) -> int:
         with self._lock:
             return len(self._streams.get(stream, []))
+
+    def open_streams(self, server: str) -> list[str]:
+        with self._lock:
+            open_here = self._open.get(server, {})
+            return sorted(open_here, key=lambda stream: (open_here[stream], stream))
+
+    def last_incarnation(self, server: str, user: str) -> int:
+        with self._lock:
+            return self._incarnations.get((server, user), 0)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -5,6 +5,9 @@ insert order is commit order. Each row holds the whole envelope as one JSON reco
 a flipped byte is found on read and reported with its position while every record before it
 stays readable; the other columns exist for the uniqueness constraints and lookups. Reading
 fetches only the record (fetching ten columns per row cost more than decoding).
+
+The `sessions` table is the index of open sessions (format 3). A writer that opens a format 2
+log builds it once from the events; a reader reads both formats.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from events.log import (
     UnreadableLog,
     WrongExpectedVersion,
     check_batch,
+    session_change,
 )
 
-FORMAT = "rejoin-event-log/2"
+FORMAT = "rejoin-event-log/3"
+READABLE = frozenset({"rejoin-event-log/2", FORMAT})
+"""Formats a reader reads; a writer upgrades a format 2 log to 3 when it opens it."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,6 +52,19 @@ CREATE TABLE IF NOT EXISTS events (
     UNIQUE (stream, version)
 );
 """
+
+_SESSIONS = (
+    """CREATE TABLE IF NOT EXISTS sessions (
+        stream TEXT PRIMARY KEY,
+        server TEXT NOT NULL,
+        user TEXT NOT NULL,
+        incarnation INTEGER NOT NULL,
+        open INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS sessions_open ON sessions (server, open, incarnation)",
+    "CREATE INDEX IF NOT EXISTS sessions_user ON sessions (server, user, incarnation)",
+)
+"""Statements one by one: `executescript` would commit the transaction they belong to."""
 
 _COLUMNS = "position, stream, version, event_id, time_ms, server, user, schema, record, crc"
 _READ = "position, schema, record, crc"
@@ -95,13 +114,16 @@ class SQLiteStore:
             tables = {
                 name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
             }
-            if tables:
-                self._check_format(db)
+            found = self._check_format(db) if tables else None
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={synchronous}")
             if not tables:
                 db.executescript(_SCHEMA)
+                for statement in _SESSIONS:
+                    db.execute(statement)
                 db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+            elif found != FORMAT:
+                self._upgrade(db)
         except sqlite3.Error as error:
             db.close()
             msg = f"{self.path}: not a rejoin event log ({error})"
@@ -145,7 +167,7 @@ class SQLiteStore:
             raise UnreadableLog(msg) from error
         return db
 
-    def _check_format(self, db: sqlite3.Connection) -> None:
+    def _check_format(self, db: sqlite3.Connection) -> str:
         try:
             found = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
         except sqlite3.OperationalError as error:
@@ -155,9 +177,26 @@ class SQLiteStore:
         if found is None:
             msg = f"{self.path}: not a rejoin event log (it has no rejoin format record)"
             raise UnreadableLog(msg)
-        if found[0] != FORMAT:
-            msg = f"{self.path}: log format {found[0]!r}, this version reads {FORMAT!r}"
+        if found[0] not in READABLE:
+            msg = f"{self.path}: log format {found[0]!r}, this version reads {sorted(READABLE)}"
             raise UnreadableLog(msg)
+        return str(found[0])
+
+    def _upgrade(self, db: sqlite3.Connection) -> None:
+        """Format 2 to 3: build the index of sessions from the events, in one transaction."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SESSIONS:
+                db.execute(statement)
+            for stream, schema, record in db.execute(
+                "SELECT stream, schema, record FROM events ORDER BY position"
+            ).fetchall():
+                self._index(db, stream, decode_envelope(schema, record))
+            db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (FORMAT,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def append(
         self, stream: str, expected_version: int, events: Sequence[Pending]
@@ -190,7 +229,13 @@ class SQLiteStore:
                     f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [_row(envelope) for envelope in envelopes],
                 )
+                for envelope in envelopes:
+                    self._index(db, stream, envelope)
                 db.execute("COMMIT")
+            except OverflowError as error:
+                db.execute("ROLLBACK")
+                msg = f"stream {stream}: a number in the batch does not fit the log ({error})"
+                raise LogError(msg) from error
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -272,6 +317,36 @@ class SQLiteStore:
                 "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream = ?", (stream,)
             ).fetchone()
         return int(version)
+
+    @staticmethod
+    def _index(db: sqlite3.Connection, stream: str, envelope: Pending | Envelope) -> None:
+        change = session_change(envelope)
+        if change is None:
+            return
+        if change.incarnation is None:
+            db.execute("UPDATE sessions SET open = 0 WHERE stream = ?", (stream,))
+        else:
+            db.execute(
+                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, 1)",
+                (stream, change.server, change.user, change.incarnation),
+            )
+
+    def open_streams(self, server: str) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT stream FROM sessions WHERE server = ? AND open = 1"
+                " ORDER BY incarnation, stream",
+                (server,),
+            ).fetchall()
+        return [stream for (stream,) in rows]
+
+    def last_incarnation(self, server: str, user: str) -> int:
+        with self._lock:
+            (incarnation,) = self._db.execute(
+                "SELECT COALESCE(MAX(incarnation), 0) FROM sessions WHERE server = ? AND user = ?",
+                (server, user),
+            ).fetchone()
+        return int(incarnation)
 
     def close(self) -> None:
         with self._lock:

@@ -8,24 +8,28 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+import msgspec
 import pykka
 
 from actors.connector import Deadlines
 from actors.deterministic_executor import DeterministicExecutor
 from actors.policy import POLICIES, SUPERVISED
+from actors.runtime import Runtime
 from actors.session import Session
-from events.catalog import GlassesConnected, GlassesDisconnected
-from events.envelope import Pending
+from events.catalog import GlassesConnected, GlassesDisconnected, Input
+from events.envelope import Pending, stream_name
 from events.memory_store import MemoryStore
 from events.projection import SessionView, replay
 from events.sqlite_store import SQLiteStore
 from simulations.scenario import BUILT_IN, load
 from simulations.scenario_runner import run
 from simulations.sim_livekit import SfuConfig, SimLiveKit
+from simulations.world import World
 
 
 def _median_s(action: Callable[[], object], repeats: int) -> float:
@@ -131,6 +135,79 @@ def replay_events_per_s(events: int = 100_000, repeats: int = 3) -> float:
     return events / seconds
 
 
+def one_sessions_life() -> list[list[Pending]]:
+    """The batches a real session appends over its life (connect, audio, disconnect, grace
+    expiry), turn by turn, as the supervised runtime writes them."""
+    world = World(servers=["prod"], seed=0, grace_ms=1_000)
+    world.connect("u", "prod")
+    world.run_for(2_000)
+    world.disconnect("u")
+    world.run_for(2_000)
+    world.stop()
+    batches: list[list[Pending]] = []
+    for envelope in world.stores["prod"].read_all():
+        if isinstance(envelope.event, Input):
+            batches.append([])
+        batches[-1].append(
+            Pending(
+                event_id=envelope.event_id,
+                time_ms=envelope.time_ms,
+                server=envelope.server,
+                user=envelope.user,
+                event=envelope.event,
+            )
+        )
+    return batches
+
+
+def startup_with_ended_sessions(
+    folder: Path, sessions: int = 100_000, repeats: int = 3
+) -> dict[str, float]:
+    """Start-up on a log of `sessions` ended sessions (and one open): the seconds and the
+    memory of starting from the index of open sessions, beside a full replay of the log, which
+    is what start-up did before it had the index. Each session's real events are appended in
+    one batch, to build the log in seconds rather than minutes; start-up reads it alike."""
+    store = SQLiteStore(folder / "ended.db", synchronous="NORMAL")
+    life = one_sessions_life()
+    for number in range(sessions + 1):
+        user = f"u{number}@example.com"
+        turns = life if number < sessions else life[:3]  # the last one stays open
+        batch = [
+            msgspec.structs.replace(p, event_id=f"{number}-{p.event_id}", user=user)
+            for turn in turns
+            for p in turn
+        ]
+        store.append(stream_name("prod", user, 1), 0, batch)
+    events = sum(1 for _ in store.read_all())
+
+    def start() -> Runtime:
+        executor = DeterministicExecutor(0)
+        sfu = SimLiveKit(executor, executor.random, SfuConfig())
+        runtime = Runtime(
+            server="prod", executor=executor, store=store, connector=sfu.connector("prod")
+        )
+        executor.run_until_idle()
+        return runtime
+
+    figures = {
+        "events": float(events),
+        "startup_s": _median_s(start, repeats),
+        "full_replay_s": _median_s(lambda: replay(store.read_all()), 1),
+    }
+    tracemalloc.start()
+    runtime = start()
+    figures["startup_bytes"] = float(tracemalloc.get_traced_memory()[0])
+    tracemalloc.stop()
+    runtime.stop()
+    tracemalloc.start()
+    views = replay(store.read_all())
+    figures["full_replay_bytes"] = float(tracemalloc.get_traced_memory()[0])
+    tracemalloc.stop()
+    del views
+    store.close()
+    return figures
+
+
 def _batch(number: int, size: int) -> list[Pending]:
     return [
         Pending(
@@ -146,6 +223,8 @@ def _batch(number: int, size: int) -> list[Pending]:
 
 def report() -> list[str]:
     p50, p99 = reconnect_decision_cpu_us()
+    with tempfile.TemporaryDirectory() as folder:
+        startup = startup_with_ended_sessions(Path(folder))
     return [
         f"compare, 5 scenarios x 6 policies (twin runs included): "
         f"{compare_wall_s():.2f} s wall, median of 5",
@@ -157,4 +236,9 @@ def report() -> list[str]:
         f"{sqlite_append_events_per_s('NORMAL'):,.0f} events/s",
         f"replay from SQLite (read, decode, fold) of 100k events: "
         f"{replay_events_per_s():,.0f} events/s",
+        f"start-up on a log of 100,000 ended sessions and 1 open "
+        f"({startup['events']:,.0f} real events): {startup['startup_s'] * 1000:,.1f} ms and "
+        f"{startup['startup_bytes'] / 1e6:.2f} MB held (a full replay, as start-up was: "
+        f"{startup['full_replay_s'] * 1000:,.0f} ms and "
+        f"{startup['full_replay_bytes'] / 1e6:.1f} MB, once), median of 3",
     ]

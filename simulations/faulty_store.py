@@ -42,5 +42,11 @@ class FaultyStore:
     def stream_version(self, stream: str) -> int:
         return self.inner.stream_version(stream)
 
+    def open_streams(self, server: str) -> list[str]:
+        return self.inner.open_streams(server)
+
+    def last_incarnation(self, server: str, user: str) -> int:
+        return self.inner.last_incarnation(server, user)
+
     def close(self) -> None:
         self.inner.close()

@@ -10,7 +10,7 @@ import zlib
 from pathlib import Path
 
 from events.codec import UndecodableEvent, decode_envelope
-from events.sqlite_store import FORMAT
+from events.sqlite_store import READABLE
 
 
 def readable_records(path: Path) -> int:
@@ -23,7 +23,7 @@ def readable_records(path: Path) -> int:
         return 0
     with contextlib.closing(db), contextlib.suppress(sqlite3.Error, UndecodableEvent):
         found = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-        if found is None or found[0] != FORMAT:
+        if found is None or found[0] not in READABLE:
             return 0
         for position in itertools.count(1):
             row = db.execute(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from events.catalog import GlassesConnected
+from events.catalog import GlassesConnected, SessionOpened
 from events.envelope import Pending
 from events.log import CorruptLog, LogError, UnreadableLog, read_valid_prefix
 from events.sqlite_store import SQLiteStore
@@ -195,3 +195,27 @@ def test_a_log_copied_with_its_write_ahead_log_reads_in_full(tmp_path: Path) -> 
     store = SQLiteStore(copy, read_only=True)
     assert [e.event_id for e in store.read_all()] == ["e"]
     store.close()
+
+
+def test_a_format_2_log_is_read_as_it_is_and_upgraded_by_a_writer(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    store = SQLiteStore(path)
+    opened = SessionOpened(cause="c", why="first", incarnation=1, epoch=1)
+    store.append(
+        "prod/a/1", 0, [Pending(event_id="o", time_ms=0, server="prod", user="a", event=opened)]
+    )
+    store.close()
+    tamper(path, "DROP TABLE sessions")
+    tamper(path, "UPDATE meta SET value = 'rejoin-event-log/2' WHERE key = 'format'")
+    before = path.read_bytes()
+    reader = SQLiteStore(path, read_only=True)
+    assert [e.event_id for e in reader.read_all()] == ["o"]
+    reader.close()
+    assert path.read_bytes() == before, "a reader does not upgrade"
+    writer = SQLiteStore(path)
+    assert writer.open_streams("prod") == ["prod/a/1"]
+    assert writer.last_incarnation("prod", "a") == 1
+    writer.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta").fetchone() == ("rejoin-event-log/3",)
+    db.close()

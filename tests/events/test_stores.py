@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from events.catalog import GlassesConnected, GlassesDisconnected, SessionOpened
+from events.catalog import GlassesConnected, GlassesDisconnected, SessionDisposed, SessionOpened
 from events.envelope import Pending
 from events.log import DuplicateEventId, EventStore, LogError, WrongExpectedVersion
 from events.memory_store import MemoryStore
@@ -109,3 +109,44 @@ def test_events_round_trip_with_their_types(store: EventStore) -> None:
         ],
     )
     assert [e.event for e in store.read_all()] == events
+
+
+def opened(stream: str, user: str, incarnation: int, event_id: str) -> Pending:
+    return Pending(
+        event_id=event_id,
+        time_ms=0,
+        server=stream.split("/", maxsplit=1)[0],
+        user=user,
+        event=SessionOpened(cause="c", why="first", incarnation=incarnation, epoch=1),
+    )
+
+
+def disposed(stream: str, user: str, event_id: str) -> Pending:
+    return Pending(
+        event_id=event_id,
+        time_ms=0,
+        server=stream.split("/", maxsplit=1)[0],
+        user=user,
+        event=SessionDisposed(cause="c", why="grace expired"),
+    )
+
+
+def test_the_index_of_sessions_follows_openings_and_disposals(store: EventStore) -> None:
+    store.append("prod/a/1", 0, [opened("prod/a/1", "a", 1, "a1")])
+    store.append("prod/b/1", 0, [opened("prod/b/1", "b", 1, "b1")])
+    store.append("debug/a/1", 0, [opened("debug/a/1", "a", 1, "da1")])
+    store.append("prod/a/1", 1, [disposed("prod/a/1", "a", "a1-end")])
+    store.append("prod/a/2", 0, [opened("prod/a/2", "a", 2, "a2")])
+    assert store.open_streams("prod") == ["prod/b/1", "prod/a/2"]
+    assert store.open_streams("debug") == ["debug/a/1"]
+    assert store.open_streams("dev") == []
+    assert store.last_incarnation("prod", "a") == 2
+    assert store.last_incarnation("debug", "a") == 1
+    assert store.last_incarnation("prod", "nobody") == 0
+
+
+def test_a_refused_append_leaves_the_index_as_it_was(store: EventStore) -> None:
+    store.append("prod/a/1", 0, [opened("prod/a/1", "a", 1, "a1")])
+    with pytest.raises(WrongExpectedVersion):
+        store.append("prod/a/1", 0, [disposed("prod/a/1", "a", "a1-end")])
+    assert store.open_streams("prod") == ["prod/a/1"]
