@@ -182,6 +182,10 @@ class DeterministicExecutor:
     def new_id(self) -> str:
         return str(uuid.UUID(int=self._random.getrandbits(128), version=4))
 
+    def future(self) -> pykka.Future[Any]:
+        made: pykka.Future[Any] = self._future_class()
+        return made
+
     def wait(self, future: pykka.Future[T], timeout_s: float) -> T:
         return future.get(timeout=timeout_s)
 
@@ -304,6 +308,9 @@ class Process:
 
     def new_id(self) -> str:
         return self._executor.new_id()
+
+    def future(self) -> pykka.Future[Any]:
+        return self._executor.future()
 
     def wait(self, future: pykka.Future[T], timeout_s: float) -> T:
         return self._executor.wait(future, timeout_s)

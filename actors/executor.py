@@ -59,6 +59,10 @@ class Executor(Protocol):
         """A fresh event id."""
         ...
 
+    def future(self) -> pykka.Future[Any]:
+        """A future this executor's `wait` can wait on, for a reply that is not an `ask`."""
+        ...
+
     def wait(self, future: pykka.Future[T], timeout_s: float) -> T:
         """Wait for a reply from outside the actor system (the facade, tests)."""
         ...

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 import pykka
 
+from actors.acknowledgement import Acknowledgement
 from actors.connector import JoinRequest
 from events.catalog import GlassesConnected, GlassesDisconnected
 from events.projection import SessionView
@@ -16,17 +17,12 @@ GlassesInput = GlassesConnected | GlassesDisconnected
 
 
 class ForUser(msgspec.Struct, frozen=True, kw_only=True):
-    """A glasses input for the session of `user`, routed by the supervisor."""
+    """A glasses input for the session of `user`, routed by the supervisor; a session that was
+    disposed meanwhile hands it back, for a new incarnation."""
 
     user: str
     event: GlassesInput
-
-
-class Undeliverable(msgspec.Struct, frozen=True, kw_only=True):
-    """A glasses input that reached a disposed session, handed back for a new incarnation."""
-
-    user: str
-    event: GlassesInput
+    ack: Acknowledgement | None = None
 
 
 class SessionEnded(msgspec.Struct, frozen=True, kw_only=True):

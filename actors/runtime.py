@@ -6,6 +6,7 @@ from typing import Any
 
 import pykka
 
+from actors.acknowledgement import Acknowledgement, Backlog
 from actors.bridge import AudioChunk, AudioSink
 from actors.connector import Deadlines, RoomConnector
 from actors.executor import Executor, tell
@@ -53,6 +54,7 @@ class Runtime:
         self._executor = executor
         self._store = store
         self._timeout = reply_timeout_s
+        self._backlog = Backlog()
         recovered = [
             view
             for stream in store.open_streams(server)
@@ -74,14 +76,25 @@ class Runtime:
             retention_ms=retention_ms,
         )
 
-    def glasses_connected(self, user: str, epoch: int | None = None) -> None:
+    def glasses_connected(self, user: str, epoch: int | None = None) -> Acknowledgement:
         """The user's glasses connected to this server; `epoch` orders connections across
-        servers (default: this server's wall-clock milliseconds)."""
+        servers (default: this server's wall-clock milliseconds). The acknowledgement completes
+        once the input is durable: answer the glasses then."""
         stamped = epoch if epoch is not None else self._executor.wall_ms()
-        tell(self._supervisor, ForUser(user=user, event=GlassesConnected(epoch=stamped)))
+        return self._input(user, GlassesConnected(epoch=stamped))
 
-    def glasses_disconnected(self, user: str) -> None:
-        tell(self._supervisor, ForUser(user=user, event=GlassesDisconnected()))
+    def glasses_disconnected(self, user: str) -> Acknowledgement:
+        """The user's glasses left this server; acknowledged once durable."""
+        return self._input(user, GlassesDisconnected())
+
+    def backlog(self) -> int:
+        """Inputs accepted and not yet durable: a backlog that grows is a log that lags."""
+        return len(self._backlog)
+
+    def _input(self, user: str, event: GlassesConnected | GlassesDisconnected) -> Acknowledgement:
+        ack = Acknowledgement(self._executor.future(), self._backlog, self._executor.wait)
+        tell(self._supervisor, ForUser(user=user, event=event, ack=ack))
+        return ack
 
     def status(self, user: str) -> SessionView | None:
         """The user's current session on this server, or `None` if there is none."""

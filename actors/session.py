@@ -35,6 +35,7 @@ from actors.executor import Executor, tell
 from actors.grace_timer import Arm, Disarm, DisarmAll
 from actors.messages import (
     BridgeAttached,
+    ForUser,
     GateAudio,
     RestartSession,
     SessionEnded,
@@ -42,7 +43,6 @@ from actors.messages import (
     StartBridge,
     StatusRequest,
     StopBridge,
-    Undeliverable,
     ViewQuery,
 )
 from actors.policy import Policy
@@ -130,6 +130,8 @@ class Session(pykka.Actor):
         self._before: SessionView | None = None
         self._bridge: pykka.ActorRef[Any] | None = None
         self._cause = ""
+        self._now = 0
+        """The wall-clock time of the turn in progress."""
         self._pending: list[Pending] = []
         self._effects: list[Callable[[], object]] = []
         self._kept: collections.deque[object] = collections.deque()
@@ -154,6 +156,10 @@ class Session(pykka.Actor):
             match message:
                 case BridgeAttached():
                     self._attach(message)
+                case ForUser(event=event, ack=ack):
+                    position = self._handle(event, routed=message)
+                    if ack is not None and position is not None:
+                        ack.durable(position)
                 case Input():
                     self._handle(message)
         except Exception as error:
@@ -197,21 +203,26 @@ class Session(pykka.Actor):
         assert self._view is not None, "a session has a view once opened"
         return self._view
 
-    def _handle(self, event: Input) -> None:
+    def _handle(self, event: Input, *, routed: ForUser | None = None) -> int | None:
+        """Record `event` and the decisions it leads to, then act; its position in the log, or
+        `None` if it reached a disposed session (a routed input goes back for a new one)."""
         if self._view is not None and self._view.state == "DISPOSED":
-            if isinstance(event, GlassesConnected | GlassesDisconnected):
-                tell(self._supervisor, Undeliverable(user=self._user, event=event))
-            return
+            if routed is not None:
+                tell(self._supervisor, routed)
+            return None
         self._before = self._view
+        # A turn happens at one instant: every event and every deadline of it uses this time,
+        # so that a deadline in the log and the timer armed for it are the same number.
+        self._now = self._executor.wall_ms()
         self._cause = self._executor.new_id()
         self._record(event, self._cause)
         self._decide(event)
-        self._commit()
+        return self._commit()
 
     def _record(self, event: Event, event_id: str) -> None:
         pending = Pending(
             event_id=event_id,
-            time_ms=self._executor.wall_ms(),
+            time_ms=self._now,
             server=self._server,
             user=self._user,
             event=cast("AnyEvent", event),
@@ -227,14 +238,16 @@ class Session(pykka.Actor):
     def _then(self, effect: Callable[[], object]) -> None:
         self._effects.append(effect)
 
-    def _commit(self) -> None:
+    def _commit(self) -> int:
+        """Append the turn's events as one batch, then act; the position of its input."""
         pending, effects = self._pending, self._effects
         self._pending, self._effects = [], []
-        self._store.append(self._stream, self._version, pending)
+        stored = self._store.append(self._stream, self._version, pending)
         self._version += len(pending)
         self._durable = self._view
         for effect in effects:
             effect()
+        return stored[0].position
 
     def _decide(self, event: Input) -> None:
         match event:
@@ -309,7 +322,7 @@ class Session(pykka.Actor):
             self._stop_bridge(f"{policy.name}: a reconnect always starts a fresh bridge")
             self._rejoin(f"{policy.name}: a reconnect always starts a fresh bridge")
         elif view.backoff_due_ms is not None:
-            due_in = view.backoff_due_ms - self._executor.wall_ms()
+            due_in = view.backoff_due_ms - self._now
             self._decline(f"a restart after failures is already due in {due_in} ms")
         elif view.bridge == "joining":
             self._keep("a join is already in flight")
@@ -338,7 +351,7 @@ class Session(pykka.Actor):
     def _on_disconnected(self) -> None:
         if self.view.state != "ACTIVE":
             return
-        deadline = self._executor.wall_ms() + self._grace_ms
+        deadline = self._now + self._grace_ms
         self._decide_that(
             GraceStarted(
                 cause=self._cause,
@@ -360,7 +373,7 @@ class Session(pykka.Actor):
     def _on_restarted(self) -> None:
         view = self.view
         if view.state == "ACTIVE":
-            deadline = self._executor.wall_ms() + self._grace_ms
+            deadline = self._now + self._grace_ms
             self._decide_that(
                 GraceStarted(
                     cause=self._cause,
@@ -459,7 +472,7 @@ class Session(pykka.Actor):
             self._restart_after_failure(f"transient loss while active: the bridge {what}")
 
     def _request_holder(self, why: str) -> None:
-        deadline = self._executor.wall_ms() + self._deadlines.lookup_ms
+        deadline = self._now + self._deadlines.lookup_ms
         self._decide_that(IdentityHolderRequested(cause=self._cause, why=why, deadline_ms=deadline))
         self._arm("lookup", deadline)
         self._then(self._lookup_holder)
@@ -517,12 +530,12 @@ class Session(pykka.Actor):
                     delay_ms=delay,
                 )
             )
-            self._arm("lookup_retry", self._executor.wall_ms() + delay)
+            self._arm("lookup_retry", self._now + delay)
         else:
             self._decline(f"{unknown}; the session moved on meanwhile")
 
     def _stop_retrying(self, why: str) -> None:
-        retry_at = self._executor.wall_ms() + self._policy.budget.permanent_cooldown_ms
+        retry_at = self._now + self._policy.budget.permanent_cooldown_ms
         minutes = self._policy.budget.permanent_cooldown_ms / 60_000
         self._decide_that(
             RetriesStopped(
@@ -544,7 +557,7 @@ class Session(pykka.Actor):
 
     def _restart_after_failure(self, why: str) -> None:
         view, budget = self.view, self._policy.budget
-        now = self._executor.wall_ms()
+        now = self._now
         if budget.exhausted(view.failure_restarts_ms, now):
             retry_at = now + budget.cooldown_ms
             self._decide_that(
@@ -564,7 +577,7 @@ class Session(pykka.Actor):
     def _rejoin(self, why: str) -> None:
         """A restart a reconnect asked for: now, unless the last restarts failed."""
         view, policy = self.view, self._policy
-        now = self._executor.wall_ms()
+        now = self._now
         guard = policy.rejoin_guard_ms
         if guard and view.last_start_ms is not None and now - view.last_start_ms < guard:
             self._decline(f"skipped: within the {guard / 1000:g} s guard after the last rejoin")
@@ -582,7 +595,7 @@ class Session(pykka.Actor):
         view = self.view
         generation = view.generation + 1
         identity = self._policy.identity(self._user, self._server)
-        deadline = self._executor.wall_ms() + self._deadlines.join_ms
+        deadline = self._now + self._deadlines.join_ms
         self._decide_that(
             BridgeStarted(
                 cause=self._cause,

@@ -38,12 +38,11 @@ from actors.messages import (
     StopBridge,
     Tree,
     TreeQuery,
-    Undeliverable,
 )
 from actors.policy import Policy
 from actors.restart_budget import RestartBudget
 from actors.session import Session
-from events.catalog import GlassesConnected, ProcessRestarted
+from events.catalog import GlassesConnected, GlassesDisconnected, ProcessRestarted
 from events.envelope import stream_name
 from events.log import EventStore
 from events.projection import SessionView
@@ -113,11 +112,14 @@ class Supervisor(pykka.Actor):
 
     def on_receive(self, message: object) -> object:
         match message:
-            case ForUser(user=user, event=event) | Undeliverable(user=user, event=event):
+            case ForUser(user=user, event=event, ack=ack):
                 session = self._sessions.get(user)
                 if session is None and isinstance(event, GlassesConnected):
                     session = self._open_session(user, message)
-                tell(session, event)
+                if session is not None:
+                    tell(session, message)
+                elif ack is not None and isinstance(event, GlassesDisconnected):
+                    ack.durable(0)  # no session to leave: nothing to record
             case SessionFailed():
                 self._restart_later(message)
             case _RestartDue(user=user, stream=stream, error=error, restarts=restarts):

@@ -67,6 +67,9 @@ class ThreadingExecutor:
     def new_id(self) -> str:
         return str(uuid.uuid4())
 
+    def future(self) -> pykka.Future[Any]:
+        return pykka.ThreadingFuture()
+
     def wait(self, future: pykka.Future[T], timeout_s: float) -> T:
         return future.get(timeout=timeout_s)
 

@@ -1,0 +1,72 @@
+"""Acknowledgements: a host learns when its input is durable, and how many are not yet.
+
+A glasses input is acknowledged once it is in the log, before the session acts on it and
+never after network I/O, so the host can answer the glasses at once and still promise that a
+crash cannot lose what it acknowledged.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+
+__all__ = ["Acknowledgement", "Backlog"]
+
+
+class Backlog:
+    """How many inputs were accepted and are not yet durable. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._count
+
+    def _add(self, delta: int) -> None:
+        with self._lock:
+            self._count += delta
+
+
+class Acknowledgement:
+    """Completes with the input's position in the log once it is durable."""
+
+    def __init__(
+        self,
+        future: pykka.Future[int],
+        backlog: Backlog,
+        wait: Callable[[pykka.Future[Any], float], Any],
+    ) -> None:
+        self._future = future
+        self._backlog = backlog
+        self._wait = wait
+        self._lock = threading.Lock()
+        self._position: int | None = None
+        backlog._add(1)
+
+    def durable(self, position: int) -> None:
+        """The input is in the log at `position` (the session calls this, once)."""
+        with self._lock:
+            if self._position is not None:
+                return
+            self._position = position
+        self._backlog._add(-1)
+        self._future.set(position)
+
+    def done(self) -> bool:
+        with self._lock:
+            return self._position is not None
+
+    def wait(self, timeout_s: float) -> int:
+        """The input's position in the log, once durable; `TimeoutError` if not within
+        `timeout_s` (on the deterministic executor, of virtual time)."""
+        try:
+            position: int = self._wait(self._future, timeout_s)
+        except pykka.Timeout as error:
+            msg = f"the input was not durable within {timeout_s:g} s"
+            raise TimeoutError(msg) from error
+        return position

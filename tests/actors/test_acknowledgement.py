@@ -1,0 +1,73 @@
+"""A host hears when each glasses input is durable, never before, and sees the backlog of those
+that are not yet: on both executors, through a log that fails for a while, and in a storm."""
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from actors.acknowledgement import Acknowledgement
+from events.catalog import GlassesConnected, GlassesDisconnected
+from events.sqlite_store import SQLiteStore
+from simulations.world import World
+from tests.actors.harness import EXECUTORS, ExecutorKind, Harness
+
+USER = "isaiah@mentra.glass"
+
+
+def test_an_input_is_acknowledged_once_durable_with_its_position() -> None:
+    world = World(servers=["prod"], seed=1)
+    runtime = world.runtimes["prod"]
+    acks = [runtime.glasses_connected(f"u{n}") for n in range(3)]
+    assert not any(ack.done() for ack in acks), "nothing is durable before the sessions' turns"
+    assert runtime.backlog() == 3
+    positions = [ack.wait(timeout_s=1) for ack in acks]
+    assert runtime.backlog() == 0
+    stored = {e.position: e.event for e in world.stores["prod"].read_all()}
+    assert all(isinstance(stored[position], GlassesConnected) for position in positions)
+    world.stop()
+
+
+def test_an_input_the_log_refuses_is_acknowledged_only_when_the_log_takes_it() -> None:
+    world = World(servers=["prod"], seed=2)
+    runtime = world.runtimes["prod"]
+    runtime.glasses_connected(USER).wait(timeout_s=1)
+    world.log_fault("prod", 5_000)
+    ack = runtime.glasses_disconnected(USER)
+    world.run_for(4_000)
+    assert not ack.done()
+    assert runtime.backlog() == 1, "the backlog shows the log lagging"
+    position = ack.wait(timeout_s=10)
+    assert isinstance(next(world.stores["prod"].read_all(position)).event, GlassesDisconnected)
+    assert runtime.backlog() == 0
+    world.stop()
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_a_connection_storm_loses_no_acknowledged_input(kind: ExecutorKind, tmp_path: Path) -> None:
+    log = tmp_path / "log.db"
+    harness = Harness(kind, store=lambda: SQLiteStore(log, synchronous="NORMAL"))
+    runtime = harness.runtimes["prod"]
+    acks: list[Acknowledgement] = []
+
+    def storm(first: int) -> None:
+        for number in range(first, first + 100):
+            acks.append(runtime.glasses_connected(f"u{number}"))
+
+    if kind == "threading":  # as a web server's handlers would, from several threads
+        senders = [threading.Thread(target=storm, args=(100 * n,)) for n in range(4)]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+    else:
+        for first in range(0, 400, 100):
+            storm(first)
+    peak = runtime.backlog()
+    positions = [ack.wait(timeout_s=30) for ack in acks]
+    assert runtime.backlog() == 0
+    assert peak > 0, "the storm was visible as a backlog"
+    harness.stop()
+    stored = {e.position: e for e in SQLiteStore(log, read_only=True).read_all()}
+    assert sorted(stored[p].user for p in positions) == sorted(f"u{n}" for n in range(400))
+    assert all(isinstance(stored[p].event, GlassesConnected) for p in positions)
