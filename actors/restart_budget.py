@@ -43,6 +43,16 @@ class RestartBudget(msgspec.Struct, frozen=True, kw_only=True):
         """Whether one more failure-driven restart now would exceed the budget."""
         return len(self.recent(restarts_ms, now_ms)) >= self.intensity
 
+    def reconnect_backoff_ms(
+        self, failures: int, last_failure_ms: int | None, now_ms: int, rng: random.Random
+    ) -> int:
+        """The delay before a restart a reconnect asks for: the backoff of the failures in a
+        row, unless they went quiet for longer than the longest backoff (as Akka's
+        `withResetBackoffAfter`): a reconnect long after an outage joins at once."""
+        if last_failure_ms is None or now_ms - last_failure_ms > self.max_backoff_ms:
+            return 0
+        return self.backoff_ms(failures, rng)
+
     def backoff_ms(self, failures: int, rng: random.Random) -> int:
         """The delay before restart number `failures` (1-based) in a row; 0 for none."""
         if failures <= 0:

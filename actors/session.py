@@ -81,7 +81,7 @@ from events.catalog import (
     TimerKind,
 )
 from events.envelope import Pending
-from events.log import EventStore
+from events.log import EventStore, LogError
 from events.projection import SessionView, apply, replay_stream
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,9 @@ class Session(pykka.Actor):
             self._fail(message, error)
 
     def _fail(self, message: object, error: Exception) -> None:
-        logger.warning("session %s failed: %s", self._stream, error, exc_info=error)
+        # A log that refuses an append explains itself; anything else is a bug to trace.
+        trace = None if isinstance(error, LogError) else error
+        logger.warning("session %s failed: %s", self._stream, error, exc_info=trace)
         self._failed = True
         if not isinstance(message, SessionRestarted):
             self._kept.appendleft(message)
@@ -584,7 +586,10 @@ class Session(pykka.Actor):
             return
         delay = 0
         if policy.supervise_losses:
-            delay = policy.budget.backoff_ms(view.failure_streak, self._executor.random)
+            last_failure = view.failure_restarts_ms[-1] if view.failure_restarts_ms else None
+            delay = policy.budget.reconnect_backoff_ms(
+                view.failure_streak, last_failure, now, self._executor.random
+            )
         self._decide_that(RejoinDecided(cause=self._cause, why=why, delay_ms=delay, failure=False))
         if delay:
             self._arm("backoff", now + delay)

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import NamedTuple, Protocol
 
 from events.catalog import SessionDisposed, SessionOpened
-from events.envelope import Envelope, Pending
+from events.envelope import Envelope, Pending, stream_name
 
 
 class LogError(Exception):
@@ -101,6 +101,12 @@ def session_change(stored: Pending | Envelope) -> SessionChange | None:
         case SessionDisposed():
             return SessionChange(stored.server, stored.user, None)
     return None
+
+
+def has_open_session(store: EventStore, server: str, user: str) -> bool:
+    """Whether `user` has an open (active or grace) session on `server`, by the store's index."""
+    latest = store.last_incarnation(server, user)
+    return latest > 0 and stream_name(server, user, latest) in store.open_streams(server)
 
 
 def check_batch(stream: str, events: Sequence[Pending]) -> None:

@@ -95,8 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _log_to_stderr() -> None:
     """Log records at `REJOIN_LOG_LEVEL` (default: warning) on stderr, one redacted line each.
 
-    Unless a level is asked for, the SDK's own records stay quiet: what they report reaches
-    the user as the one-line error of the failure they lead to.
+    Unless a level is asked for, the runtime's and the SDK's own records stay quiet: what
+    they report is in the event log, or reaches the user as the one-line error of the failure
+    it leads to (a simulated log fault, say, is no news to whoever injected it).
     """
     root = logging.getLogger()
     level = os.environ.get("REJOIN_LOG_LEVEL", "").upper()
@@ -111,7 +112,8 @@ def _log_to_stderr() -> None:
         handler.setFormatter(logging.Formatter("rejoin: %(name)s: %(message)s"))
         root.addHandler(handler)
     if not level:
-        logging.getLogger("livekit").setLevel(logging.CRITICAL)
+        for quiet in ("livekit", "actors"):
+            logging.getLogger(quiet).setLevel(logging.CRITICAL)
     # LiveKit's own development secret is shorter than PyJWT would like; that is not news
     # worth two lines on every run against a dev server.
     warnings.filterwarnings("ignore", message="The HMAC key is .* below the minimum")

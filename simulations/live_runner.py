@@ -17,9 +17,10 @@ from actors.livekit_connector import EventLoopThread, LiveKitConnector, LiveKitS
 from actors.policy import Policy
 from actors.runtime import Runtime
 from actors.threading_executor import ThreadingExecutor
-from events.log import EventStore
+from events.log import EventStore, has_open_session
 from events.memory_store import MemoryStore
 from events.projection import replay
+from simulations.faulty_store import FaultyStore
 from simulations.loopback_server import LoopbackThread
 from simulations.metrics import RUN_STREAM, compute, server_events
 from simulations.phone import Phone
@@ -41,7 +42,8 @@ def refuse_unsupported(scenario: Scenario, loopback: bool) -> None:
     """Fail before starting when a step needs a fault this server cannot inject."""
     for index, step in enumerate(scenario.step):
         action = step.action
-        if action == "crash" or (not loopback and action in ("sfu_outage_s", "signal_loss")):
+        loopback_only = ("sfu_outage_s", "signal_loss", "room_service_fault")
+        if action == "crash" or (not loopback and action in loopback_only):
             where = "the simulated LiveKit" if action == "crash" else "--sfu sim or loopback"
             msg = f"{scenario.name}: step {index + 1} ({action}) needs {where}"
             raise ScenarioError(msg)
@@ -67,6 +69,7 @@ class LiveRun:
         self._where: dict[str, str | None] = {}
         self._epochs: dict[str, int] = {}
         self.stores = {s: store or MemoryStore() for s in scenario.servers}
+        self.logs = {s: FaultyStore(self.stores[s], self._now_ms) for s in scenario.servers}
         self.connectors = {s: LiveKitConnector(settings, self.loop) for s in scenario.servers}
         self.executors = {s: ThreadingExecutor() for s in scenario.servers}
         grace_ms = round(scenario.grace_s * 1000)
@@ -74,7 +77,7 @@ class LiveRun:
             server: Runtime(
                 server=server,
                 executor=self.executors[server],
-                store=self.stores[server],
+                store=self.logs[server],
                 connector=self.connectors[server],
                 policy=policy,
                 grace_ms=grace_ms,
@@ -96,7 +99,7 @@ class LiveRun:
     def play(self) -> list[ExpectationResult]:
         for phone in self.phones.values():
             phone.join(deadline_s=self.origin + self.scenario.end_s + 1)
-        return schedule(self.scenario, self, self._sleep_until, self.deliveries)
+        return schedule(self.scenario, self, self._sleep_until)
 
     def _sleep_until(self, at_ms: int) -> None:
         delay = self.origin + at_ms / 1000 - time.monotonic()
@@ -117,6 +120,15 @@ class LiveRun:
         self._where[user] = None
         self.phones[user].publishing = False
         self.runtimes[server].glasses_disconnected(user)
+
+    def session_open(self, server: str, user: str) -> bool:
+        return has_open_session(self.stores[server], server, user)
+
+    def log_fault(self, server: str, duration_ms: int) -> None:
+        self.logs[server].fail_for(duration_ms)
+
+    def room_service_fault(self, server: str, duration_ms: int) -> None:
+        self._loopback().fail_room_service_for(duration_ms / 1000)
 
     def remove_bridge(self, server: str, user: str) -> None:
         identity = self.policy.identity(user, server)

@@ -60,6 +60,7 @@ _TWIRP_STATUS = {
     "not_found": 404,
     "bad_route": 404,
     "malformed": 400,
+    "unavailable": 503,
 }
 
 
@@ -207,6 +208,7 @@ class LoopbackServer:
         self._port = port
         self._rooms: dict[str, _Room] = {}
         self._refuse_until = 0.0
+        self._room_service_down_until = 0.0
         self._runner: web.AppRunner | None = None
         self._relay = MediaRelay()
         self._twirp: dict[str, Callable[[api.VideoGrants, bytes], Awaitable[Message]]] = {
@@ -254,6 +256,10 @@ class LoopbackServer:
     def refuse_joins_for(self, seconds: float) -> None:
         """Fail every join for `seconds` with HTTP 503, which the SDK retries, then gives up on."""
         self._refuse_until = time.monotonic() + seconds
+
+    def fail_room_service_for(self, seconds: float) -> None:
+        """Answer every RoomService call with 503 `unavailable` for `seconds`."""
+        self._room_service_down_until = time.monotonic() + seconds
 
     async def drop_signal(self, room_name: str, identity: str) -> bool:
         """Close a participant's signal WebSocket without a Leave, like a network drop.
@@ -353,6 +359,8 @@ class LoopbackServer:
             method = self._twirp.get(request.match_info["method"])
             if method is None:
                 raise _TwirpError("bad_route", "no such RoomService method")
+            if time.monotonic() < self._room_service_down_until:
+                raise _TwirpError("unavailable", "the room service is unavailable")
             claims = self._claims(request)
             if claims is None:
                 raise _TwirpError("unauthenticated", "invalid or expired token")
@@ -809,6 +817,10 @@ class LoopbackThread:
     def refuse_joins_for(self, seconds: float, timeout: float = 10.0) -> None:
         """See LoopbackServer.refuse_joins_for."""
         self._call(_later(self.server.refuse_joins_for, seconds), timeout)
+
+    def fail_room_service_for(self, seconds: float, timeout: float = 10.0) -> None:
+        """See LoopbackServer.fail_room_service_for."""
+        self._call(_later(self.server.fail_room_service_for, seconds), timeout)
 
     def drop_signal(self, room_name: str, identity: str, timeout: float = 10.0) -> bool:
         """See LoopbackServer.drop_signal."""

@@ -9,7 +9,7 @@ from events.catalog import GlassesConnected, Input
 from events.envelope import Envelope
 from simulations.metrics import Metrics
 from simulations.scenario import Scenario
-from simulations.scenario_runner import RunResult
+from simulations.scenario_runner import ExpectationResult, RunResult
 
 
 def printable(text: str) -> str:
@@ -119,12 +119,35 @@ def _never_heard(metrics: Metrics) -> bool:
     return any(ratio is not None and ratio < 1 for ratio in ratios)
 
 
+_MISSED = {
+    "audio_on": "no audio on {server} at {at:g} s",
+    "no_audio_on": "audio on {server} at {at:g} s, where none was expected",
+    "session_on": "no session on {server} at {at:g} s",
+    "no_session_on": "a session on {server} at {at:g} s, where none was expected",
+}
+_EXPECTED = {
+    "audio_on": "hears audio on {server}",
+    "no_audio_on": "no audio on {server}",
+    "session_on": "has a session on {server}",
+    "no_session_on": "has no session on {server}",
+}
+
+
+def _expectation(expect: ExpectationResult) -> tuple[str, str]:
+    """Which expectation this is, and on which server."""
+    for kind in _EXPECTED:
+        server = getattr(expect, kind)
+        if server is not None:
+            return kind, server
+    msg = "an expectation names no server"
+    raise ValueError(msg)
+
+
 def _first_reason(result: RunResult) -> str:
     for expect in result.expectations:
         if not expect.passed:
-            if expect.audio_on is not None:
-                return f"no audio on {expect.audio_on} at {expect.at:g} s"
-            return f"audio on {expect.no_audio_on} at {expect.at:g} s, where none was expected"
+            kind, server = _expectation(expect)
+            return _MISSED[kind].format(server=server, at=expect.at)
     return result.invariant_violations[0]
 
 
@@ -135,8 +158,9 @@ def result_lines(result: RunResult) -> list[str]:
         f"{result.scenario} under {result.policy}, seed {result.seed}: {verdict}",
         *(
             f"  {'ok  ' if e.passed else 'FAIL'} at {e.at:g} s: {e.user} "
-            + (f"hears audio on {e.audio_on}" if e.audio_on else f"no audio on {e.no_audio_on}")
+            + _EXPECTED[kind].format(server=server)
             for e in result.expectations
+            for kind, server in [_expectation(e)]
         ),
         *(f"  invariant violated: {violation}" for violation in result.invariant_violations),
         *_metric_lines(m),

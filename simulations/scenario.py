@@ -39,6 +39,7 @@ LIMITS: dict[str, Limit] = {
     "seed": Limit(0, 2**63 - 1, ""),
     "at": Limit(0.0, MAX_TIME_S, "s"),
     "sfu_outage_s": Limit(0.001, MAX_TIME_S, "s"),
+    "for_s": Limit(0.001, MAX_TIME_S, "s"),
     "join_latency_ms": Limit(0, 60_000, "ms"),
     "audio_chunk_ms": Limit(10, 1_000, "ms"),
     "token_ttl_s": Limit(1.0, 86_400.0, "s"),
@@ -76,15 +77,38 @@ class Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     remove_bridge: str | None = None
     crash: str | None = None
     signal_loss: str | None = None
+    log_fault: str | None = None
+    room_service_fault: str | None = None
+    for_s: float | None = None
+    """How long a fault with a duration lasts (default `DEFAULT_FOR_S`)."""
 
     @property
     def action(self) -> str:
         return next(name for name in ACTIONS if getattr(self, name) is not None)
 
 
-ACTIONS = ("connect", "disconnect", "sfu_outage_s", "remove_bridge", "crash", "signal_loss")
-SERVER_ACTIONS = ("connect", "remove_bridge", "crash", "signal_loss")
-USERLESS_ACTIONS = ("sfu_outage_s", "crash")
+ACTIONS = (
+    "connect",
+    "disconnect",
+    "sfu_outage_s",
+    "remove_bridge",
+    "crash",
+    "signal_loss",
+    "log_fault",
+    "room_service_fault",
+)
+SERVER_ACTIONS = (
+    "connect",
+    "remove_bridge",
+    "crash",
+    "signal_loss",
+    "log_fault",
+    "room_service_fault",
+)
+USERLESS_ACTIONS = ("sfu_outage_s", "crash", "log_fault", "room_service_fault")
+TIMED_ACTIONS = ("log_fault", "room_service_fault")
+"""Faults that last `for_s`."""
+DEFAULT_FOR_S = 5.0
 
 
 class Expect(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -92,6 +116,21 @@ class Expect(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     user: str
     audio_on: str | None = None
     no_audio_on: str | None = None
+    session_on: str | None = None
+    no_session_on: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """Which of `EXPECTATIONS` this one is."""
+        return next(name for name in EXPECTATIONS if getattr(self, name) is not None)
+
+    @property
+    def server(self) -> str:
+        server: str = getattr(self, self.kind)
+        return server
+
+
+EXPECTATIONS = ("audio_on", "no_audio_on", "session_on", "no_session_on")
 
 
 class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -284,6 +323,10 @@ def _validate_steps(scenario: Scenario, report: _Reporter) -> None:
             fail(f"{where}.disconnect", "disconnect takes the value true")
         if step.sfu_outage_s is not None:
             report.number(f"{where}.sfu_outage_s", "sfu_outage_s", step.sfu_outage_s)
+        if step.for_s is not None:
+            if action not in TIMED_ACTIONS:
+                fail(f"{where}.for_s", f"for_s goes with {', '.join(TIMED_ACTIONS)}, not {action}")
+            report.number(f"{where}.for_s", "for_s", step.for_s)
     if scenario.duration_s is not None and scenario.duration_s < previous:
         fail("$.duration_s", "duration_s ends before the last step")
 
@@ -301,9 +344,10 @@ def _validate_expectations(scenario: Scenario, report: _Reporter) -> None:
                 f"time {expect.at:g} is after the run ends (duration_s = {scenario.duration_s:g})",
             )
         report.name(f"{where}.user", expect.user)
-        targets = [t for t in (expect.audio_on, expect.no_audio_on) if t is not None]
+        targets = [getattr(expect, name) for name in EXPECTATIONS]
+        targets = [target for target in targets if target is not None]
         if len(targets) != 1:
-            fail(where, "an expectation takes exactly one of audio_on, no_audio_on")
+            fail(where, f"an expectation takes exactly one of {', '.join(EXPECTATIONS)}")
         if targets[0] not in scenario.servers:
             fail(where, f"unknown server {targets[0]!r}")
 

@@ -18,7 +18,7 @@ from events.envelope import Pending
 from events.log import EventStore
 from simulations.invariants import all_violations, log_bytes
 from simulations.metrics import RUN_STREAM, Metrics, compute, server_events
-from simulations.scenario import Expect, Scenario, Step
+from simulations.scenario import DEFAULT_FOR_S, Expect, Scenario, Step
 from simulations.sim_livekit import SfuConfig
 from simulations.world import Deliveries, World
 
@@ -31,6 +31,8 @@ class ExpectationResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
     user: str
     audio_on: str | None = None
     no_audio_on: str | None = None
+    session_on: str | None = None
+    no_session_on: str | None = None
     passed: bool = False
 
 
@@ -131,6 +133,13 @@ def run_ended(time_ms: int) -> Pending:
 class Stage(Protocol):
     """Where a scenario's steps happen: the simulated world, or a live run against LiveKit."""
 
+    deliveries: Deliveries
+    """Where the audio arrived: what `audio_on` is judged on."""
+
+    def session_open(self, server: str, user: str) -> bool:
+        """Whether `user` has an active or grace session on `server`, as its log says now."""
+        ...
+
     def connect(self, user: str, server: str) -> None: ...
 
     def disconnect(self, user: str) -> None: ...
@@ -143,15 +152,16 @@ class Stage(Protocol):
 
     def signal_loss(self, server: str, user: str) -> None: ...
 
+    def log_fault(self, server: str, duration_ms: int) -> None: ...
+
+    def room_service_fault(self, server: str, duration_ms: int) -> None: ...
+
 
 def schedule(
-    scenario: Scenario,
-    stage: Stage,
-    wait_until: Callable[[int], object],
-    deliveries: Deliveries,
+    scenario: Scenario, stage: Stage, wait_until: Callable[[int], object]
 ) -> list[ExpectationResult]:
     """Steps and expectations in time order; at one instant, steps first, in file order.
-    `wait_until(ms)` lets the stage's time pass; expectations are judged on `deliveries`."""
+    `wait_until(ms)` lets the stage's time pass."""
     timeline: list[tuple[int, int, Callable[[], Any]]] = []
     results: dict[int, ExpectationResult] = {}
     for order, step in enumerate(scenario.step):
@@ -159,7 +169,7 @@ def schedule(
     for index, expect in enumerate(scenario.expect):
 
         def check(index: int = index, expect: Expect = expect) -> None:
-            results[index] = judge(deliveries, expect)
+            results[index] = judge(stage, expect)
 
         timeline.append((_ms(expect.at), len(scenario.step) + index, check))
     for at_ms, _, act in sorted(timeline, key=lambda item: (item[0], item[1])):
@@ -170,7 +180,7 @@ def schedule(
 
 
 def play(world: World, scenario: Scenario) -> list[ExpectationResult]:
-    results = schedule(scenario, world, world.run_until, world.deliveries)
+    results = schedule(scenario, world, world.run_until)
     world.settle()
     return results
 
@@ -187,23 +197,29 @@ def _action(stage: Stage, step: Step) -> Callable[[], Any]:
         return lambda: stage.remove_bridge(step.remove_bridge or "", user)
     if step.crash is not None:
         return lambda: stage.crash(step.crash or "")
+    lasts = _ms(step.for_s if step.for_s is not None else DEFAULT_FOR_S)
+    if step.log_fault is not None:
+        return lambda: stage.log_fault(step.log_fault or "", lasts)
+    if step.room_service_fault is not None:
+        return lambda: stage.room_service_fault(step.room_service_fault or "", lasts)
     return lambda: stage.signal_loss(step.signal_loss or "", user)
 
 
-def judge(deliveries: Deliveries, expect: Expect) -> ExpectationResult:
-    """`audio_on` holds when a chunk reached the server in the window before `at`."""
-    at_ms = _ms(expect.at)
-    wanted = expect.audio_on is not None
-    server = expect.audio_on if wanted else expect.no_audio_on
-    heard = server is not None and deliveries.heard(
-        expect.user, server, after_ms=at_ms - AUDIO_WINDOW_MS, until_ms=at_ms
-    )
+def judge(stage: Stage, expect: Expect) -> ExpectationResult:
+    """`audio_on` holds when a chunk reached the server in the window before `at`;
+    `session_on` when the server's log has an open session of the user's at `at`."""
+    at_ms, server, kind = _ms(expect.at), expect.server, expect.kind
+    if kind in ("audio_on", "no_audio_on"):
+        seen = stage.deliveries.heard(
+            expect.user, server, after_ms=at_ms - AUDIO_WINDOW_MS, until_ms=at_ms
+        )
+    else:
+        seen = stage.session_open(server, expect.user)
     return ExpectationResult(
         at=expect.at,
         user=expect.user,
-        audio_on=expect.audio_on,
-        no_audio_on=expect.no_audio_on,
-        passed=heard == wanted,
+        **{kind: server},
+        passed=seen == (kind in ("audio_on", "session_on")),
     )
 
 

@@ -115,6 +115,9 @@ class SimLiveKit:
         self._room_service_hangs: dict[str, bool | None] = {}
         self._joins_hang_until_ms: dict[str, int] = {}
         self._refused: set[str] = set()
+        self._joining: set[_Connection] = set()
+        self._slower_next_join_ms: dict[str, int] = {}
+        """Joins on their way: a process that dies takes its own with it."""
         self.kicks = 0
         self.joins = 0
 
@@ -130,6 +133,8 @@ class SimLiveKit:
                 request, on_event, f"PA_{next(self._sids)}", now + self.config.token_ttl_ms
             )
             latency = self._rng.randint(*self.config.join_latency_ms)
+            latency += self._slower_next_join_ms.pop(request.server, 0)
+            self._joining.add(connection)
             if now < self._joins_hang_until_ms.get(request.server, -1):
                 return connection  # never completes: the joiner's own deadline must end it
         self._executor.call_at(now + latency, lambda: self._complete_join(connection))
@@ -137,6 +142,7 @@ class SimLiveKit:
 
     def _complete_join(self, connection: _Connection) -> None:
         with self._lock:
+            self._joining.discard(connection)
             if connection.state != "pending":
                 return
             if connection.request.server in self._refused:
@@ -166,6 +172,7 @@ class SimLiveKit:
 
     def leave(self, connection: _Connection) -> None:
         with self._lock:
+            self._joining.discard(connection)
             self._remove(connection)
             connection.state = "gone"
 
@@ -202,6 +209,11 @@ class SimLiveKit:
                 self._refused.add(server)
             else:
                 self._refused.discard(server)
+
+    def slow_next_join(self, server: str, extra_ms: int) -> None:
+        """`server`'s next join takes `extra_ms` longer: the slow join of a race."""
+        with self._lock:
+            self._slower_next_join_ms[server] = extra_ms
 
     def hang_joins(self, server: str, duration_ms: int) -> None:
         """`server`'s joins started within `duration_ms` never complete."""
@@ -291,6 +303,10 @@ class SimLiveKit:
             for connection in orphans:
                 connection.state = "orphaned"
                 connection.on_event = _nobody
+            # A join in flight dies with the process that made it: its signal connection closes.
+            for connection in [c for c in self._joining if c.request.server == server]:
+                self._joining.discard(connection)
+                connection.state = "gone"
         for connection in orphans:
             self._executor.call_at(
                 self._executor.now_ms() + DEPARTURE_DETECTION_MS,

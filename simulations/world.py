@@ -20,7 +20,7 @@ from actors.bridge import AudioChunk
 from actors.deterministic_executor import DeterministicExecutor
 from actors.policy import SUPERVISED, Policy
 from actors.runtime import DEFAULT_GRACE_MS, Runtime
-from events.log import EventStore
+from events.log import EventStore, has_open_session
 from events.memory_store import MemoryStore
 from simulations.faulty_store import FaultyStore
 from simulations.sim_livekit import SfuConfig, SimLiveKit
@@ -161,6 +161,9 @@ class World:
     def connections(self) -> int:
         """How many times glasses connected to a server."""
         return sum(presence.server is not None for presence in self.presence)
+
+    def session_open(self, server: str, user: str) -> bool:
+        return has_open_session(self.stores[server], server, user)
 
     def where(self, user: str) -> str | None:
         return self._where.get(user)

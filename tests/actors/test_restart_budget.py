@@ -34,3 +34,12 @@ def test_the_budget_is_spent_by_intensity_restarts_within_the_period() -> None:
 def test_an_intensity_the_view_cannot_remember_is_refused() -> None:
     with pytest.raises(ValueError, match="intensity"):
         RestartBudget(intensity=40)
+
+
+def test_a_reconnect_waits_only_for_failures_that_have_not_gone_quiet() -> None:
+    rng = random.Random(0)
+    assert BUDGET.reconnect_backoff_ms(3, last_failure_ms=None, now_ms=5_000, rng=rng) == 0
+    assert BUDGET.reconnect_backoff_ms(3, last_failure_ms=4_500, now_ms=5_000, rng=rng) >= 400
+    assert BUDGET.reconnect_backoff_ms(3, last_failure_ms=3_000, now_ms=5_000, rng=rng) == 0, (
+        "quiet for longer than the longest backoff (1 s): the streak is over"
+    )

@@ -5,6 +5,7 @@ naming the file; never a traceback; never a hang; a replay keeps every record a 
 row-by-row reader can read; and the file read is the same, byte for byte, afterwards."""
 
 import contextlib
+import copy
 import io
 import json
 import math
@@ -96,6 +97,8 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
                     "remove_bridge",
                     "crash",
                     "signal_loss",
+                    "log_fault",
+                    "room_service_fault",
                 ]
             )
         )
@@ -104,12 +107,17 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
             value = True
         elif action == "sfu_outage_s":
             value = draw(st.sampled_from([0.5, 3.0, 20.0]))
-        steps.append({"at": at, "user": draw(st.sampled_from(users)), action: value})
+        step = {"at": at, "user": draw(st.sampled_from(users)), action: value}
+        if action in ("log_fault", "room_service_fault"):
+            step["for_s"] = draw(st.sampled_from([0.5, 5.0, 30.0]))
+        steps.append(step)
     expects = [
         {
             "at": at,
             "user": draw(st.sampled_from(users)),
-            draw(st.sampled_from(["audio_on", "no_audio_on"])): draw(st.sampled_from(servers)),
+            draw(st.sampled_from(["audio_on", "no_audio_on", "session_on", "no_session_on"])): draw(
+                st.sampled_from(servers)
+            ),
         }
         for at in draw(st.lists(times, max_size=4))
     ]
@@ -162,6 +170,11 @@ HOSTILE_VALUES: list[object] = [
 ]
 
 
+def hostile(draw: st.DrawFn) -> object:
+    """A hostile value of its own: a later mutation may change it in place."""
+    return copy.deepcopy(draw(st.sampled_from(HOSTILE_VALUES)))
+
+
 def paths(document: object, prefix: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
     found = [prefix] if prefix else []
     if isinstance(document, dict):
@@ -187,11 +200,9 @@ def mutated_scenarios(draw: st.DrawFn) -> dict[str, Any]:
         if change == "remove":
             del holder[last]
         elif change == "add" and isinstance(holder, dict):
-            holder[draw(st.sampled_from(["bogus", "for_s", "user", "at"]))] = draw(
-                st.sampled_from(HOSTILE_VALUES)
-            )
+            holder[draw(st.sampled_from(["bogus", "for_s", "user", "at"]))] = hostile(draw)
         else:
-            holder[last] = draw(st.sampled_from(HOSTILE_VALUES))
+            holder[last] = hostile(draw)
         if not paths(document):
             break
     return document

@@ -108,6 +108,23 @@ BAD = {
         '  { at = 1, user = "a", conect = "prod" },\n]\n',
         r"bad\.toml:5: unknown key `conect` - at `\$.step\[1\]`",
     ),
+    "a duration on a step that has none": (
+        'servers = ["prod"]\n[[step]]\nat = 1\nuser = "a"\nconnect = "prod"\nfor_s = 3\n',
+        r"bad\.toml:6: for_s goes with log_fault, room_service_fault, not connect",
+    ),
+    "a fault that lasts for ever": (
+        'servers = ["prod"]\n[[step]]\nat = 1\nlog_fault = "prod"\nfor_s = inf\n',
+        r"bad\.toml:5: for_s must be from 0.001 to 3600 s; found inf",
+    ),
+    "a fault on an unknown server": (
+        'servers = ["prod"]\n[[step]]\nat = 1\nroom_service_fault = "qa"\n',
+        r"bad\.toml:4: unknown server 'qa'",
+    ),
+    "two things expected at once": (
+        'servers = ["prod"]\n[[expect]]\nat = 1\nuser = "a"\nsession_on = "prod"\n'
+        'audio_on = "prod"\n',
+        r"bad\.toml:2: an expectation takes exactly one of audio_on, no_audio_on, session_on",
+    ),
     "too many servers": (
         "servers = [" + ", ".join(f'"s{i}"' for i in range(17)) + "]\n",
         r"bad\.toml:1: a scenario has at most 16 servers",
@@ -174,3 +191,19 @@ def test_a_file_name_that_cannot_name_a_scenario_needs_a_name_key(tmp_path: Path
 def test_an_unknown_name_lists_the_built_in_ones() -> None:
     with pytest.raises(ScenarioError, match=r"no-such: no such scenario file.*rapid-switch"):
         load("no-such")
+
+
+def test_faults_last_for_s_seconds_five_by_default(tmp_path: Path) -> None:
+    path = tmp_path / "faults.toml"
+    path.write_text(
+        'servers = ["prod"]\n'
+        '[[step]]\nat = 1\nlog_fault = "prod"\n'
+        '[[step]]\nat = 2\nroom_service_fault = "prod"\nfor_s = 0.5\n'
+        '[[expect]]\nat = 3\nuser = "a"\nno_session_on = "prod"\n'
+    )
+    scenario = load(str(path))
+    assert [(s.action, s.for_s) for s in scenario.step] == [
+        ("log_fault", None),
+        ("room_service_fault", 0.5),
+    ]
+    assert [(e.kind, e.server) for e in scenario.expect] == [("no_session_on", "prod")]
