@@ -31,6 +31,7 @@ class Harness:
         servers: tuple[str, ...] = ("prod",),
         deadlines: Deadlines = SHORT,
         grace_ms: int = 60_000,
+        retention_ms: int = 600_000,
         store: Callable[[], EventStore] = MemoryStore,
     ) -> None:
         self.kind = kind
@@ -50,6 +51,7 @@ class Harness:
                 connector=self.sfu.connector(server),
                 deadlines=deadlines,
                 grace_ms=grace_ms,
+                retention_ms=retention_ms,
             )
             for server in servers
         }
