@@ -142,7 +142,7 @@ class Session(pykka.Actor):
         match message:
             case ViewQuery():
                 return self._durable
-            case RestartSession():
+            case RestartSession() if self._failed:
                 self._restart(message)
             case _ if self._failed:
                 self._kept.append(message)

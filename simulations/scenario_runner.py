@@ -27,13 +27,15 @@ AUDIO_WINDOW_MS = 500
 
 
 class ExpectationResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One expectation as judged; of its four targets only the one it names is printed."""
+
     at: float
     user: str
+    passed: bool
     audio_on: str | None = None
     no_audio_on: str | None = None
     session_on: str | None = None
     no_session_on: str | None = None
-    passed: bool = False
 
 
 class RunResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -409,3 +409,15 @@ def test_a_livekit_that_echoes_the_token_in_its_401_never_shows_it() -> None:
     assert_one_clean_line(code, out, err, f"rejoin: ws://127.0.0.1:{server.port}: the phone")
     assert "401" in err
     assert "[redacted]" in err
+
+
+def test_a_failed_expectation_says_passed_false_in_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = rejoin(capsys, "simulate", "rapid-switch", "--policy", "legacy", "--json")
+    assert code == 1
+    failed = [e for e in json.loads(out)[0]["expectations"] if not e["passed"]]
+    assert failed == [
+        {"at": 9.0, "user": "isaiah@mentra.glass", "passed": False, "audio_on": "prod"},
+        {"at": 9.0, "user": "isaiah@mentra.glass", "passed": False, "no_audio_on": "debug"},
+    ]
