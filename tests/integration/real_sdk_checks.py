@@ -21,6 +21,9 @@ from livekit import api, rtc
 from actors.connector import JoinRequest, RoomData, RoomEvent, RoomJoined
 from actors.livekit_connector import EventLoopThread, LiveKitConnector, LiveKitSettings
 from actors.policy import SUPERVISED
+from actors.runtime import Runtime
+from actors.threading_executor import ThreadingExecutor
+from events.catalog import BridgeJoinFailed
 from events.memory_store import MemoryStore
 from simulations.live_runner import run_live
 from simulations.loopback_server import LoopbackThread
@@ -129,6 +132,33 @@ def bad_token() -> dict[str, Any]:
         "secret_leaked": any(
             "not-the-secret" in json.dumps(msgspec.to_builtins(e)) for e in events
         ),
+    }
+
+
+def refused_credentials(seconds: float = 6.0) -> dict[str, Any]:
+    """A runtime whose API secret the server refuses: one join, a permanent error, and no
+    retries with backoff (which would hammer the server for ever)."""
+    server, settings = loopback()
+    wrong = msgspec.structs.replace(settings, api_secret="not-the-secret-either")
+    executor = ThreadingExecutor()
+    connector = LiveKitConnector(wrong)
+    store = MemoryStore()
+    runtime = Runtime(server="prod", executor=executor, store=store, connector=connector)
+    try:
+        runtime.glasses_connected("ada").wait(timeout_s=5)
+        time.sleep(seconds)
+        status = runtime.status("ada")
+    finally:
+        runtime.stop()
+        connector.close()
+        executor.shutdown()
+        server.stop()
+    return {
+        "events": [type(e.event).__name__ for e in store.read_all()],
+        "permanent": [
+            e.event.permanent for e in store.read_all() if isinstance(e.event, BridgeJoinFailed)
+        ],
+        "unavailable": status.unavailable if status is not None else None,
     }
 
 
@@ -283,6 +313,7 @@ async def _count_tasks() -> int:
 CHECKS = {
     "admin-removal": admin_removal,
     "bad-token": bad_token,
+    "refused-credentials": refused_credentials,
     "leak-cycles": leak_cycles,
     "track-audio": track_audio,
 }

@@ -61,6 +61,15 @@ def test_a_bad_token_is_a_prompt_clear_join_failure_without_the_secret() -> None
     assert not result["secret_leaked"]
 
 
+def test_refused_credentials_are_a_permanent_error_never_retried_with_backoff() -> None:
+    result = in_netns("refused-credentials")
+    assert result["events"].count("BridgeStarted") == 1, result["events"]
+    assert result["permanent"] == [True]
+    assert "RetriesStopped" in result["events"]
+    assert "401" in result["unavailable"]
+    assert "not-the-secret-either" not in json.dumps(result)
+
+
 def test_fifty_kick_and_rejoin_cycles_leave_nothing_behind() -> None:
     result = in_netns("leak-cycles", timeout_s=300)
     before, middle, after = result["before"], result["middle"], result["after"]
