@@ -45,6 +45,7 @@ class RoomJoined(msgspec.Struct, frozen=True, kw_only=True):
     participant_sid: str
     participant_count: int
     phone_present: bool
+    phone_muted: bool = False
 
 
 class RoomJoinFailed(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,7 +67,32 @@ class PhonePresence(msgspec.Struct, frozen=True, kw_only=True):
     present: bool
 
 
-RoomEvent = RoomJoined | RoomJoinFailed | RoomDisconnected | RoomData | PhonePresence
+class PhoneMuted(msgspec.Struct, frozen=True, kw_only=True):
+    """The phone says its microphone is muted (or no longer is): a phone that sends nothing
+    while muted is not a stall. The phone says so with the participant attribute
+    `MUTED_ATTRIBUTE` set to "true"."""
+
+    muted: bool
+
+
+MUTED_ATTRIBUTE = "rejoin.muted"
+
+
+class RoomReconnecting(msgspec.Struct, frozen=True, kw_only=True):
+    """The SDK lost its connection and is resuming it (`True`), or resumed it (`False`)."""
+
+    reconnecting: bool
+
+
+RoomEvent = (
+    RoomJoined
+    | RoomJoinFailed
+    | RoomDisconnected
+    | RoomData
+    | PhonePresence
+    | PhoneMuted
+    | RoomReconnecting
+)
 
 
 class IdentityHolder(msgspec.Struct, frozen=True, kw_only=True):

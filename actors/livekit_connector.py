@@ -25,17 +25,20 @@ from livekit import api, rtc
 from livekit.protocol import models
 
 from actors.connector import (
+    MUTED_ATTRIBUTE,
     IdentityHolder,
     JoinRequest,
     LookupAnswer,
     LookupFailed,
     Nobody,
+    PhoneMuted,
     PhonePresence,
     RoomData,
     RoomDisconnected,
     RoomEvent,
     RoomJoined,
     RoomJoinFailed,
+    RoomReconnecting,
 )
 from actors.redaction import redact, register_secret
 from events.catalog import DisconnectReason
@@ -242,6 +245,15 @@ def _holder(metadata: str) -> IdentityHolder:
     )
 
 
+def _muted(phone: rtc.Participant) -> bool:
+    """The phone says it is muted: by its `rejoin.muted` attribute, or by muting every audio
+    track it publishes."""
+    if phone.attributes.get(MUTED_ATTRIBUTE) == "true":
+        return True
+    audio = [p for p in phone.track_publications.values() if p.kind == rtc.TrackKind.KIND_AUDIO]
+    return bool(audio) and all(p.muted for p in audio)
+
+
 class LiveKitHandle:
     """One join of one bridge: the SDK room, its event handlers, and its release."""
 
@@ -285,6 +297,11 @@ class LiveKitHandle:
         room.on("participant_connected", self._participant_connected)
         room.on("participant_disconnected", self._participant_disconnected)
         room.on("track_subscribed", self._track_subscribed)
+        room.on("reconnecting", lambda: self._on_event(RoomReconnecting(reconnecting=True)))
+        room.on("reconnected", lambda: self._on_event(RoomReconnecting(reconnecting=False)))
+        room.on("participant_attributes_changed", self._attributes_changed)
+        room.on("track_muted", self._mute_changed)
+        room.on("track_unmuted", self._mute_changed)
         try:
             await asyncio.wait_for(
                 room.connect(settings.url, token, settings.room_options(auto_subscribe=True)),
@@ -299,12 +316,13 @@ class LiveKitHandle:
         if self._left.is_set():
             await self._release()
             return
-        phone = request.phone_identity in room.remote_participants
+        phone = room.remote_participants.get(request.phone_identity)
         self._on_event(
             RoomJoined(
                 participant_sid=room.local_participant.sid,
                 participant_count=len(room.remote_participants) + 1,
-                phone_present=phone,
+                phone_present=phone is not None,
+                phone_muted=phone is not None and _muted(phone),
             )
         )
 
@@ -348,6 +366,15 @@ class LiveKitHandle:
     def _participant_connected(self, participant: rtc.RemoteParticipant) -> None:
         if participant.identity == self._request.phone_identity:
             self._on_event(PhonePresence(present=True))
+            if _muted(participant):
+                self._on_event(PhoneMuted(muted=True))
+
+    def _attributes_changed(self, _changed: dict[str, str], participant: rtc.Participant) -> None:
+        self._mute_changed(participant)
+
+    def _mute_changed(self, participant: rtc.Participant, *_publication: object) -> None:
+        if participant.identity == self._request.phone_identity:
+            self._on_event(PhoneMuted(muted=_muted(participant)))
 
     def _participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
         if participant.identity == self._request.phone_identity:

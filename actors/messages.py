@@ -52,6 +52,7 @@ class StartBridge(msgspec.Struct, frozen=True, kw_only=True):
     request: JoinRequest
     session: pykka.ActorRef[Any]
     audio_open: bool
+    watching: bool
 
 
 class StopBridge(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,7 +75,21 @@ class StatusRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class GateAudio(msgspec.Struct, frozen=True, kw_only=True):
+    """`open`: hand the phone's audio to this server; `watch`: the glasses are connected here,
+    so a silence is a stall."""
+
     open: bool
+    watch: bool
+
+
+class ReportQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Ask a bridge for its `BridgeReport`."""
+
+
+class BridgeQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Ask the supervisor for the live bridge of `stream`: `(generation, actor)` or `None`."""
+
+    stream: str
 
 
 class ViewQuery(msgspec.Struct, frozen=True, kw_only=True):

@@ -2,26 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pykka
 
 from actors.acknowledgement import Acknowledgement, Backlog
-from actors.bridge import AudioChunk, AudioSink
+from actors.bridge import AudioChunk, AudioSink, AudioWatch, BridgeReport
 from actors.connector import Deadlines, RoomConnector
 from actors.executor import Executor, tell
 from actors.grace_timer import ArmedQuery, GraceTimer
-from actors.messages import ForUser, SessionQuery, Shutdown, Tree, TreeQuery, ViewQuery
+from actors.health_feed import HealthFeed, HealthSubscriber
+from actors.messages import (
+    BridgeQuery,
+    ForUser,
+    ReportQuery,
+    SessionQuery,
+    Shutdown,
+    Tree,
+    TreeQuery,
+    ViewQuery,
+)
 from actors.policy import SUPERVISED, Policy
 from actors.supervisor import Supervisor
 from events.catalog import GlassesConnected, GlassesDisconnected, TimerKind
 from events.log import EventStore
-from events.projection import SessionView, replay_stream
+from events.projection import Health, SessionView, replay_stream
 
 DEFAULT_GRACE_MS = 60_000
 DEFAULT_RETENTION_MS = 600_000
 """How long an ended session's view stays in memory, for `views()` and `status()` callers."""
 DEFAULT_DEADLINES = Deadlines()
+DEFAULT_AUDIO_WATCH = AudioWatch()
+
+
+class Status(msgspec.Struct, frozen=True, kw_only=True):
+    """A user's session on this server: as its log tells it, what the host was last told,
+    and what its bridge knows now (`None` when no bridge of the current generation lives)."""
+
+    session: SessionView
+    health: Health | None
+    bridge: BridgeReport | None
 
 
 def _discard(_chunk: AudioChunk) -> None:
@@ -46,6 +68,7 @@ class Runtime:
         grace_ms: int = DEFAULT_GRACE_MS,
         audio_sink: AudioSink = _discard,
         deadlines: Deadlines = DEFAULT_DEADLINES,
+        audio_watch: AudioWatch = DEFAULT_AUDIO_WATCH,
         retention_ms: int = DEFAULT_RETENTION_MS,
         reply_timeout_s: float = 5.0,
     ) -> None:
@@ -55,6 +78,7 @@ class Runtime:
         self._store = store
         self._timeout = reply_timeout_s
         self._backlog = Backlog()
+        self._health = HealthFeed()
         recovered = [
             view
             for stream in store.open_streams(server)
@@ -70,6 +94,8 @@ class Runtime:
             grace_ms=grace_ms,
             connector=connector,
             deadlines=deadlines,
+            watch=audio_watch,
+            health=self._health,
             sink=audio_sink,
             timer=self._timer,
             recovered=recovered,
@@ -96,13 +122,33 @@ class Runtime:
         tell(self._supervisor, ForUser(user=user, event=event, ack=ack))
         return ack
 
-    def status(self, user: str) -> SessionView | None:
-        """The user's current session on this server, or `None` if there is none."""
+    def subscribe_health(self, subscriber: HealthSubscriber) -> Callable[[], None]:
+        """Call `subscriber(user, health)` at each change of a connected user's health on this
+        server, once the change is in the log; returns the call that unsubscribes. It runs on
+        a runtime thread: hand the change over to your own loop and return."""
+        return self._health.subscribe(subscriber)
+
+    def session(self, user: str) -> SessionView | None:
+        """The user's current session on this server as its log tells it, or `None`."""
         session = self._ask(self._supervisor, SessionQuery(user=user))
         if session is None:
             return None
         view: SessionView | None = self._ask(session, ViewQuery())
         return view
+
+    def status(self, user: str) -> Status | None:
+        """The user's current session, health and bridge, or `None` if there is no session."""
+        view = self.session(user)
+        if view is None:
+            return None
+        report: BridgeReport | None = None
+        live = self._ask(self._supervisor, BridgeQuery(stream=view.stream))
+        if live is not None and live[0] == view.generation:
+            try:
+                report = self._ask(live[1], ReportQuery())
+            except pykka.ActorDeadError:
+                report = None  # it left the room between the two questions
+        return Status(session=view, health=view.health, bridge=report)
 
     def views(self) -> dict[str, SessionView]:
         """This runtime's sessions by stream: the open ones, and those that ended within the

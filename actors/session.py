@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import pykka
 
+from actors.bridge import AudioWatch
 from actors.connector import (
     Deadlines,
     IdentityHolder,
@@ -33,6 +34,7 @@ from actors.connector import (
 )
 from actors.executor import Executor, tell
 from actors.grace_timer import Arm, Disarm, DisarmAll
+from actors.health_feed import HealthFeed
 from actors.messages import (
     BridgeAttached,
     ForUser,
@@ -47,7 +49,10 @@ from actors.messages import (
 )
 from actors.policy import Policy
 from events.catalog import (
+    OPERATOR_REASONS,
     AnyEvent,
+    AudioResumed,
+    AudioStalled,
     BridgeDisconnected,
     BridgeJoined,
     BridgeJoinFailed,
@@ -63,10 +68,14 @@ from events.catalog import (
     GlassesConnected,
     GlassesDisconnected,
     GraceStarted,
+    HealthChanged,
     IdentityHolderObserved,
     IdentityHolderRequested,
     Input,
     LookupRetryDecided,
+    PhoneAbsent,
+    PhoneAwaited,
+    PhonePresenceObserved,
     ProcessRestarted,
     RejoinDecided,
     RejoinDeclined,
@@ -82,14 +91,9 @@ from events.catalog import (
 )
 from events.envelope import Pending
 from events.log import EventStore, LogError
-from events.projection import SessionView, apply, replay_stream
+from events.projection import SessionView, apply, health_of, replay_stream
 
 logger = logging.getLogger(__name__)
-
-OPERATOR_REASONS: frozenset[DisconnectReason] = frozenset(
-    {"PARTICIPANT_REMOVED", "ROOM_DELETED", "ROOM_CLOSED"}
-)
-"""Losses an operator caused: the bridge stays down until the user reconnects."""
 
 
 class Session(pykka.Actor):
@@ -108,6 +112,8 @@ class Session(pykka.Actor):
         timer: pykka.ActorRef[Any],
         connector: RoomConnector,
         deadlines: Deadlines,
+        watch: AudioWatch,
+        health: HealthFeed,
         recovered: SessionView | None = None,
     ) -> None:
         super().__init__()
@@ -123,6 +129,8 @@ class Session(pykka.Actor):
         self._timer = timer
         self._connector = connector
         self._deadlines = deadlines
+        self._watch = watch
+        self._health = health
         self._view = recovered
         self._durable = recovered
         """The view as the log has it: what a query sees, whatever a failed turn left."""
@@ -195,8 +203,8 @@ class Session(pykka.Actor):
     def _attach(self, attached: BridgeAttached) -> None:
         if self._view is not None and attached.generation == self._view.generation:
             self._bridge = attached.bridge
-            if self._policy.audio_only_when_active:
-                tell(attached.bridge, GateAudio(open=self._audio_open()))
+            gate = GateAudio(open=self._audio_open(), watch=self._view.state == "ACTIVE")
+            tell(attached.bridge, gate)
 
     # One turn per input
 
@@ -219,6 +227,7 @@ class Session(pykka.Actor):
         self._cause = self._executor.new_id()
         self._record(event, self._cause)
         self._decide(event)
+        self._tell_health()
         return self._commit()
 
     def _record(self, event: Event, event_id: str) -> None:
@@ -269,6 +278,9 @@ class Session(pykka.Actor):
                 | BridgeDisconnected(generation=generation)
                 | FirstAudio(generation=generation)
                 | BridgeStatusObserved(generation=generation)
+                | AudioStalled(generation=generation)
+                | AudioResumed(generation=generation)
+                | PhonePresenceObserved(generation=generation)
             ) if self._view is not None and generation != self._view.generation:
                 self._decide_that(
                     StaleInputIgnored(
@@ -279,6 +291,7 @@ class Session(pykka.Actor):
                 )
             case BridgeJoined():
                 self._disarm_join()
+                self._await_phone()
             case BridgeJoinFailed(error=error, permanent=permanent):
                 self._disarm_join()
                 self._on_bridge_lost("JOIN_FAILURE", f"join failed: {error}", permanent=permanent)
@@ -287,6 +300,12 @@ class Session(pykka.Actor):
                 self._on_bridge_lost(reason, f"left the room: {reason}")
             case BridgeStatusObserved(connected=connected, phone_present=phone):
                 self._on_status(connected=connected, phone_present=phone)
+            case AudioStalled(silent_ms=silent):
+                self._on_stall(silent)
+            case PhonePresenceObserved(present=True):
+                self._disarm("phone")
+            case PhonePresenceObserved(present=False):
+                self._await_phone()
 
     # Glasses
 
@@ -312,9 +331,10 @@ class Session(pykka.Actor):
                 epoch=epoch,
             )
         )
-        self._then(lambda: tell(self._timer, Disarm(owner_key=self._stream, timer="grace")))
+        self._disarm("grace")
         self._gate_audio(open_=True)
         self._on_reconnect()
+        self._await_phone()
 
     def _on_reconnect(self) -> None:
         view, policy = self.view, self._policy
@@ -364,6 +384,8 @@ class Session(pykka.Actor):
         )
         self._arm("grace", deadline)
         self._gate_audio(open_=False)
+        if self._before is not None and self._before.phone_due_ms is not None:
+            self._disarm("phone")
         if self._policy.stop_bridge_on_grace:
             self._stop_bridge(f"{self._policy.name}: the bridge is disposed when grace starts")
         elif self._policy.supervise_losses and self.view.bridge == "joining":
@@ -414,10 +436,20 @@ class Session(pykka.Actor):
             seconds = self._deadlines.lookup_ms / 1000
             self._on_lookup_failed(f"no answer within {seconds:g} s", permanent=False)
         elif timer == "lookup_retry" and view.lookup_retry_due_ms == deadline:
-            if view.state == "ACTIVE" and view.bridge == "down":
+            stalled = view.bridge == "up" and view.stalled_ms is not None
+            if view.state == "ACTIVE" and (view.bridge == "down" or stalled):
                 self._request_holder("the room service could not say before: ask it again")
             else:
                 self._decline("the session moved on before asking the room service again")
+        elif timer == "phone" and view.phone_due_ms == deadline:
+            seconds = self._watch.phone_absent_after_ms / 1000
+            self._decide_that(
+                PhoneAbsent(
+                    cause=self._cause,
+                    why=f"the phone has not been in the room for {seconds:g} s while the glasses "
+                    "are connected: its own connection is at fault; the bridge waits for it",
+                )
+            )
         else:
             self._decide_that(
                 StaleInputIgnored(cause=self._cause, why=f"{timer} deadline no longer applies")
@@ -496,13 +528,15 @@ class Session(pykka.Actor):
                 )
             )
             return
-        self._then(lambda: tell(self._timer, Disarm(owner_key=self._stream, timer="lookup")))
+        self._disarm("lookup")
         if observed.error is not None:
             self._on_lookup_failed(observed.error, permanent=observed.permanent)
             return
         server, epoch = observed.holder_server, observed.holder_epoch
         view = self.view
-        if view.state == "ACTIVE" and view.bridge == "up":
+        if view.state == "ACTIVE" and view.bridge == "up" and view.stalled_ms is not None:
+            self._restart_stalled(server)
+        elif view.state == "ACTIVE" and view.bridge == "up":
             self._confirm_status(server)
         elif view.state != "ACTIVE" or view.bridge != "down" or view.backoff_due_ms is not None:
             self._decline("the session moved on while the room service answered")
@@ -519,11 +553,14 @@ class Session(pykka.Actor):
         """The room service could not say who holds the identity: never read as "nobody"."""
         view = self.view
         unknown = f"the room service could not say who holds the identity ({error})"
+        stalled = view.bridge == "up" and view.stalled_ms is not None
         if permanent:
             self._stop_retrying(unknown)
-        elif view.state == "ACTIVE" and view.bridge == "up":
+        elif view.state == "ACTIVE" and view.bridge == "up" and not stalled:
             self._keep(f"{unknown}: a bridge that says it is in the room is kept")
-        elif view.state == "ACTIVE" and view.bridge == "down" and view.backoff_due_ms is None:
+        elif view.state == "ACTIVE" and view.backoff_due_ms is None and view.bridge != "joining":
+            # A stalled bridge is kept too, and the service asked again: a blind restart
+            # could kick the server the glasses moved to.
             delay = self._policy.budget.backoff_ms(view.lookup_failures, self._executor.random)
             self._decide_that(
                 LookupRetryDecided(
@@ -535,6 +572,65 @@ class Session(pykka.Actor):
             self._arm("lookup_retry", self._now + delay)
         else:
             self._decline(f"{unknown}; the session moved on meanwhile")
+
+    # Audio
+
+    def _on_stall(self, silent_ms: int) -> None:
+        view, policy = self.view, self._policy
+        silence = f"no audio for {silent_ms / 1000:g} s while the phone is in the room"
+        if not policy.supervise_losses:
+            self._decline(f"{policy.name} does not act on silence: {silence}")
+        elif view.state != "ACTIVE" or view.bridge != "up":
+            self._decline(f"{silence}, but the session moved on")
+        elif view.lookup_deadline_ms is not None:
+            self._decline(f"{silence}; the room service is being asked already")
+        else:
+            self._request_holder(f"{silence}: confirm with the room service before a restart")
+
+    def _restart_stalled(self, holder: str | None) -> None:
+        if holder != self._server:
+            self._confirm_status(holder)
+            return
+        why = "the bridge is in the room but no audio reaches it: restart it"
+        self._stop_bridge(why)
+        self._restart_after_failure(why)
+
+    def _await_phone(self) -> None:
+        """While the glasses are connected and the bridge is in the room, a phone missing from
+        the room is reported absent after a while, unless it comes back."""
+        view = self.view
+        if view.state != "ACTIVE" or view.bridge != "up" or view.phone_present is not False:
+            return
+        if view.phone_due_ms is not None or view.phone_absent:
+            return
+        deadline = self._now + self._watch.phone_absent_after_ms
+        self._decide_that(
+            PhoneAwaited(
+                cause=self._cause,
+                why="the phone is not in the room while the glasses are connected",
+                deadline_ms=deadline,
+            )
+        )
+        self._arm("phone", deadline)
+
+    def _tell_health(self) -> None:
+        """Record, and tell the host, what the user is experiencing now, when it changed."""
+        view = self._view
+        health = health_of(view) if view is not None else None
+        if view is None or health is None or health == view.health:
+            return
+        retry = health.retry_at_ms
+        self._decide_that(
+            HealthChanged(
+                cause=self._cause,
+                why=f"{health.state}: {health.reason}",
+                state=health.state,
+                reason=health.reason,
+                retry_at_ms=retry,
+            )
+        )
+        user = self._user
+        self._then(lambda: self._health.publish(user, health))
 
     def _stop_retrying(self, why: str) -> None:
         retry_at = self._now + self._policy.budget.permanent_cooldown_ms
@@ -626,6 +722,7 @@ class Session(pykka.Actor):
             request=request,
             session=self.actor_ref,
             audio_open=self._audio_open(),
+            watching=view.state == "ACTIVE",
         )
         self._bridge = None
         self._then(lambda: tell(self._supervisor, start))
@@ -650,14 +747,18 @@ class Session(pykka.Actor):
         return not self._policy.audio_only_when_active or self.view.state == "ACTIVE"
 
     def _gate_audio(self, *, open_: bool) -> None:
-        # Opening is sent under every policy: it is what makes the bridge report the first
-        # audio after a reconnect, the fact time-to-audio is measured from.
-        if open_ or self._policy.audio_only_when_active:
-            self._then(lambda: tell(self._bridge, GateAudio(open=open_)))
+        # Sent under every policy: a reconnect makes the bridge report its first audio (what
+        # time-to-audio is measured from), and the watchdog watches only while glasses are here.
+        gate = GateAudio(open=open_ or not self._policy.audio_only_when_active, watch=open_)
+        self._then(lambda: tell(self._bridge, gate))
 
     def _disarm_join(self) -> None:
         if self._before is not None and self._before.join_deadline_ms is not None:
-            self._then(lambda: tell(self._timer, Disarm(owner_key=self._stream, timer="join")))
+            self._disarm("join")
+
+    def _disarm(self, timer: TimerKind) -> None:
+        disarm = Disarm(owner_key=self._stream, timer=timer)
+        self._then(lambda: tell(self._timer, disarm))
 
     def _arm(self, timer: TimerKind, deadline: int) -> None:
         arm = Arm(owner_key=self._stream, timer=timer, deadline_ms=deadline, owner=self.actor_ref)

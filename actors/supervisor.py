@@ -22,12 +22,14 @@ from typing import Any
 import msgspec
 import pykka
 
-from actors.bridge import AudioSink, Bridge
+from actors.bridge import AudioSink, AudioWatch, Bridge
 from actors.connector import Deadlines, RoomConnector
 from actors.executor import Executor, tell
+from actors.health_feed import HealthFeed
 from actors.messages import (
     BridgeAttached,
     BridgeExited,
+    BridgeQuery,
     ForUser,
     RestartSession,
     SessionEnded,
@@ -80,6 +82,8 @@ class Supervisor(pykka.Actor):
         grace_ms: int,
         connector: RoomConnector,
         deadlines: Deadlines,
+        watch: AudioWatch,
+        health: HealthFeed,
         sink: AudioSink,
         timer: pykka.ActorRef[Any],
         recovered: list[SessionView],
@@ -93,6 +97,8 @@ class Supervisor(pykka.Actor):
         self._grace_ms = grace_ms
         self._connector = connector
         self._deadlines = deadlines
+        self._watch = watch
+        self._health = health
         self._sink = sink
         self._timer = timer
         self._recovered = sorted(recovered, key=lambda view: view.incarnation)
@@ -153,6 +159,8 @@ class Supervisor(pykka.Actor):
                     del self._bridges[stream]
             case SessionQuery(user=user):
                 return self._sessions.get(user)
+            case BridgeQuery(stream=stream):
+                return self._bridges.get(stream)
             case TreeQuery():
                 return Tree(
                     sessions=dict(self._sessions),
@@ -224,6 +232,8 @@ class Supervisor(pykka.Actor):
             timer=self._timer,
             connector=self._connector,
             deadlines=self._deadlines,
+            watch=self._watch,
+            health=self._health,
             recovered=recovered,
         )
 
@@ -242,6 +252,8 @@ class Supervisor(pykka.Actor):
             executor=self._executor,
             sink=self._sink,
             audio_open=start.audio_open,
+            watching=start.watching,
+            watch=self._watch,
         )
         self._bridges[start.stream] = (start.request.generation, bridge)
         tell(start.session, BridgeAttached(generation=start.request.generation, bridge=bridge))

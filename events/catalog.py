@@ -37,8 +37,17 @@ DisconnectReason = Literal[
 ]
 """LiveKit's `DisconnectReason` names, kept as strings so a log outlives the SDK's numbering."""
 
-TimerKind = Literal["grace", "backoff", "cooldown", "join", "lookup", "lookup_retry"]
-"""`join` and `lookup` are deadlines for a connector's answer; `lookup_retry` asks again."""
+OPERATOR_REASONS: frozenset[DisconnectReason] = frozenset(
+    {"PARTICIPANT_REMOVED", "ROOM_DELETED", "ROOM_CLOSED"}
+)
+"""Losses an operator caused: the bridge stays down until the user reconnects."""
+
+TimerKind = Literal["grace", "backoff", "cooldown", "join", "lookup", "lookup_retry", "phone"]
+"""`join` and `lookup` are deadlines for a connector's answer; `lookup_retry` asks again;
+`phone` is when a phone missing from the room is reported absent."""
+
+HealthState = Literal["connecting", "ok", "audio_stalled", "phone_absent", "unavailable"]
+"""What the user is experiencing on a server, as the host is told it (see `events.health`)."""
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
@@ -101,6 +110,32 @@ class BridgeStatusObserved(Input, frozen=True, kw_only=True):
     last_disconnect_reason: DisconnectReason | None = None
     lost_chunks: int = 0
     """Audio chunks missing from the phone's sequence since the join (lossy channel)."""
+
+
+class AudioStalled(Input, frozen=True, kw_only=True):
+    """The bridge's watchdog: while the glasses are connected, the bridge in the room and the
+    phone present and not muted, no chunk of the phone's reached the bridge for `silent_ms`."""
+
+    generation: int
+    last_chunk_ms: int | None
+    """When the last chunk arrived (wall-clock); `None`: none since the watch began."""
+    silent_ms: int
+
+
+class AudioResumed(Input, frozen=True, kw_only=True):
+    """A chunk reached a bridge that had reported a stall, `silent_ms` after the one before."""
+
+    generation: int
+    silent_ms: int
+
+
+class PhonePresenceObserved(Input, frozen=True, kw_only=True):
+    """The phone joined (`present`) or left the room, or muted or unmuted its microphone, as
+    the bridge saw it."""
+
+    generation: int
+    present: bool
+    muted: bool = False
 
 
 class IdentityHolderObserved(Input, frozen=True, kw_only=True):
@@ -183,6 +218,27 @@ class RetriesStopped(Decision, frozen=True, kw_only=True):
     retry_at_ms: int
 
 
+class PhoneAwaited(Decision, frozen=True, kw_only=True):
+    """The phone is not in the room while the glasses are connected: it is reported absent at
+    `deadline_ms` unless it comes back first."""
+
+    deadline_ms: int
+
+
+class PhoneAbsent(Decision, frozen=True, kw_only=True):
+    """The phone stayed out of the room past its deadline: reported, never fixed by restarting
+    the bridge (the phone's own connection is at fault)."""
+
+
+class HealthChanged(Decision, frozen=True, kw_only=True):
+    """What the host was told about the user's audio on this server, and when."""
+
+    state: HealthState
+    reason: str | None = None
+    retry_at_ms: int | None = None
+    """When the runtime tries again by itself (`unavailable` only; `None`: at a reconnect)."""
+
+
 class BridgeKept(Decision, frozen=True, kw_only=True):
     generation: int
 
@@ -230,6 +286,9 @@ AnyEvent = (
     | BridgeDisconnected
     | FirstAudio
     | BridgeStatusObserved
+    | AudioStalled
+    | AudioResumed
+    | PhonePresenceObserved
     | IdentityHolderObserved
     | TimerFired
     | RunStarted
@@ -243,6 +302,9 @@ AnyEvent = (
     | IdentityHolderRequested
     | LookupRetryDecided
     | RetriesStopped
+    | PhoneAwaited
+    | PhoneAbsent
+    | HealthChanged
     | BridgeKept
     | RejoinDecided
     | RejoinDeclined

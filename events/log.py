@@ -17,6 +17,7 @@ from typing import NamedTuple, Protocol
 
 from events.catalog import SessionDisposed, SessionOpened
 from events.envelope import Envelope, Pending, stream_name
+from events.projection import SessionView, replay_stream
 
 
 class LogError(Exception):
@@ -107,6 +108,15 @@ def has_open_session(store: EventStore, server: str, user: str) -> bool:
     """Whether `user` has an open (active or grace) session on `server`, by the store's index."""
     latest = store.last_incarnation(server, user)
     return latest > 0 and stream_name(server, user, latest) in store.open_streams(server)
+
+
+def open_view(store: EventStore, server: str, user: str) -> SessionView | None:
+    """The view of `user`'s open session on `server`, from its stream; `None` if none is open."""
+    if not has_open_session(store, server, user):
+        return None
+    return replay_stream(
+        store.read_stream(stream_name(server, user, store.last_incarnation(server, user)))
+    )
 
 
 def check_batch(stream: str, events: Sequence[Pending]) -> None:

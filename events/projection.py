@@ -12,6 +12,9 @@ from typing import Literal
 import msgspec
 
 from events.catalog import (
+    OPERATOR_REASONS,
+    AudioResumed,
+    AudioStalled,
     BridgeDisconnected,
     BridgeJoined,
     BridgeJoinFailed,
@@ -22,9 +25,14 @@ from events.catalog import (
     DisconnectReason,
     FirstAudio,
     GraceStarted,
+    HealthChanged,
+    HealthState,
     IdentityHolderObserved,
     IdentityHolderRequested,
     LookupRetryDecided,
+    PhoneAbsent,
+    PhoneAwaited,
+    PhonePresenceObserved,
     ProcessRestarted,
     RejoinDecided,
     RestartBudgetExhausted,
@@ -41,6 +49,23 @@ RESTART_HISTORY = 16
 
 SessionState = Literal["ACTIVE", "GRACE", "DISPOSED"]
 BridgePhase = Literal["down", "joining", "up"]
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    """What the user is experiencing on a server while the glasses are connected to it.
+
+    - `connecting`: the bridge is joining, or waiting to, or the first audio is on its way;
+    - `ok`: the bridge is in the room and the phone's audio reaches it (or the phone is muted);
+    - `audio_stalled`: the bridge is in the room, the phone too, and no audio arrives;
+    - `phone_absent`: the phone has not been in the room for a while: its own connection is
+      at fault, and the runtime waits for it rather than restart the bridge;
+    - `unavailable`: the runtime stopped trying for now; `reason` says why, `retry_at_ms` when
+      it tries again by itself (`None`: at the glasses' next reconnect).
+    """
+
+    state: HealthState
+    reason: str | None = None
+    retry_at_ms: int | None = None
 
 
 class SessionView(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,6 +99,15 @@ class SessionView(msgspec.Struct, frozen=True, kw_only=True):
     """Room-service lookups in a row that could not say who holds the identity."""
     unavailable: str | None = None
     """Why retries stopped after a permanent error, until a join or a lookup succeeds."""
+    stalled_ms: int | None = None
+    """When the current bridge reported a stall that has not ended."""
+    phone_present: bool | None = None
+    phone_muted: bool = False
+    phone_due_ms: int | None = None
+    """When a phone missing from the room is reported absent."""
+    phone_absent: bool = False
+    health: Health | None = None
+    """What the host was last told; `None` while the glasses are away."""
 
 
 def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
@@ -101,11 +135,21 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
                 view, state="ACTIVE", epoch=epoch, grace_deadline_ms=None, audio_held=False
             )
         case GraceStarted(deadline_ms=deadline, audio_held=held):
-            return replace(view, state="GRACE", grace_deadline_ms=deadline, audio_held=held)
+            return replace(
+                view,
+                state="GRACE",
+                grace_deadline_ms=deadline,
+                audio_held=held,
+                phone_due_ms=None,
+                phone_absent=False,
+                health=None,
+            )
         case SessionDisposed():
             return replace(
                 view,
                 state="DISPOSED",
+                health=None,
+                phone_due_ms=None,
                 bridge="down",
                 grace_deadline_ms=None,
                 backoff_due_ms=None,
@@ -127,9 +171,14 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
                 audio_since_join=False,
                 join_deadline_ms=deadline,
                 lookup_retry_due_ms=None,
+                stalled_ms=None,
             )
-        case BridgeJoined() if current:
-            return replace(view, bridge="up", join_deadline_ms=None, unavailable=None)
+        case BridgeJoined(phone_present=phone) if current:
+            return _phone(
+                replace(view, bridge="up", join_deadline_ms=None, unavailable=None),
+                present=phone,
+                muted=view.phone_muted and phone,
+            )
         case BridgeJoinFailed() if current:
             return replace(
                 view,
@@ -137,6 +186,7 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
                 last_disconnect_reason="JOIN_FAILURE",
                 awaiting_status=False,
                 join_deadline_ms=None,
+                stalled_ms=None,
             )
         case BridgeDisconnected(reason=reason) if current:
             return replace(
@@ -145,13 +195,26 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
                 last_disconnect_reason=reason,
                 awaiting_status=False,
                 join_deadline_ms=None,
+                stalled_ms=None,
             )
+        case AudioStalled() if current:
+            return replace(view, stalled_ms=envelope.time_ms)
+        case AudioResumed() if current:
+            return replace(view, stalled_ms=None)
+        case PhonePresenceObserved(present=present, muted=muted) if current:
+            return _phone(view, present=present, muted=muted)
+        case PhoneAwaited(deadline_ms=deadline):
+            return replace(view, phone_due_ms=deadline)
+        case PhoneAbsent():
+            return replace(view, phone_absent=True)
+        case HealthChanged(state=state, reason=reason, retry_at_ms=retry_at):
+            return replace(view, health=Health(state=state, reason=reason, retry_at_ms=retry_at))
         case BridgeStatusRequested():
             return replace(view, awaiting_status=True)
         case BridgeStatusObserved() if current:
             return replace(view, awaiting_status=False)
         case BridgeStopped() if current:
-            return replace(view, bridge="down", join_deadline_ms=None)
+            return replace(view, bridge="down", join_deadline_ms=None, stalled_ms=None)
         case IdentityHolderRequested(deadline_ms=deadline):
             return replace(view, lookup_deadline_ms=deadline, lookup_retry_due_ms=None)
         case IdentityHolderObserved(error=None):
@@ -163,7 +226,7 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
         case RetriesStopped(retry_at_ms=retry_at, why=why):
             return replace(view, escalated_until_ms=retry_at, unavailable=why)
         case FirstAudio() if current:
-            return replace(view, audio_since_join=True, failure_streak=0)
+            return replace(view, audio_since_join=True, failure_streak=0, stalled_ms=None)
         case ProcessRestarted():
             # The process that armed these deadlines is gone, and the glasses connection with
             # it: the next connection decides afresh.
@@ -175,6 +238,8 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
                 lookup_deadline_ms=None,
                 lookup_retry_due_ms=None,
                 awaiting_status=False,
+                stalled_ms=None,
+                phone_due_ms=None,
             )
         case RejoinDecided(delay_ms=delay, failure=True):
             return replace(
@@ -199,10 +264,62 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
             return replace(view, lookup_deadline_ms=None, lookup_failures=view.lookup_failures + 1)
         case TimerFired(timer="lookup_retry", deadline_ms=due) if due == view.lookup_retry_due_ms:
             return replace(view, lookup_retry_due_ms=None)
+        case TimerFired(timer="phone", deadline_ms=due) if due == view.phone_due_ms:
+            return replace(view, phone_due_ms=None)
         case TimerFired(timer="cooldown"):
             # The cool-down gives the budget back even if a reconnect retried meanwhile.
             return replace(view, escalated_until_ms=None, failure_restarts_ms=(), failure_streak=0)
     return view
+
+
+def _phone(view: SessionView, *, present: bool, muted: bool) -> SessionView:
+    if present:
+        return msgspec.structs.replace(
+            view, phone_present=True, phone_muted=muted, phone_due_ms=None, phone_absent=False
+        )
+    return msgspec.structs.replace(view, phone_present=False, phone_muted=False)
+
+
+def health_of(view: SessionView) -> Health | None:
+    """The health the host should show for `view`; `None` while the glasses are away."""
+    if view.state != "ACTIVE":
+        return None
+    if view.unavailable is not None:
+        return Health(
+            state="unavailable", reason=view.unavailable, retry_at_ms=view.escalated_until_ms
+        )
+    if view.escalated_until_ms is not None:
+        return Health(
+            state="unavailable",
+            reason="the bridge failed too often: the restart budget is spent",
+            retry_at_ms=view.escalated_until_ms,
+        )
+    pending = (
+        view.backoff_due_ms is not None
+        or view.lookup_deadline_ms is not None
+        or view.lookup_retry_due_ms is not None
+        or view.awaiting_status
+    )
+    if view.bridge == "down" and not pending:
+        reason = view.last_disconnect_reason or "stopped"
+        who = "an operator removed it" if reason in OPERATOR_REASONS else reason
+        return Health(
+            state="unavailable",
+            reason=f"the bridge is not in the room ({who}); it returns when the glasses reconnect",
+        )
+    if view.phone_absent:
+        return Health(state="phone_absent", reason="the phone has left the room")
+    if view.stalled_ms is not None and view.bridge == "up":
+        return Health(state="audio_stalled", reason="no audio reaches the bridge from the phone")
+    if view.bridge == "up" and view.phone_muted:
+        return Health(state="ok", reason="the phone is muted")
+    if view.bridge == "up" and view.audio_since_join:
+        return Health(state="ok", reason="the phone's audio reaches the bridge")
+    if view.bridge == "up":
+        return Health(state="connecting", reason="the bridge is in the room; audio is on its way")
+    if view.bridge == "joining":
+        return Health(state="connecting", reason="the bridge is joining the room")
+    return Health(state="connecting", reason="the bridge is about to rejoin the room")
 
 
 def replay_stream(envelopes: Iterable[Envelope]) -> SessionView | None:

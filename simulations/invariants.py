@@ -5,10 +5,15 @@ Each check returns a list of violations, one readable line each; an empty list m
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections import defaultdict
+from collections.abc import Iterator
 
 import msgspec
 
+from actors.bridge import AudioWatch
+from actors.runtime import DEFAULT_AUDIO_WATCH
 from actors.supervisor import SESSION_RESTARTS
 from events.catalog import (
     BridgeDisconnected,
@@ -18,6 +23,7 @@ from events.catalog import (
     GlassesDisconnected,
     IdentityHolderObserved,
     ProcessRestarted,
+    RestartBudgetExhausted,
     SessionDisposed,
     SessionResumed,
 )
@@ -36,6 +42,8 @@ def fault_windows(world: World) -> list[tuple[int, int, str | None]]:
 
     The aftermath is what the policy allows itself after a fault: the longest backoff it may
     still be waiting out, plus a join. An operator's removal lasts until the user's next connect.
+    A phone away is a fault no policy can fix; a dead data path or a stuck SDK is not one (the
+    watchdog must see to them), so neither is here.
     """
     budget = world.policy.budget
     aftermath = int(budget.max_backoff_ms * (1 + budget.jitter)) + max(
@@ -59,6 +67,8 @@ def fault_windows(world: World) -> list[tuple[int, int, str | None]]:
         elif fault.kind == "log_fault":
             restart = int(SESSION_RESTARTS.max_backoff_ms * (1 + SESSION_RESTARTS.jitter))
             windows.append((fault.start_ms, fault.end_ms + restart + aftermath, None))
+        elif fault.kind == "phone_leave":
+            windows.append((fault.start_ms, fault.end_ms + aftermath, fault.user))
         elif fault.kind == "remove":
             later = [
                 p.time_ms
@@ -69,31 +79,94 @@ def fault_windows(world: World) -> list[tuple[int, int, str | None]]:
     return windows
 
 
-def liveness(world: World, window_ms: int = LIVENESS_WINDOW_MS) -> list[str]:
-    """Glasses connected to S for `window_ms` with no fault active means audio reached S."""
-    faults = fault_windows(world)
-    violations = []
+def connections(world: World) -> Iterator[tuple[str, str, int, int]]:
+    """Each time glasses stayed connected to one server: `(user, server, start, end)`, the
+    last one ending now."""
     by_user = defaultdict(list)
     for presence in world.presence:
         by_user[presence.user].append(presence)
     for user, moves in by_user.items():
         for index, move in enumerate(moves):
-            if move.server is None:
-                continue
-            start = move.time_ms
-            end = moves[index + 1].time_ms if index + 1 < len(moves) else world.now_ms
-            due = start + window_ms
-            if end < due or any(
-                f_start <= due and start <= f_end and f_user in (None, user)
-                for f_start, f_end, f_user in faults
+            if move.server is not None:
+                end = moves[index + 1].time_ms if index + 1 < len(moves) else world.now_ms
+                yield user, move.server, move.time_ms, end
+
+
+def _excused(windows: list[tuple[int, int, str | None]], user: str, start: int, end: int) -> bool:
+    return any(
+        f_start <= end and start <= f_end and f_user in (None, user)
+        for f_start, f_end, f_user in windows
+    )
+
+
+def liveness(world: World, window_ms: int = LIVENESS_WINDOW_MS) -> list[str]:
+    """Glasses connected to S for `window_ms` with no fault active means audio reached S."""
+    faults = fault_windows(world)
+    violations = []
+    for user, server, start, end in connections(world):
+        due = start + window_ms
+        if end < due or _excused(faults, user, start, due):
+            continue
+        if not world.deliveries.heard(user, server, after_ms=start, until_ms=due):
+            violations.append(
+                f"liveness: {user} connected to {server} at {start} ms, no audio there by {due} ms"
+            )
+    return violations
+
+
+def restart_allowance_ms(world: World, watch: AudioWatch = DEFAULT_AUDIO_WATCH) -> int:
+    """The longest silence `supervised` allows itself before audio is back: the watchdog's
+    threshold (noticed at the next chunk period), a room-service answer, the first backoff, a
+    join, and the first chunk after it."""
+    config, budget = world.sfu.config, world.policy.budget
+    return (
+        watch.stall_after_ms
+        + config.audio_chunk_ms
+        + max(config.lookup_latency_ms)
+        + int(min(budget.max_backoff_ms, budget.min_backoff_ms) * (1 + budget.jitter))
+        + max(config.join_latency_ms)
+        + config.audio_chunk_ms
+    )
+
+
+def audio_gaps(world: World, watch: AudioWatch = DEFAULT_AUDIO_WATCH) -> list[str]:
+    """While glasses stay connected to S and audio has reached S, it never stops for longer
+    than the watchdog's threshold plus one restart, outside the faults no policy can fix
+    (outages, a phone away, a log or room service that fails, an operator's removal) and a
+    restart budget that ran out. A data path that dies, or an SDK stuck reconnecting, is no
+    excuse: that is what the watchdog is for."""
+    allowed = restart_allowance_ms(world, watch)
+    faults = fault_windows(world)
+    gave_up = _budget_exhaustions(world)
+    violations = []
+    for user, server, start, end in connections(world):
+        times = world.deliveries.times(user, server)
+        heard = times[bisect.bisect_left(times, start) : bisect.bisect_right(times, end)]
+        edges = list(itertools.pairwise(heard))
+        if heard:
+            edges.append((heard[-1], end))
+        for before, after in edges:
+            if (
+                after - before <= allowed
+                or _excused(faults, user, before, after)
+                or any(before <= t <= after for t in gave_up.get((server, user), ()))
             ):
                 continue
-            if not world.deliveries.heard(user, move.server, after_ms=start, until_ms=due):
-                violations.append(
-                    f"liveness: {user} connected to {move.server} at {start} ms, "
-                    f"no audio there by {due} ms"
-                )
+            violations.append(
+                f"audio gap: {user} connected to {server} heard nothing from {before} ms "
+                f"to {after} ms ({after - before} ms; allowed {allowed} ms)"
+            )
     return violations
+
+
+def _budget_exhaustions(world: World) -> dict[tuple[str, str], list[int]]:
+    """When each server gave up on each user's bridge for a while, in world time."""
+    offset = world.wall_ms - world.now_ms
+    found: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for envelope in server_events(world.stores.values()):
+        if isinstance(envelope.event, RestartBudgetExhausted):
+            found[(envelope.server, envelope.user)].append(envelope.time_ms - offset)
+    return found
 
 
 def kick_war(world: World) -> list[str]:
@@ -116,9 +189,9 @@ def zombies(world: World) -> list[str]:
         open_users = {v.user for v in views.values() if v.state != "DISPOSED"}
         held += len(runtime.actors())
         for user in {v.user for v in views.values()}:
-            status = runtime.status(user)
-            if status is not None and status.state == "DISPOSED":
-                violations.append(f"zombie: the session actor of disposed {status.stream}")
+            view = runtime.session(user)
+            if view is not None and view.state == "DISPOSED":
+                violations.append(f"zombie: the session actor of disposed {view.stream}")
         for view in views.values():
             if view.state != "DISPOSED":
                 continue
@@ -225,6 +298,7 @@ def all_violations(world: World) -> list[str]:
     `log_bytes` of twin worlds."""
     return [
         *liveness(world),
+        *audio_gaps(world),
         *kick_war(world),
         *zombies(world),
         *grace_preserved(world),

@@ -8,6 +8,7 @@ test controls, or refused before anything starts.
 
 from __future__ import annotations
 
+import threading
 import time
 
 from livekit import api
@@ -17,14 +18,14 @@ from actors.livekit_connector import EventLoopThread, LiveKitConnector, LiveKitS
 from actors.policy import Policy
 from actors.runtime import Runtime
 from actors.threading_executor import ThreadingExecutor
-from events.log import EventStore, has_open_session
+from events.log import EventStore, has_open_session, open_view
 from events.memory_store import MemoryStore
 from events.projection import replay
 from simulations.faulty_store import FaultyStore
 from simulations.loopback_server import LoopbackThread
 from simulations.metrics import RUN_STREAM, compute, server_events
 from simulations.phone import Phone
-from simulations.scenario import Scenario, ScenarioError
+from simulations.scenario import USER_ACTIONS, Scenario, ScenarioError
 from simulations.scenario_runner import (
     ExpectationResult,
     RunResult,
@@ -42,9 +43,10 @@ def refuse_unsupported(scenario: Scenario, loopback: bool) -> None:
     """Fail before starting when a step needs a fault this server cannot inject."""
     for index, step in enumerate(scenario.step):
         action = step.action
-        loopback_only = ("sfu_outage_s", "signal_loss", "room_service_fault")
-        if action == "crash" or (not loopback and action in loopback_only):
-            where = "the simulated LiveKit" if action == "crash" else "--sfu sim or loopback"
+        loopback_only = ("sfu_outage_s", "signal_loss", "room_service_fault", "audio_stall")
+        sim_only = ("crash", "sdk_reconnecting")
+        if action in sim_only or (not loopback and action in loopback_only):
+            where = "the simulated LiveKit" if action in sim_only else "--sfu sim or loopback"
             msg = f"{scenario.name}: step {index + 1} ({action}) needs {where}"
             raise ScenarioError(msg)
 
@@ -88,7 +90,9 @@ class LiveRun:
         users = {step.user for step in scenario.step if step.user} | {
             e.user for e in scenario.expect
         }
+        users |= {getattr(s, s.action) for s in scenario.step if s.action in USER_ACTIONS}
         self.phones = {user: Phone(self.loop, settings, user) for user in sorted(users)}
+        self._returns: list[threading.Timer] = []
 
     def _sink(self, chunk: AudioChunk) -> None:
         self.deliveries.record(self._now_ms(), chunk.server, chunk.user)
@@ -96,9 +100,13 @@ class LiveRun:
     def _now_ms(self) -> int:
         return int((time.monotonic() - self.origin) * 1000)
 
+    @property
+    def _phone_deadline_s(self) -> float:
+        return self.origin + self.scenario.end_s + 1
+
     def play(self) -> list[ExpectationResult]:
         for phone in self.phones.values():
-            phone.join(deadline_s=self.origin + self.scenario.end_s + 1)
+            phone.join(deadline_s=self._phone_deadline_s)
         return schedule(self.scenario, self, self._sleep_until)
 
     def _sleep_until(self, at_ms: int) -> None:
@@ -123,6 +131,29 @@ class LiveRun:
 
     def session_open(self, server: str, user: str) -> bool:
         return has_open_session(self.stores[server], server, user)
+
+    def health(self, server: str, user: str) -> str | None:
+        view = open_view(self.stores[server], server, user)
+        return view.health.state if view is not None and view.health is not None else None
+
+    def audio_stall(self, user: str, duration_ms: int) -> None:
+        for server in self.scenario.servers:
+            identity = self.policy.identity(user, server)
+            self._loopback().stall_data_to(user, identity, duration_ms / 1000)
+
+    def phone_leave(self, user: str, duration_ms: int) -> None:
+        phone = self.phones[user]
+        phone.leave()
+        back = threading.Timer(
+            duration_ms / 1000, lambda: phone.join(deadline_s=self._phone_deadline_s)
+        )
+        back.daemon = True
+        self._returns.append(back)
+        back.start()
+
+    def sdk_reconnecting(self, server: str, duration_ms: int) -> None:
+        msg = f"a stuck SDK on {server} needs the simulated LiveKit"
+        raise ScenarioError(msg)
 
     def log_fault(self, server: str, duration_ms: int) -> None:
         self.logs[server].fail_for(duration_ms)
@@ -187,6 +218,9 @@ class LiveRun:
 
     def stop(self) -> list[str]:
         """Stop everything; return what was left behind (handles, participants)."""
+        for back in self._returns:
+            back.cancel()
+            back.join(timeout=20)
         for runtime in self.runtimes.values():
             runtime.stop()
         for phone in self.phones.values():

@@ -180,6 +180,8 @@ class _Participant:
     answered: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     closed: bool = False
+    deaf_until: float = 0.0
+    """Until when (monotonic) no data packet is forwarded to this participant."""
 
     @property
     def identity(self) -> str:
@@ -260,6 +262,17 @@ class LoopbackServer:
     def fail_room_service_for(self, seconds: float) -> None:
         """Answer every RoomService call with 503 `unavailable` for `seconds`."""
         self._room_service_down_until = time.monotonic() + seconds
+
+    def stall_data_to(self, room_name: str, identity: str, seconds: float) -> bool:
+        """Forward no data packets to this participant for `seconds`, keeping it connected: a
+        data path that died. A later join of the same identity gets data again. Returns False
+        if no such participant is in the room."""
+        lk_room = self._rooms.get(room_name)
+        participant = lk_room.participants.get(identity) if lk_room else None
+        if participant is None:
+            return False
+        participant.deaf_until = time.monotonic() + seconds
+        return True
 
     async def drop_signal(self, room_name: str, identity: str) -> bool:
         """Close a participant's signal WebSocket without a Leave, like a network drop.
@@ -578,8 +591,11 @@ class LoopbackServer:
         lk_room = self._rooms.get(sender.room)
         if lk_room is None:
             return
+        now = time.monotonic()
         for other in lk_room.participants.values():
             if other is sender or (wanted and other.identity not in wanted):
+                continue
+            if now < other.deaf_until:
                 continue
             channel = other.channels.get(label)
             if channel is not None and channel.readyState == "open":
@@ -821,6 +837,15 @@ class LoopbackThread:
     def fail_room_service_for(self, seconds: float, timeout: float = 10.0) -> None:
         """See LoopbackServer.fail_room_service_for."""
         self._call(_later(self.server.fail_room_service_for, seconds), timeout)
+
+    def stall_data_to(
+        self, room_name: str, identity: str, seconds: float, timeout: float = 10.0
+    ) -> bool:
+        """See LoopbackServer.stall_data_to."""
+        return self._call(
+            _later(lambda args: self.server.stall_data_to(*args), (room_name, identity, seconds)),
+            timeout,
+        )
 
     def drop_signal(self, room_name: str, identity: str, timeout: float = 10.0) -> bool:
         """See LoopbackServer.drop_signal."""

@@ -4,6 +4,10 @@ A live run and a replay of its log call the same function on the same events, so
 same numbers. Where the glasses were comes from the `GlassesConnected` and `GlassesDisconnected`
 inputs of every server; audio comes from `FirstAudio`, which a bridge reports for the first chunk
 it hands to its server after a join or a reconnect.
+
+Stalls come from the bridges' watchdogs: `AudioStalled` says when the silence began and when it
+was noticed; the stall ends at the next `AudioResumed` or `FirstAudio` of the session (after a
+restart, the new bridge's first audio), or when the glasses leave that server.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from collections.abc import Iterable
 import msgspec
 
 from events.catalog import (
+    AudioResumed,
+    AudioStalled,
     BridgeDisconnected,
     BridgeJoined,
     BridgeStarted,
@@ -49,6 +55,15 @@ class Metrics(msgspec.Struct, frozen=True, kw_only=True):
     kicks: int
     bridge_joins: int
     rejoins: int
+    stalls: int
+    """Silences a bridge's watchdog reported while the glasses were connected."""
+    stall_detection_ms: Distribution
+    """From the last chunk (or the start of the watch) to the stall's report."""
+    stall_recovery_ms: Distribution
+    """From the stall's report to audio again, for the stalls that ended while connected."""
+    audio_gap_ms: int
+    """Time without audio while connected, over every stall: from its silence's start to audio
+    again, the glasses leaving, or the end of the run."""
 
 
 class _Counts(msgspec.Struct, kw_only=True):
@@ -56,6 +71,14 @@ class _Counts(msgspec.Struct, kw_only=True):
     joins: int = 0
     rejoins: int = 0
     misrouted_ms: int = 0
+    detections: list[int] = msgspec.field(default_factory=list)
+    recoveries: list[int] = msgspec.field(default_factory=list)
+    gap_ms: int = 0
+
+
+class _Stall(msgspec.Struct, kw_only=True):
+    silent_since_ms: int
+    noticed_ms: int
 
 
 class _Connection(msgspec.Struct, kw_only=True):
@@ -107,6 +130,7 @@ def compute(envelopes: Iterable[Envelope], *, end_ms: int | None = None) -> Metr
     current: dict[str, _Connection] = {}
     last_server: dict[str, str] = {}
     held_since: dict[str, int] = {}
+    stalls: dict[str, _Stall] = {}
     counts = _Counts()
     for envelope in ordered:
         event = envelope.event
@@ -132,7 +156,14 @@ def compute(envelopes: Iterable[Envelope], *, end_ms: int | None = None) -> Metr
                 if connection_now is not None and connection_now.server == server:
                     connection_now.end_ms = now
                     del current[user]
+                _end_stall(stalls, envelope.stream, now, counts, recovered=False)
+            case AudioStalled(silent_ms=silent) if _connected_here(current, user, server):
+                stalls[envelope.stream] = _Stall(silent_since_ms=now - silent, noticed_ms=now)
+                counts.detections.append(silent)
+            case AudioResumed() if before is not None and event.generation == before.generation:
+                _end_stall(stalls, envelope.stream, now, counts, recovered=True)
             case FirstAudio() if before is not None and event.generation == before.generation:
+                _end_stall(stalls, envelope.stream, now, counts, recovered=True)
                 connection_now = current.get(user)
                 if (
                     connection_now is not None
@@ -149,7 +180,25 @@ def compute(envelopes: Iterable[Envelope], *, end_ms: int | None = None) -> Metr
         counts.misrouted_ms += _misrouted_until(now, views, current, held_since)
     if end_ms is not None:
         counts.misrouted_ms += _misrouted_until(end_ms, views, current, held_since)
+        for stream in list(stalls):
+            _end_stall(stalls, stream, end_ms, counts, recovered=False)
     return _summarise(connections, views, counts, end_ms)
+
+
+def _connected_here(current: dict[str, _Connection], user: str, server: str) -> bool:
+    connection = current.get(user)
+    return connection is not None and connection.server == server
+
+
+def _end_stall(
+    stalls: dict[str, _Stall], stream: str, now: int, counts: _Counts, *, recovered: bool
+) -> None:
+    stall = stalls.pop(stream, None)
+    if stall is None:
+        return
+    counts.gap_ms += now - stall.silent_since_ms
+    if recovered:
+        counts.recoveries.append(now - stall.noticed_ms)
 
 
 def _misrouted_until(
@@ -201,24 +250,31 @@ def _summarise(
             return None
         return sum(heard_in_time(c) for c in selected) / len(selected)
 
-    delays = sorted(
-        c.first_audio_ms - c.start_ms for c in connections if c.first_audio_ms is not None
-    )
+    delays = [c.first_audio_ms - c.start_ms for c in connections if c.first_audio_ms is not None]
     zombies = sum(
         1 for view in views.values() if view.state == "DISPOSED" and view.bridge != "down"
     )
     return Metrics(
         reconnect_in_grace_audio_ratio=ratio([c for c in connections if c.in_grace]),
         switch_success_ratio=ratio([c for c in connections if c.switch]),
-        time_to_audio_ms=Distribution(
-            count=len(delays),
-            p50=_percentile(delays, 0.5) if delays else None,
-            p99=_percentile(delays, 0.99) if delays else None,
-            max=float(delays[-1]) if delays else None,
-        ),
+        time_to_audio_ms=_distribution(delays),
         zombie_bridges=zombies,
         misrouted_audio_ms=counts.misrouted_ms,
         kicks=counts.kicks,
         bridge_joins=counts.joins,
         rejoins=counts.rejoins,
+        stalls=len(counts.detections),
+        stall_detection_ms=_distribution(counts.detections),
+        stall_recovery_ms=_distribution(counts.recoveries),
+        audio_gap_ms=counts.gap_ms,
+    )
+
+
+def _distribution(values: list[int]) -> Distribution:
+    ordered = sorted(values)
+    return Distribution(
+        count=len(ordered),
+        p50=_percentile(ordered, 0.5) if ordered else None,
+        p99=_percentile(ordered, 0.99) if ordered else None,
+        max=float(ordered[-1]) if ordered else None,
     )

@@ -55,6 +55,7 @@ def comparison_table(
                 _worst_ratio(mine, "switch"),
                 str(sum(r.metrics.zombie_bridges for r in mine)),
                 _ms(sum(r.metrics.misrouted_audio_ms for r in mine)),
+                _ms(sum(r.metrics.audio_gap_ms for r in mine)),
                 str(sum(r.metrics.kicks for r in mine)),
                 f"{sum(r.passed for r in mine)}/{len(mine)}",
             ]
@@ -63,7 +64,7 @@ def comparison_table(
     lines = [
         f"The seed's success metrics, worst case over {len(scenarios)} scenarios ({names}).",
         "Targets: audio after every reconnect within grace, time to audio under 2 s,",
-        "every server switch with audio, no zombie bridges.",
+        "every server switch with audio, no zombie bridges, audio back soon after a stall.",
         "",
         *_table(
             [
@@ -73,6 +74,7 @@ def comparison_table(
                 "switch success",
                 "zombies",
                 "misrouted audio",
+                "audio gaps",
                 "kicks",
                 "passed",
             ],
@@ -124,12 +126,14 @@ _MISSED = {
     "no_audio_on": "audio on {server} at {at:g} s, where none was expected",
     "session_on": "no session on {server} at {at:g} s",
     "no_session_on": "a session on {server} at {at:g} s, where none was expected",
+    "health_on": "health on {server} at {at:g} s was {found}, not {health}",
 }
 _EXPECTED = {
     "audio_on": "hears audio on {server}",
     "no_audio_on": "no audio on {server}",
     "session_on": "has a session on {server}",
     "no_session_on": "has no session on {server}",
+    "health_on": "is told {health} on {server}",
 }
 
 
@@ -147,7 +151,9 @@ def _first_reason(result: RunResult) -> str:
     for expect in result.expectations:
         if not expect.passed:
             kind, server = _expectation(expect)
-            return _MISSED[kind].format(server=server, at=expect.at)
+            return _MISSED[kind].format(
+                server=server, at=expect.at, found=expect.found, health=expect.health
+            )
     return result.invariant_violations[0]
 
 
@@ -158,7 +164,8 @@ def result_lines(result: RunResult) -> list[str]:
         f"{result.scenario} under {result.policy}, seed {result.seed}: {verdict}",
         *(
             f"  {'ok  ' if e.passed else 'FAIL'} at {e.at:g} s: {e.user} "
-            + _EXPECTED[kind].format(server=server)
+            + _EXPECTED[kind].format(server=server, health=e.health)
+            + ("" if e.passed or e.found is None else f" (told {e.found})")
             for e in result.expectations
             for kind, server in [_expectation(e)]
         ),
@@ -175,6 +182,10 @@ def _metric_lines(m: Metrics) -> list[str]:
         f"time to audio p50 {_ms(tta.p50)} p99 {_ms(tta.p99)} over {tta.count} connections",
         f"  zombie bridges {m.zombie_bridges}, misrouted audio {_ms(m.misrouted_audio_ms)}, "
         f"kicks {m.kicks}, bridge joins {m.bridge_joins}, rejoins {m.rejoins}",
+        f"  audio stalls {m.stalls}: noticed p99 {_ms(m.stall_detection_ms.p99)}, "
+        f"audio back p99 {_ms(m.stall_recovery_ms.p99)} "
+        f"({m.stall_recovery_ms.count} of {m.stalls}), "
+        f"time without audio while connected {_ms(m.audio_gap_ms)}",
     ]
 
 

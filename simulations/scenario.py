@@ -20,8 +20,10 @@ import msgspec
 
 from simulations.toml_lines import line_of
 
-BUILT_IN = ("rapid-switch", "grace-boundary", "post-grace", "multiple-switches", "network-blip")
+SEED_PLAN = ("rapid-switch", "grace-boundary", "post-grace", "multiple-switches", "network-blip")
 """The seed's testing plan, in its order."""
+BUILT_IN = (*SEED_PLAN, "audio-stall", "phone-leave")
+"""The seed's plan, then the audio faults its first goal is about: audio, not connectivity."""
 
 
 class Limit(NamedTuple):
@@ -79,6 +81,9 @@ class Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     signal_loss: str | None = None
     log_fault: str | None = None
     room_service_fault: str | None = None
+    audio_stall: str | None = None
+    phone_leave: str | None = None
+    sdk_reconnecting: str | None = None
     for_s: float | None = None
     """How long a fault with a duration lasts (default `DEFAULT_FOR_S`)."""
 
@@ -96,6 +101,9 @@ ACTIONS = (
     "signal_loss",
     "log_fault",
     "room_service_fault",
+    "audio_stall",
+    "phone_leave",
+    "sdk_reconnecting",
 )
 SERVER_ACTIONS = (
     "connect",
@@ -104,9 +112,19 @@ SERVER_ACTIONS = (
     "signal_loss",
     "log_fault",
     "room_service_fault",
+    "sdk_reconnecting",
 )
-USERLESS_ACTIONS = ("sfu_outage_s", "crash", "log_fault", "room_service_fault")
-TIMED_ACTIONS = ("log_fault", "room_service_fault")
+USER_ACTIONS = ("audio_stall", "phone_leave")
+"""Steps whose value is the user they happen to."""
+USERLESS_ACTIONS = (
+    "sfu_outage_s",
+    "crash",
+    "log_fault",
+    "room_service_fault",
+    "sdk_reconnecting",
+    *USER_ACTIONS,
+)
+TIMED_ACTIONS = ("log_fault", "room_service_fault", "sdk_reconnecting", *USER_ACTIONS)
 """Faults that last `for_s`."""
 DEFAULT_FOR_S = 5.0
 
@@ -118,6 +136,9 @@ class Expect(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     no_audio_on: str | None = None
     session_on: str | None = None
     no_session_on: str | None = None
+    health_on: str | None = None
+    health: str | None = None
+    """With `health_on`: the state the host was last told there (see `HEALTH_STATES`)."""
 
     @property
     def kind(self) -> str:
@@ -130,7 +151,8 @@ class Expect(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         return server
 
 
-EXPECTATIONS = ("audio_on", "no_audio_on", "session_on", "no_session_on")
+EXPECTATIONS = ("audio_on", "no_audio_on", "session_on", "no_session_on", "health_on")
+HEALTH_STATES = ("connecting", "ok", "audio_stalled", "phone_absent", "unavailable")
 
 
 class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -315,6 +337,12 @@ def _validate_steps(scenario: Scenario, report: _Reporter) -> None:
         action = actions[0]
         if step.user is not None:
             report.name(f"{where}.user", step.user)
+        if action in USER_ACTIONS:
+            report.name(f"{where}.{action}", getattr(step, action))
+            if step.user is not None:
+                fail(
+                    f"{where}.user", f"{action} names its user as its value, and takes no user key"
+                )
         if action in SERVER_ACTIONS and getattr(step, action) not in scenario.servers:
             fail(f"{where}.{action}", f"unknown server {getattr(step, action)!r}")
         if action not in USERLESS_ACTIONS and step.user is None:
@@ -350,10 +378,16 @@ def _validate_expectations(scenario: Scenario, report: _Reporter) -> None:
             fail(where, f"an expectation takes exactly one of {', '.join(EXPECTATIONS)}")
         if targets[0] not in scenario.servers:
             fail(where, f"unknown server {targets[0]!r}")
+        if (expect.health is None) != (expect.health_on is None):
+            fail(where, "health_on and health go together")
+        if expect.health is not None and expect.health not in HEALTH_STATES:
+            states = ", ".join(HEALTH_STATES)
+            fail(f"{where}.health", f"health is one of {states}; found {expect.health!r}")
 
 
 def _validate_size(scenario: Scenario, report: _Reporter) -> None:
     users = {step.user for step in scenario.step if step.user is not None}
+    users |= {getattr(step, step.action) for step in scenario.step if step.action in USER_ACTIONS}
     users |= {expect.user for expect in scenario.expect}
     if len(users) > MAX_USERS:
         report.fail("$", f"a scenario has at most {MAX_USERS:,} users; this one has {len(users):,}")

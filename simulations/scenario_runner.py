@@ -36,6 +36,10 @@ class ExpectationResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults
     no_audio_on: str | None = None
     session_on: str | None = None
     no_session_on: str | None = None
+    health_on: str | None = None
+    health: str | None = None
+    found: str | None = None
+    """For `health_on`: the state the host was last told (`none` while no session is open)."""
 
 
 class RunResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -158,6 +162,17 @@ class Stage(Protocol):
 
     def room_service_fault(self, server: str, duration_ms: int) -> None: ...
 
+    def audio_stall(self, user: str, duration_ms: int) -> None: ...
+
+    def phone_leave(self, user: str, duration_ms: int) -> None: ...
+
+    def sdk_reconnecting(self, server: str, duration_ms: int) -> None: ...
+
+    def health(self, server: str, user: str) -> str | None:
+        """The health `server` last told of `user`, as its log says now (`None`: no open
+        session, or the glasses are away)."""
+        ...
+
 
 def schedule(
     scenario: Scenario, stage: Stage, wait_until: Callable[[int], object]
@@ -204,13 +219,30 @@ def _action(stage: Stage, step: Step) -> Callable[[], Any]:
         return lambda: stage.log_fault(step.log_fault or "", lasts)
     if step.room_service_fault is not None:
         return lambda: stage.room_service_fault(step.room_service_fault or "", lasts)
+    if step.audio_stall is not None:
+        return lambda: stage.audio_stall(step.audio_stall or "", lasts)
+    if step.phone_leave is not None:
+        return lambda: stage.phone_leave(step.phone_leave or "", lasts)
+    if step.sdk_reconnecting is not None:
+        return lambda: stage.sdk_reconnecting(step.sdk_reconnecting or "", lasts)
     return lambda: stage.signal_loss(step.signal_loss or "", user)
 
 
 def judge(stage: Stage, expect: Expect) -> ExpectationResult:
     """`audio_on` holds when a chunk reached the server in the window before `at`;
-    `session_on` when the server's log has an open session of the user's at `at`."""
+    `session_on` when the server's log has an open session of the user's at `at`;
+    `health_on` when the health the server last told of the user is `health`."""
     at_ms, server, kind = _ms(expect.at), expect.server, expect.kind
+    if kind == "health_on":
+        found = stage.health(server, expect.user)
+        return ExpectationResult(
+            at=expect.at,
+            user=expect.user,
+            health_on=server,
+            health=expect.health,
+            found=found or "none",
+            passed=found == expect.health,
+        )
     if kind in ("audio_on", "no_audio_on"):
         seen = stage.deliveries.heard(
             expect.user, server, after_ms=at_ms - AUDIO_WINDOW_MS, until_ms=at_ms

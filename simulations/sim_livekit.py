@@ -11,7 +11,11 @@ It follows what the real server and SDK do (research/livekit-wire-protocol.md):
 - the room service can fail for one server's lookups, each failing at once or hanging unanswered;
 - a server's credentials can be refused (every join and lookup fails for good: HTTP 401), and
   a server's joins can hang, never completing;
-- data packets reach every other participant whose signal is up.
+- the room service is as unreachable as the rest of the server during an outage;
+- data packets reach every other participant whose signal is up, except a participant whose
+  data path died (`audio_stall`: the SDK's data callback stops while it stays connected) or
+  whose SDK is stuck reconnecting (`sdk_reconnecting`); a fresh join gets data again;
+- the phone can leave the room and come back, and can say that its microphone is muted.
 
 All timing runs on the executor's clock, so the same seed gives the same room history.
 """
@@ -31,12 +35,14 @@ from actors.connector import (
     LookupAnswer,
     LookupFailed,
     Nobody,
+    PhoneMuted,
     PhonePresence,
     RoomData,
     RoomDisconnected,
     RoomEvent,
     RoomJoined,
     RoomJoinFailed,
+    RoomReconnecting,
 )
 from actors.executor import Executor
 from events.catalog import DisconnectReason
@@ -45,10 +51,10 @@ RESUME_GIVE_UP_MS = 16_800
 """How long the SDK keeps trying to resume a dropped signal before it gives up."""
 
 DEPARTURE_DETECTION_MS = 15_000
+"""How long LiveKit takes to notice a participant whose process died (livekit/livekit#3292)."""
 
 REFUSED = "401 Unauthorized: invalid API key"
 """What the server says to a server whose credentials it refuses."""
-"""How long LiveKit takes to notice a participant whose process died (livekit/livekit#3292)."""
 
 
 class SfuConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -63,6 +69,7 @@ class _Connection:
     """One join of one participant: pending, up, reconnecting, or gone."""
 
     __slots__ = (
+        "deaf_until_ms",
         "identity",
         "on_event",
         "pending_reason",
@@ -86,6 +93,8 @@ class _Connection:
         self.token_expires_ms = token_expires_ms
         self.state = "pending"
         self.pending_reason: DisconnectReason | None = None
+        self.deaf_until_ms = -1
+        """Until when no data reaches this participant although it is in the room."""
 
 
 class Participant(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,6 +118,7 @@ class SimLiveKit:
         self._lock = threading.RLock()
         self._rooms: dict[str, dict[str, _Connection]] = {}
         self._phones: set[str] = set()
+        self._muted: set[str] = set()
         self._sids = itertools.count(1)
         self._outage_until_ms = -1
         self._room_service_down_until_ms: dict[str, int] = {}
@@ -167,6 +177,7 @@ class SimLiveKit:
                     participant_sid=connection.sid,
                     participant_count=len(room) + (connection.request.room in self._phones),
                     phone_present=connection.request.room in self._phones,
+                    phone_muted=connection.request.room in self._muted,
                 )
             )
 
@@ -192,6 +203,8 @@ class SimLiveKit:
                 holder = self._rooms.get(room, {}).get(identity)
                 if asker in self._refused:
                     found = LookupFailed(error=REFUSED, permanent=True)
+                elif self._in_outage():
+                    found = LookupFailed(error="could not reach the LiveKit server")
                 elif down:
                     found = LookupFailed(error="room service unavailable (503)")
                 elif holder is None:
@@ -241,21 +254,44 @@ class SimLiveKit:
             if room in self._phones:
                 return
             self._phones.add(room)
-            for connection in self._rooms.get(room, {}).values():
-                if connection.state == "up":
-                    connection.on_event(PhonePresence(present=True))
+            self._tell_room(room, PhonePresence(present=True))
+
+    def phone_left(self, room: str) -> None:
+        with self._lock:
+            if room not in self._phones:
+                return
+            self._phones.discard(room)
+            self._muted.discard(room)
+            self._tell_room(room, PhonePresence(present=False))
+
+    def phone_muted(self, room: str, *, muted: bool) -> None:
+        """The phone sets its `rejoin.muted` attribute."""
+        with self._lock:
+            if room not in self._phones or (room in self._muted) == muted:
+                return
+            if muted:
+                self._muted.add(room)
+            else:
+                self._muted.discard(room)
+            self._tell_room(room, PhoneMuted(muted=muted))
 
     def publish(self, room: str, payload: bytes) -> int:
         """Deliver a data packet from the phone; returns how many participants got it."""
         with self._lock:
             if self._in_outage() or room not in self._phones:
                 return 0
+            now = self._executor.now_ms()
             delivered = 0
             for connection in self._rooms.get(room, {}).values():
-                if connection.state == "up":
+                if connection.state == "up" and now >= connection.deaf_until_ms:
                     connection.on_event(RoomData(payload=payload))
                     delivered += 1
             return delivered
+
+    def _tell_room(self, room: str, event: RoomEvent) -> None:
+        for connection in self._rooms.get(room, {}).values():
+            if connection.state == "up":
+                connection.on_event(event)
 
     # Faults and operator actions
 
@@ -281,6 +317,37 @@ class SimLiveKit:
             connections = [c for room in self._rooms.values() for c in room.values()]
             for connection in connections:
                 self._drop_signal(connection)
+
+    def audio_stall(self, room: str, duration_ms: int) -> int:
+        """For `duration_ms`, no data reaches the participants now in `room`, which stay
+        connected; returns how many it hit."""
+        with self._lock:
+            until = self._executor.now_ms() + duration_ms
+            hit = [c for c in self._rooms.get(room, {}).values() if c.state == "up"]
+            for connection in hit:
+                connection.deaf_until_ms = max(connection.deaf_until_ms, until)
+            return len(hit)
+
+    def sdk_reconnecting(self, server: str, duration_ms: int) -> None:
+        """`server`'s participants report reconnecting for `duration_ms`, and get no data."""
+        with self._lock:
+            until = self._executor.now_ms() + duration_ms
+            stuck = [
+                c
+                for room in self._rooms.values()
+                for c in room.values()
+                if c.request.server == server and c.state == "up"
+            ]
+            for connection in stuck:
+                connection.deaf_until_ms = max(connection.deaf_until_ms, until)
+                connection.on_event(RoomReconnecting(reconnecting=True))
+        for connection in stuck:
+            self._executor.call_at(until, lambda c=connection: self._reconnected(c))  # type: ignore[misc]
+
+    def _reconnected(self, connection: _Connection) -> None:
+        with self._lock:
+            if connection.state == "up":
+                connection.on_event(RoomReconnecting(reconnecting=False))
 
     def drop_signal(self, room: str, server: str) -> bool:
         """The signal of `server`'s participant in `room` drops without a leave."""
@@ -356,6 +423,7 @@ class SimLiveKit:
         if connection.state != "up":
             return
         connection.state = "reconnecting"
+        connection.on_event(RoomReconnecting(reconnecting=True))
         self._schedule_resume(connection, self._executor.now_ms() + RESUME_GIVE_UP_MS)
 
     def _schedule_resume(self, connection: _Connection, give_up_ms: int) -> None:
@@ -376,6 +444,7 @@ class SimLiveKit:
                 self._disconnect_now(connection, "JOIN_FAILURE")
             elif not self._in_outage():
                 connection.state = "up"
+                connection.on_event(RoomReconnecting(reconnecting=False))
             elif now >= give_up_ms:
                 self._disconnect_now(connection, "UNKNOWN_REASON")
             else:

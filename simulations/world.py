@@ -20,7 +20,7 @@ from actors.bridge import AudioChunk
 from actors.deterministic_executor import DeterministicExecutor
 from actors.policy import SUPERVISED, Policy
 from actors.runtime import DEFAULT_GRACE_MS, Runtime
-from events.log import EventStore, has_open_session
+from events.log import EventStore, has_open_session, open_view
 from events.memory_store import MemoryStore
 from simulations.faulty_store import FaultyStore
 from simulations.sim_livekit import SfuConfig, SimLiveKit
@@ -92,6 +92,7 @@ class World:
         grace_ms: int = DEFAULT_GRACE_MS,
         sfu: SfuConfig | None = None,
         store_for: Callable[[str], EventStore] | None = None,
+        silent_phones: bool = False,
     ) -> None:
         self.seed = seed
         self.policy = policy
@@ -107,8 +108,11 @@ class World:
         self._where: dict[str, str | None] = {}
         self._epochs: dict[str, int] = {}
         self._sequence: dict[str, int] = {}
+        self._phone_away_until: dict[str, int] = {}
+        self._muted: set[str] = set()
         chunk_ms = self.sfu.config.audio_chunk_ms
-        self._pcm = tone(16 * chunk_ms)
+        # A silent phone still sends chunks, of silent PCM: silence is not a gap.
+        self._pcm = bytes(32 * chunk_ms) if silent_phones else tone(16 * chunk_ms)
         self.stores = {
             server: (store_for or (lambda _server: MemoryStore()))(server) for server in servers
         }
@@ -149,7 +153,7 @@ class World:
 
     def _phone_tick(self) -> None:
         for user, server in self._where.items():
-            if server is not None:
+            if server is not None and user not in self._muted:
                 sequence = self._sequence.get(user, 0)
                 self._sequence[user] = (sequence + 1) % 256
                 self.sfu.publish(user, bytes([sequence]) + self._pcm)
@@ -165,6 +169,10 @@ class World:
     def session_open(self, server: str, user: str) -> bool:
         return has_open_session(self.stores[server], server, user)
 
+    def health(self, server: str, user: str) -> str | None:
+        view = open_view(self.stores[server], server, user)
+        return view.health.state if view is not None and view.health is not None else None
+
     def where(self, user: str) -> str | None:
         return self._where.get(user)
 
@@ -178,7 +186,8 @@ class World:
         self._epochs[user] = self._epochs.get(user, 0) + 1
         self._where[user] = server
         self.presence.append(Presence(self.now_ms, user, server))
-        self.sfu.phone_joined(user)
+        if self.now_ms >= self._phone_away_until.get(user, -1):
+            self.sfu.phone_joined(user)
         self.runtimes[server].glasses_connected(user, epoch=self._epochs[user])
 
     def disconnect(self, user: str, *, noticed_after_ms: int = 0) -> None:
@@ -238,6 +247,38 @@ class World:
         """`server`'s room-service lookups fail or hang for `duration_ms`."""
         self._fault("room_service_fault", lasts_ms=duration_ms, server=server)
         self.sfu.room_service_fault(server, duration_ms)
+
+    def audio_stall(self, user: str, duration_ms: int) -> None:
+        """For `duration_ms`, no data reaches the bridges now in `user`'s room, which stay in
+        it: the data path died (a fresh join gets data again)."""
+        self._fault("audio_stall", lasts_ms=duration_ms, user=user)
+        self.sfu.audio_stall(user, duration_ms)
+
+    def sdk_reconnecting(self, server: str, duration_ms: int) -> None:
+        """`server`'s bridges report reconnecting for `duration_ms`, and get no data."""
+        self._fault("sdk_reconnecting", lasts_ms=duration_ms, server=server)
+        self.sfu.sdk_reconnecting(server, duration_ms)
+
+    def phone_leave(self, user: str, duration_ms: int) -> None:
+        """`user`'s phone leaves the room and comes back `duration_ms` later (if the glasses
+        are connected then; otherwise at their next connect)."""
+        self._fault("phone_leave", lasts_ms=duration_ms, user=user)
+        self._phone_away_until[user] = self.now_ms + duration_ms
+        self.sfu.phone_left(user)
+        self.executor.call_at(self.now_ms + duration_ms, lambda: self._phone_back(user))
+
+    def _phone_back(self, user: str) -> None:
+        if self.now_ms >= self._phone_away_until.get(user, -1) and self._where.get(user):
+            self.sfu.phone_joined(user)
+
+    def mute_phone(self, user: str, *, muted: bool) -> None:
+        """`user` mutes the phone's microphone (or unmutes it): a muted phone sends nothing,
+        and says so."""
+        if muted:
+            self._muted.add(user)
+        else:
+            self._muted.discard(user)
+        self.sfu.phone_muted(user, muted=muted)
 
     def signal_loss(self, server: str, user: str) -> None:
         if self.sfu.drop_signal(user, server):

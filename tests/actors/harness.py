@@ -6,9 +6,11 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
+from actors.bridge import AudioChunk, AudioWatch
 from actors.connector import Deadlines
 from actors.deterministic_executor import DeterministicExecutor
 from actors.executor import Executor
+from actors.policy import SUPERVISED, Policy
 from actors.runtime import Runtime
 from actors.threading_executor import ThreadingExecutor
 from events.catalog import Event
@@ -21,6 +23,9 @@ EXECUTORS: list[ExecutorKind] = ["deterministic", "threading"]
 
 SHORT = Deadlines(join_ms=400, lookup_ms=300)
 """Deadlines short enough for real time, long enough for a loaded machine's joins (5-20 ms)."""
+WATCH = AudioWatch(stall_after_ms=300, phone_absent_after_ms=500)
+"""Thresholds for a phone that sends a chunk every 20 ms: fifteen chunks make a stall."""
+CHUNK_MS = 20
 
 
 class Harness:
@@ -33,6 +38,8 @@ class Harness:
         grace_ms: int = 60_000,
         retention_ms: int = 600_000,
         store: Callable[[], EventStore] = MemoryStore,
+        policy: Policy = SUPERVISED,
+        watch: AudioWatch = WATCH,
     ) -> None:
         self.kind = kind
         self._deterministic = DeterministicExecutor(0) if kind == "deterministic" else None
@@ -43,6 +50,9 @@ class Harness:
             SfuConfig(join_latency_ms=(5, 20), lookup_latency_ms=(1, 5)),
         )
         self.stores = {server: store() for server in servers}
+        self.chunks: list[AudioChunk] = []
+        self._phones: dict[str, int] = {}
+        """The users whose phones publish, and their next sequence number."""
         self.runtimes = {
             server: Runtime(
                 server=server,
@@ -52,9 +62,27 @@ class Harness:
                 deadlines=deadlines,
                 grace_ms=grace_ms,
                 retention_ms=retention_ms,
+                policy=policy,
+                audio_watch=watch,
+                audio_sink=self.chunks.append,
             )
             for server in servers
         }
+
+    def phone(self, user: str, *, silent: bool = False) -> None:
+        """`user`'s phone joins the room and sends a chunk every `CHUNK_MS` until `stop`."""
+        self.sfu.phone_joined(user)
+        self._phones[user] = 0
+        pcm = bytes(2 * 16 * CHUNK_MS) if silent else b"\x10\x00" * 16 * CHUNK_MS
+        self.executor.call_at(self.executor.now_ms() + CHUNK_MS, lambda: self._tick(user, pcm))
+
+    def _tick(self, user: str, pcm: bytes) -> None:
+        sequence = self._phones.get(user)
+        if sequence is None:
+            return
+        self._phones[user] = (sequence + 1) % 256
+        self.sfu.publish(user, bytes([sequence]) + pcm)
+        self.executor.call_at(self.executor.now_ms() + CHUNK_MS, lambda: self._tick(user, pcm))
 
     def run_for(self, ms: int) -> None:
         if self._deterministic is not None:
@@ -77,6 +105,7 @@ class Harness:
         return sum(isinstance(event, kind) for event in self.events(server))
 
     def stop(self) -> None:
+        self._phones.clear()
         for runtime in self.runtimes.values():
             runtime.stop()
         self.executor.shutdown()

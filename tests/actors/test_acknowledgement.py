@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from actors.acknowledgement import Acknowledgement
+from actors.bridge import AudioWatch
 from events.catalog import GlassesConnected, GlassesDisconnected
 from events.sqlite_store import SQLiteStore
 from simulations.world import World
@@ -46,7 +47,10 @@ def test_an_input_the_log_refuses_is_acknowledged_only_when_the_log_takes_it() -
 @pytest.mark.parametrize("kind", EXECUTORS)
 def test_a_connection_storm_loses_no_acknowledged_input(kind: ExecutorKind, tmp_path: Path) -> None:
     log = tmp_path / "log.db"
-    harness = Harness(kind, store=lambda: SQLiteStore(log, synchronous="NORMAL"))
+    # The production thresholds: the harness's short ones would report all 400 phones absent
+    # (no phone joins here) in the middle of the storm.
+    store = lambda: SQLiteStore(log, synchronous="NORMAL")  # noqa: E731
+    harness = Harness(kind, store=store, watch=AudioWatch())
     runtime = harness.runtimes["prod"]
     acks: list[Acknowledgement] = []
 

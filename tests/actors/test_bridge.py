@@ -6,7 +6,7 @@ from typing import Any
 
 import pykka
 
-from actors.bridge import AudioChunk, Bridge
+from actors.bridge import AudioChunk, AudioWatch, Bridge
 from actors.connector import JoinRequest, LookupAnswer, RoomData, RoomEvent, RoomJoined
 from actors.deterministic_executor import DeterministicExecutor
 from actors.messages import GateAudio, StatusRequest
@@ -72,6 +72,8 @@ def start() -> tuple[DeterministicExecutor, Any, ManualConnector, list[Any], lis
         executor=executor,
         sink=chunks.append,
         audio_open=True,
+        watching=True,
+        watch=AudioWatch(),
     )
     executor.run_until_idle()
     return executor, bridge, connector, received, chunks
@@ -94,12 +96,12 @@ def test_sequence_gaps_count_as_loss_and_late_packets_do_not() -> None:
 def test_closed_audio_is_not_handed_on_and_reopening_reports_first_audio_again() -> None:
     executor, bridge, connector, received, chunks = start()
     connector.send(RoomJoined(participant_sid="PA_1", participant_count=2, phone_present=True))
-    bridge.tell(GateAudio(open=False))
+    bridge.tell(GateAudio(open=False, watch=False))
     executor.run_until_idle()
     connector.send(RoomData(payload=b"\x00\x00\x00"))
     executor.run_until_idle()
     assert chunks == []
-    bridge.tell(GateAudio(open=True))
+    bridge.tell(GateAudio(open=True, watch=True))
     executor.run_until_idle()
     connector.send(RoomData(payload=b"\x01\x00\x00"))
     executor.run_until_idle()

@@ -29,7 +29,7 @@ def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
 
 
 def bridge_up(harness: Harness, server: str = "prod") -> bool:
-    return getattr(harness.runtimes[server].status(USER), "bridge", None) == "up"
+    return getattr(harness.runtimes[server].session(USER), "bridge", None) == "up"
 
 
 def blip(harness: Harness) -> None:
@@ -81,7 +81,7 @@ def test_refused_credentials_stop_the_retries_until_the_glasses_reconnect(
     assert harness.eventually(lambda: harness.count(RetriesStopped) == 1)
     harness.run_for(2_000)
     assert harness.count(BridgeStarted) == 1, "a permanent error is not retried with backoff"
-    status = harness.runtimes["prod"].status(USER)
+    status = harness.runtimes["prod"].session(USER)
     assert status is not None
     assert status.unavailable is not None
     assert "401" in status.unavailable
@@ -89,7 +89,7 @@ def test_refused_credentials_stop_the_retries_until_the_glasses_reconnect(
     blip(harness)
     assert harness.eventually(lambda: bridge_up(harness)), "a reconnect tries again"
     assert harness.count(BridgeStarted) == 2
-    assert harness.runtimes["prod"].status(USER).unavailable is None  # type: ignore[union-attr]
+    assert harness.runtimes["prod"].session(USER).unavailable is None  # type: ignore[union-attr]
 
 
 def test_refused_credentials_are_never_read_as_nobody_holding_the_identity(

@@ -49,7 +49,7 @@ def test_start_up_reads_the_open_sessions_and_nothing_of_the_ended_ones(
     CountingStore.whole_reads = CountingStore.stream_reads = 0
     harness = Harness(kind, store=lambda: CountingStore(log))
     runtime = harness.runtimes["prod"]
-    assert harness.eventually(lambda: getattr(runtime.status(USER), "state", None) == "GRACE")
+    assert harness.eventually(lambda: getattr(runtime.session(USER), "state", None) == "GRACE")
     assert (CountingStore.whole_reads, CountingStore.stream_reads) == (0, 1)
     assert list(runtime.views()) == [f"prod/{USER}/1"]
     harness.stop()

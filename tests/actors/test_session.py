@@ -88,12 +88,12 @@ def test_grace_expiry_disposes_everything(world: World) -> None:
     world.disconnect(USER)
     world.run_for(60_000)
     assert decisions(world, "prod", SessionDisposed)
-    assert world.runtimes["prod"].status(USER) is None
+    assert world.runtimes["prod"].session(USER) is None
     assert world.sfu.participants(USER) == []
     assert world.runtimes["prod"].armed_timers() == []
     world.connect(USER, "prod")
     world.run_for(1_000)
-    assert world.runtimes["prod"].status(USER) is not None
+    assert world.runtimes["prod"].session(USER) is not None
     assert "prod/isaiah@mentra.glass/2" in world.runtimes["prod"].views(), "a new incarnation"
 
 
@@ -117,7 +117,7 @@ def test_a_kick_by_a_newer_connection_while_active_stays_down(world: World) -> N
     world.run_for(1_000)
     world.connect(USER, "debug", close_noticed_after_ms=30_000)
     world.run_for(5_000)
-    assert world.runtimes["prod"].status(USER).state == "ACTIVE"  # type: ignore[union-attr]
+    assert world.runtimes["prod"].session(USER).state == "ACTIVE"  # type: ignore[union-attr]
     assert decisions(world, "prod", IdentityHolderRequested)
     assert "newer connection" in decisions(world, "prod", RejoinDeclined)[-1].why
     assert [p.server for p in world.sfu.participants(USER)] == ["debug"]
@@ -246,7 +246,7 @@ def test_a_restarted_server_recovers_its_sessions_from_the_log(world: World) -> 
     world.run_for(1_000)
     world.restart_server("prod")
     world.run_for(1_000)
-    recovered = world.runtimes["prod"].status(USER)
+    recovered = world.runtimes["prod"].session(USER)
     assert recovered is not None
     assert recovered.state == "GRACE"
     assert decisions(world, "prod", ProcessRestarted)
@@ -265,9 +265,9 @@ def test_a_crash_during_grace_disposes_at_the_original_wall_clock_deadline() -> 
     world.run_until(26_000)
     world.crash("prod")
     world.run_until(32_999)
-    assert world.runtimes["prod"].status(USER) is not None, "still in grace"
+    assert world.runtimes["prod"].session(USER) is not None, "still in grace"
     world.run_until(33_000)
-    assert world.runtimes["prod"].status(USER) is None, "disposed at 33 s, not 26 + 33 s"
+    assert world.runtimes["prod"].session(USER) is None, "disposed at 33 s, not 26 + 33 s"
     (grace,) = decisions(world, "prod", GraceStarted)
     (disposed,) = envelopes(world, "prod", SessionDisposed)
     assert disposed.time_ms == grace.deadline_ms

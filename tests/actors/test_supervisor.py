@@ -46,10 +46,10 @@ def test_a_session_whose_log_fails_keeps_its_inputs_and_recovers_when_the_log_do
     world.run_until(2_000)
     world.connect(USER, "debug")
     world.run_until(3_000)
-    assert world.runtimes["prod"].status(USER) is not None, "a failed session still answers"
+    assert world.runtimes["prod"].session(USER) is not None, "a failed session still answers"
     world.connect(USER, "prod")
     world.run_until(4_000)
-    assert world.runtimes["prod"].status(USER).state == "ACTIVE"  # type: ignore[union-attr]
+    assert world.runtimes["prod"].session(USER).state == "ACTIVE"  # type: ignore[union-attr]
     world.run_until(20_000)
     prod = kinds(world, "prod")
     restarted = prod.index(SessionRestarted)
@@ -150,15 +150,15 @@ def test_on_threads_a_session_whose_log_fails_recovers_with_every_input() -> Non
     actors = []
     try:
         runtime.glasses_connected(USER)
-        assert eventually(lambda: getattr(runtime.status(USER), "bridge", None) == "up")
+        assert eventually(lambda: getattr(runtime.session(USER), "bridge", None) == "up")
         actors = runtime.actors()
         log.fail_for(1_000)
         runtime.glasses_disconnected(USER)
         runtime.glasses_connected(USER)
         time.sleep(0.2)
-        assert runtime.status(USER) is not None, "a failed session still answers"
+        assert runtime.session(USER) is not None, "a failed session still answers"
         assert eventually(lambda: SessionRestarted in [type(e.event) for e in log.read_all()])
-        assert eventually(lambda: getattr(runtime.status(USER), "state", None) == "ACTIVE")
+        assert eventually(lambda: getattr(runtime.session(USER), "state", None) == "ACTIVE")
         kept: list[Any] = [type(e.event) for e in log.read_all()]
         after = kept[kept.index(SessionRestarted) :]
         assert (after.count(GlassesDisconnected), after.count(GlassesConnected)) == (1, 1)

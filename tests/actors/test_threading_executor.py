@@ -86,11 +86,11 @@ def test_actors_run_on_threads_with_the_real_clock() -> None:
         runtimes["prod"].glasses_connected(USER, epoch=3)
         returned = executor.wall_ms()
         assert eventually(audio_on("prod", returned)), "prod's kicked bridge was restarted"
-        prod = runtimes["prod"].status(USER)
+        prod = runtimes["prod"].session(USER)
         assert prod is not None
         assert prod.generation == 2
 
-        assert eventually(lambda: runtimes["debug"].status(USER) is None), "debug disposed"
+        assert eventually(lambda: runtimes["debug"].session(USER) is None), "debug disposed"
         debug_views = list(runtimes["debug"].views().values())
         assert [v.state for v in debug_views] == ["DISPOSED"]
         assert runtimes["debug"].live_bridges() == {}
@@ -123,17 +123,17 @@ def test_a_process_restarted_from_its_log_keeps_the_wall_clock_grace_deadline(
     runtime = start(first)
     try:
         runtime.glasses_connected(USER)
-        assert eventually(lambda: getattr(runtime.status(USER), "bridge", None) == "up")
+        assert eventually(lambda: getattr(runtime.session(USER), "bridge", None) == "up")
         time.sleep(1.5)  # uptime: a monotonic deadline would be off by this much
         grace_ends_ms = time.time_ns() // 1_000_000 + 1_000
         runtime.glasses_disconnected(USER)
-        assert eventually(lambda: getattr(runtime.status(USER), "state", None) == "GRACE")
+        assert eventually(lambda: getattr(runtime.session(USER), "state", None) == "GRACE")
     finally:
         first.shutdown()  # the process dies; nothing more reaches the log
     second = ThreadingExecutor()
     restarted = start(second)
     try:
-        assert eventually(lambda: restarted.status(USER) is None, timeout_s=5)
+        assert eventually(lambda: restarted.session(USER) is None, timeout_s=5)
         disposed_ms = time.time_ns() // 1_000_000
     finally:
         restarted.stop()

@@ -101,6 +101,62 @@ def admin_removal() -> dict[str, Any]:
     return msgspec.to_builtins(result) | {"story": story}  # type: ignore[no-any-return]
 
 
+AUDIO_STALL = {
+    "name": "audio-stall-live",
+    "servers": ["prod"],
+    "duration_s": 10,
+    "step": [
+        {"at": 0.0, "user": "ada@example.com", "connect": "prod"},
+        {"at": 3.0, "audio_stall": "ada@example.com", "for_s": 30},
+    ],
+    "expect": [
+        {"at": 2.5, "user": "ada@example.com", "audio_on": "prod"},
+        {"at": 2.5, "user": "ada@example.com", "health_on": "prod", "health": "ok"},
+        {"at": 8.0, "user": "ada@example.com", "audio_on": "prod"},
+        {"at": 8.0, "user": "ada@example.com", "health_on": "prod", "health": "ok"},
+    ],
+}
+
+PHONE_LEAVE = {
+    "name": "phone-leave-live",
+    "servers": ["prod"],
+    "duration_s": 14,
+    "step": [
+        {"at": 0.0, "user": "ada@example.com", "connect": "prod"},
+        {"at": 2.0, "phone_leave": "ada@example.com", "for_s": 8},
+    ],
+    "expect": [
+        {"at": 1.5, "user": "ada@example.com", "audio_on": "prod"},
+        {"at": 8.5, "user": "ada@example.com", "health_on": "prod", "health": "phone_absent"},
+        {"at": 13.5, "user": "ada@example.com", "audio_on": "prod"},
+        {"at": 13.5, "user": "ada@example.com", "health_on": "prod", "health": "ok"},
+    ],
+}
+
+
+def live_story(document: dict[str, Any]) -> dict[str, Any]:
+    """Run a scenario live on the loopback server; its result, and the log as a story."""
+    scenario = msgspec.convert(document, Scenario)
+    server, settings = loopback()
+    store = MemoryStore()
+    try:
+        result = run_live(scenario, SUPERVISED, settings, loopback=server, store=store)
+    finally:
+        server.stop()
+    story = [type(e.event).__name__ for e in store.read_all()]
+    return msgspec.to_builtins(result) | {"story": story}  # type: ignore[no-any-return]
+
+
+def audio_stall() -> dict[str, Any]:
+    """The data path to the bridge dies while it stays in the room, for 30 s."""
+    return live_story(AUDIO_STALL)
+
+
+def phone_leave() -> dict[str, Any]:
+    """The phone leaves the room for 8 s and comes back; the glasses stay."""
+    return live_story(PHONE_LEAVE)
+
+
 def bad_token() -> dict[str, Any]:
     server, settings = loopback()
     wrong = msgspec.structs.replace(settings, api_secret="not-the-secret")
@@ -147,7 +203,7 @@ def refused_credentials(seconds: float = 6.0) -> dict[str, Any]:
     try:
         runtime.glasses_connected("ada").wait(timeout_s=5)
         time.sleep(seconds)
-        status = runtime.status("ada")
+        status = runtime.session("ada")
     finally:
         runtime.stop()
         connector.close()
@@ -312,6 +368,8 @@ async def _count_tasks() -> int:
 
 CHECKS = {
     "admin-removal": admin_removal,
+    "audio-stall": audio_stall,
+    "phone-leave": phone_leave,
     "bad-token": bad_token,
     "refused-credentials": refused_credentials,
     "leak-cycles": leak_cycles,

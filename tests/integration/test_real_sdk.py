@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from simulations.scenario import BUILT_IN
+from simulations.scenario import SEED_PLAN
 
 ROOT = Path(__file__).parents[2]
 NETNS_RUN = ROOT / "scripts" / "netns-run"
@@ -31,7 +31,7 @@ def in_netns(*argv: str, timeout_s: float = 120) -> dict[str, Any]:
     return outcome
 
 
-@pytest.mark.parametrize("name", BUILT_IN)
+@pytest.mark.parametrize("name", SEED_PLAN)
 def test_a_seed_scenario_passes_with_the_real_sdk(name: str) -> None:
     result = in_netns("scenario", name)
     assert result["invariant_violations"] == []
@@ -52,6 +52,24 @@ def test_an_operator_removal_stays_down_until_the_glasses_reconnect() -> None:
     declined = [line for line in result["story"] if line.startswith("RejoinDeclined")]
     assert declined
     assert "operator" in declined[0]
+
+
+def test_a_dead_data_path_is_noticed_and_audio_is_back_within_5_s() -> None:
+    result = in_netns("audio-stall")
+    assert result["passed"], result["expectations"]
+    metrics = result["metrics"]
+    assert metrics["stalls"] == 1
+    assert metrics["stall_recovery_ms"]["count"] == 1
+    assert metrics["audio_gap_ms"] < 5_000, metrics
+    assert result["story"].count("BridgeStarted") == 2, result["story"]
+
+
+def test_a_phone_that_leaves_is_reported_and_its_return_needs_no_restart() -> None:
+    result = in_netns("phone-leave")
+    assert result["passed"], result["expectations"]
+    assert result["story"].count("BridgeStarted") == 1, result["story"]
+    assert "PhoneAbsent" in result["story"]
+    assert "AudioStalled" not in result["story"]
 
 
 def test_a_bad_token_is_a_prompt_clear_join_failure_without_the_secret() -> None:

@@ -110,7 +110,20 @@ BAD = {
     ),
     "a duration on a step that has none": (
         'servers = ["prod"]\n[[step]]\nat = 1\nuser = "a"\nconnect = "prod"\nfor_s = 3\n',
-        r"bad\.toml:6: for_s goes with log_fault, room_service_fault, not connect",
+        r"bad\.toml:6: for_s goes with log_fault, room_service_fault, .*, not connect",
+    ),
+    "an audio fault that also names a user": (
+        'servers = ["prod"]\n[[step]]\nat = 1\nuser = "a"\naudio_stall = "a"\n',
+        r"bad\.toml:4: audio_stall names its user as its value, and takes no user key",
+    ),
+    "a health expectation without its state": (
+        'servers = ["prod"]\n[[expect]]\nat = 1\nuser = "a"\nhealth_on = "prod"\n',
+        r"bad\.toml:2: health_on and health go together",
+    ),
+    "a health state that does not exist": (
+        'servers = ["prod"]\n[[expect]]\nat = 1\nuser = "a"\nhealth_on = "prod"\nhealth = "fine"\n',
+        r"bad\.toml:6: health is one of connecting, ok, audio_stalled, phone_absent, "
+        r"unavailable; found 'fine'",
     ),
     "a fault that lasts for ever": (
         'servers = ["prod"]\n[[step]]\nat = 1\nlog_fault = "prod"\nfor_s = inf\n',

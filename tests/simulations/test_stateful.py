@@ -1,7 +1,8 @@
 """The runtime under any schedule: random connects, switches, blips, disconnects, faults (LiveKit
 outages, removals, signal losses, failing logs, a failing room service, crashes that restart a
-server with a fresh monotonic clock) and clock jumps over 1-3 users and 2-3 servers, with
-invariants 1-6 checked after every step."""
+server with a fresh monotonic clock, audio stalls, phones that leave, SDKs stuck reconnecting)
+and clock jumps over 1-3 users and 2-3 servers, with invariants 1-6 and the audio-gap invariant
+checked after every step."""
 
 from collections import Counter
 from typing import ClassVar
@@ -152,6 +153,18 @@ class RejoinMachine(RuleBasedStateMachine):
         else:
             self._each(kind, self._server(server), duration_ms)
 
+    @rule(
+        kind=st.sampled_from(["audio_stall", "phone_leave", "sdk_reconnecting"]),
+        subject=indices,
+        duration_ms=st.integers(min_value=100, max_value=30_000),
+        pause_ms=pauses,
+    )
+    def audio_fault(self, kind: str, subject: int, duration_ms: int, pause_ms: int) -> None:
+        """The user's bridges stop getting data, or the phone leaves the room, or a server's
+        SDK is stuck reconnecting, for a while. One rule for the three, as above."""
+        name = self._server(subject) if kind == "sdk_reconnecting" else self._user(subject)
+        self._each(kind, name, duration_ms, pause_ms=pause_ms)
+
     @rule(delta_ms=st.one_of(st.integers(0, 5_000), st.integers(55_000, 70_000)))
     def advance(self, delta_ms: int) -> None:
         self._each("run_for", delta_ms)
@@ -211,5 +224,7 @@ def test_the_machine_reaches_the_states_that_matter() -> None:
         "RejoinDeclined: removed by an operator",
         "SessionRestarted",
         "LookupRetryDecided",
+        "AudioStalled",
+        "PhoneAbsent",
     ]:
         assert reached[outcome] > 0, f"no run reached {outcome}"
