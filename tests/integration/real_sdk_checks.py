@@ -23,10 +23,11 @@ from actors.livekit_connector import EventLoopThread, LiveKitConnector, LiveKitS
 from actors.policy import SUPERVISED
 from actors.runtime import Runtime
 from actors.threading_executor import ThreadingExecutor
-from events.catalog import BridgeJoinFailed
+from events.catalog import AudioStalled, BridgeJoinFailed, BridgeStarted
 from events.memory_store import MemoryStore
 from simulations.live_runner import run_live
 from simulations.loopback_server import LoopbackThread
+from simulations.phone import Phone
 from simulations.scenario import Scenario, load
 
 PORT = 7881
@@ -155,6 +156,81 @@ def audio_stall() -> dict[str, Any]:
 def phone_leave() -> dict[str, Any]:
     """The phone leaves the room for 8 s and comes back; the glasses stay."""
     return live_story(PHONE_LEAVE)
+
+
+def muted_phone(quiet_s: float = 3.0) -> dict[str, Any]:
+    """The phone sets `rejoin.muted` and stops sending for longer than the stall threshold:
+    no stall, no restart, and health `ok`; unmuted, its audio is back on the same bridge."""
+    server, settings = loopback()
+    loop = EventLoopThread()
+    phone = Phone(loop, settings, "ada")
+    phone.publishing = True
+    phone.join(deadline_s=time.monotonic() + quiet_s + 20)
+    executor, store = ThreadingExecutor(), MemoryStore()
+    connector = LiveKitConnector(settings, loop)
+    chunks: list[int] = []
+    runtime = Runtime(
+        server="prod",
+        executor=executor,
+        store=store,
+        connector=connector,
+        audio_sink=lambda chunk: chunks.append(chunk.sequence),
+    )
+
+    def health() -> str | None:
+        status = runtime.status("ada")
+        return status.health.state if status is not None and status.health is not None else None
+
+    def until(condition: Any, within_s: float = 10.0) -> None:
+        deadline = time.monotonic() + within_s
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def set_muted(muted: str) -> None:
+        async def update() -> None:
+            client = api.LiveKitAPI(settings.http_url, settings.api_key, settings.api_secret)
+            try:
+                request = api.UpdateParticipantRequest(
+                    room="ada", identity="ada", attributes={"rejoin.muted": muted}
+                )
+                await client.room.update_participant(request)
+            finally:
+                await client.aclose()
+
+        loop.submit(update()).result(timeout=10)
+
+    try:
+        runtime.glasses_connected("ada").wait(timeout_s=5)
+        until(lambda: health() == "ok")
+        before = health()
+        set_muted("true")
+        phone.publishing = False
+        time.sleep(quiet_s)
+        status = runtime.status("ada")
+        muted = {
+            "health": status.health.reason if status and status.health else None,
+            "phone_muted": status.bridge.phone_muted if status and status.bridge else None,
+        }
+        heard = len(chunks)
+        set_muted("false")
+        phone.publishing = True
+        until(lambda: len(chunks) > heard + 5)
+        after = len(chunks) - heard
+    finally:
+        runtime.stop()
+        connector.close()
+        executor.shutdown()
+        phone.leave()
+        loop.stop()
+        server.stop()
+    events = [e.event for e in store.read_all()]
+    return {
+        "before": before,
+        "while_muted": muted,
+        "chunks_after_unmute": after,
+        "stalls": sum(isinstance(e, AudioStalled) for e in events),
+        "bridges": sum(isinstance(e, BridgeStarted) for e in events),
+    }
 
 
 def bad_token() -> dict[str, Any]:
@@ -369,6 +445,7 @@ async def _count_tasks() -> int:
 CHECKS = {
     "admin-removal": admin_removal,
     "audio-stall": audio_stall,
+    "muted-phone": muted_phone,
     "phone-leave": phone_leave,
     "bad-token": bad_token,
     "refused-credentials": refused_credentials,

@@ -1,5 +1,6 @@
 """The real `livekit` SDK against the loopback server, each check in a private network
-namespace of its own (scripts/netns-run): the seed scenarios, a bad token, and 50 kick cycles."""
+namespace of its own (scripts/netns-run): the seed scenarios, a bad token, refused credentials,
+audio faults (a dead data path, a phone that leaves, a muted phone), and 50 kick cycles."""
 
 import json
 import subprocess
@@ -70,6 +71,15 @@ def test_a_phone_that_leaves_is_reported_and_its_return_needs_no_restart() -> No
     assert result["story"].count("BridgeStarted") == 1, result["story"]
     assert "PhoneAbsent" in result["story"]
     assert "AudioStalled" not in result["story"]
+
+
+def test_a_phone_that_says_it_is_muted_is_never_a_stall() -> None:
+    result = in_netns("muted-phone")
+    assert result["before"] == "ok"
+    assert result["while_muted"] == {"health": "the phone is muted", "phone_muted": True}
+    assert result["stalls"] == 0
+    assert result["bridges"] == 1
+    assert result["chunks_after_unmute"] > 5
 
 
 def test_a_bad_token_is_a_prompt_clear_join_failure_without_the_secret() -> None:
