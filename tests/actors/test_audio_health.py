@@ -1,7 +1,12 @@
 """Audio health on both executors: a stall while connected is noticed and fixed by a restart
 under the budget, silence and a muted phone are not stalls, a missing phone is reported and
 never "fixed" by churning the bridge, a stuck SDK is replaced, and the host hears each change
-of health once it is in the log."""
+of health once it is in the log.
+
+The failure modes of research/mentraos-bridge-history.md section 6 these pin down: 8 (the phone
+not in the room while the bridge is healthy), 9 (silent no-audio behind healthy signals; and
+silence that is not a fault), 12 (a failure the user is told of) and 13 (a status that shows
+the SDK's reconnecting state, the phone's presence and the last packet time)."""
 
 from collections.abc import Iterator
 
@@ -227,3 +232,37 @@ def test_other_policies_record_the_stall_and_stay_silent(kind: ExecutorKind) -> 
         assert harness.count(AudioResumed) == 0
     finally:
         harness.stop()
+
+
+def test_refused_credentials_tell_the_host_unavailable_with_the_retry_time(
+    harness: Harness,
+) -> None:
+    """Failure mode 12: when the runtime gives up for a while, the user is told, with why and
+    until when, not only the log."""
+    harness.sfu.refuse_credentials("prod")
+    harness.runtimes["prod"].glasses_connected(USER)
+    assert harness.eventually(lambda: health(harness) == "unavailable")
+    status = harness.runtimes["prod"].status(USER)
+    assert status is not None
+    assert status.health is not None
+    assert "401" in (status.health.reason or "")
+    retry_at = status.health.retry_at_ms
+    assert retry_at is not None
+    assert retry_at == status.session.escalated_until_ms
+    assert retry_at - harness.executor.wall_ms() > 60_000, "a long cool-down, not a retry storm"
+
+
+def test_an_operator_removal_tells_the_host_unavailable_until_the_next_reconnect(
+    harness: Harness,
+) -> None:
+    connected_with_audio(harness)
+    harness.sfu.remove_participant(USER, "cloud-agent:" + USER)
+    assert harness.eventually(lambda: health(harness) == "unavailable")
+    status = harness.runtimes["prod"].status(USER)
+    assert status is not None
+    assert status.health is not None
+    assert "operator" in (status.health.reason or "")
+    assert status.health.retry_at_ms is None, "it comes back at the glasses' next reconnect"
+    harness.runtimes["prod"].glasses_disconnected(USER)
+    harness.runtimes["prod"].glasses_connected(USER)
+    assert harness.eventually(lambda: health(harness) == "ok")
