@@ -143,6 +143,9 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
                 phone_due_ms=None,
                 phone_absent=False,
                 health=None,
+                # The bridge watches only while the glasses are here; it starts afresh on
+                # their return.
+                stalled_ms=None,
             )
         case SessionDisposed():
             return replace(

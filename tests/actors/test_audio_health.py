@@ -16,6 +16,7 @@ from actors.policy import LEGACY
 from events.catalog import (
     AudioResumed,
     AudioStalled,
+    BridgeKept,
     BridgeStarted,
     BridgeStopped,
     HealthChanged,
@@ -266,3 +267,18 @@ def test_an_operator_removal_tells_the_host_unavailable_until_the_next_reconnect
     harness.runtimes["prod"].glasses_disconnected(USER)
     harness.runtimes["prod"].glasses_connected(USER)
     assert harness.eventually(lambda: health(harness) == "ok")
+
+
+def test_a_stall_does_not_outlive_the_glasses_leaving(harness: Harness) -> None:
+    """The bridge watches only while the glasses are here: a stall it reported before they left
+    is no reason to restart it when they come back (the data path may have recovered)."""
+    connected_with_audio(harness)
+    harness.sfu.room_service_fault("prod", 600, hangs=False)
+    harness.sfu.audio_stall(USER, 500)
+    assert harness.eventually(lambda: harness.count(AudioStalled) == 1, within_ms=2_000)
+    harness.runtimes["prod"].glasses_disconnected(USER)
+    harness.run_for(700)
+    harness.runtimes["prod"].glasses_connected(USER)
+    assert harness.eventually(lambda: harness.count(BridgeKept) == 1)
+    assert harness.eventually(lambda: health(harness) == "ok")
+    assert harness.count(BridgeStarted) == 1, "the healthy bridge was kept"

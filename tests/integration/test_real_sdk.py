@@ -3,33 +3,18 @@ namespace of its own (scripts/netns-run): the seed scenarios, a bad token, refus
 audio faults (a dead data path, a phone that leaves, a muted phone), and 50 kick cycles."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from simulations.scenario import SEED_PLAN
-
-ROOT = Path(__file__).parents[2]
-NETNS_RUN = ROOT / "scripts" / "netns-run"
+from tests.netns import run_in_netns
 
 pytestmark = pytest.mark.integration
 
 
 def in_netns(*argv: str, timeout_s: float = 120) -> dict[str, Any]:
-    completed = subprocess.run(
-        [str(NETNS_RUN), sys.executable, "-m", "tests.integration.real_sdk_checks", *argv],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    outcome: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
-    return outcome
+    return run_in_netns("tests.integration.real_sdk_checks", *argv, timeout_s=timeout_s)
 
 
 @pytest.mark.parametrize("name", SEED_PLAN)

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,9 +26,8 @@ from livekit import api, rtc
 from livekit.rtc.room import EventTypes
 
 from simulations.loopback_server import LoopbackThread
+from tests.netns import NETNS_RUN, run_in_netns
 
-ROOT = Path(__file__).resolve().parents[2]
-NETNS_RUN = ROOT / "scripts" / "netns-run"
 SECRET = "loopback-test-secret-of-32-bytes-or-more"
 ROOM = "room-1"
 CONNECT_TIMEOUT_S = 20.0
@@ -358,21 +356,7 @@ def run_scenario(name: str) -> Findings:
 
 @functools.cache
 def findings(name: str) -> Findings:
-    try:
-        done = subprocess.run(
-            [str(NETNS_RUN), sys.executable, "-m", __name__, name],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=SCENARIO_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as expired:
-        pytest.fail(f"{name} took over {SCENARIO_TIMEOUT_S} s: {expired.stderr!r:.2000}")
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        pytest.fail(f"{name} failed ({done.returncode}): {done.stderr[-3000:]}")
-    result: Findings = json.loads(lines[-1])
+    result: Findings = run_in_netns(__name__, name, timeout_s=SCENARIO_TIMEOUT_S)
     return result
 
 
