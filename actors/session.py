@@ -95,6 +95,11 @@ from events.projection import SessionView, apply, health_of, replay_stream
 
 logger = logging.getLogger(__name__)
 
+STALL_RESTARTS = 2
+"""Restarts for stalls in a row that bring no audio back, before the session stops restarting
+for silence: a phone that stopped sending (its user left without the server noticing yet) is
+not fixed by a third bridge, and churn is a failure of its own (a recovery storm)."""
+
 
 class Session(pykka.Actor):
     def __init__(
@@ -582,6 +587,11 @@ class Session(pykka.Actor):
             self._decline(f"{policy.name} does not act on silence: {silence}")
         elif view.state != "ACTIVE" or view.bridge != "up":
             self._decline(f"{silence}, but the session moved on")
+        elif view.stalls_without_audio > STALL_RESTARTS:
+            self._decline(
+                f"{silence}, and {STALL_RESTARTS} restarts in a row brought no audio back: "
+                "the phone is not sending; waiting for its audio or a reconnect"
+            )
         elif view.lookup_deadline_ms is not None:
             self._decline(f"{silence}; the room service is being asked already")
         else:

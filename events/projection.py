@@ -101,6 +101,9 @@ class SessionView(msgspec.Struct, frozen=True, kw_only=True):
     """Why retries stopped after a permanent error, until a join or a lookup succeeds."""
     stalled_ms: int | None = None
     """When the current bridge reported a stall that has not ended."""
+    stalls_without_audio: int = 0
+    """Stalls reported since audio was last heard (or the glasses last connected): restarts
+    that did not bring audio back."""
     phone_present: bool | None = None
     phone_muted: bool = False
     phone_due_ms: int | None = None
@@ -132,7 +135,12 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
     match event:
         case SessionResumed(epoch=epoch):
             return replace(
-                view, state="ACTIVE", epoch=epoch, grace_deadline_ms=None, audio_held=False
+                view,
+                state="ACTIVE",
+                epoch=epoch,
+                grace_deadline_ms=None,
+                audio_held=False,
+                stalls_without_audio=0,
             )
         case GraceStarted(deadline_ms=deadline, audio_held=held):
             return replace(
@@ -201,9 +209,13 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
                 stalled_ms=None,
             )
         case AudioStalled() if current:
-            return replace(view, stalled_ms=envelope.time_ms)
+            return replace(
+                view,
+                stalled_ms=envelope.time_ms,
+                stalls_without_audio=view.stalls_without_audio + 1,
+            )
         case AudioResumed() if current:
-            return replace(view, stalled_ms=None)
+            return replace(view, stalled_ms=None, stalls_without_audio=0)
         case PhonePresenceObserved(present=present, muted=muted) if current:
             return _phone(view, present=present, muted=muted)
         case PhoneAwaited(deadline_ms=deadline):
@@ -229,7 +241,13 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
         case RetriesStopped(retry_at_ms=retry_at, why=why):
             return replace(view, escalated_until_ms=retry_at, unavailable=why)
         case FirstAudio() if current:
-            return replace(view, audio_since_join=True, failure_streak=0, stalled_ms=None)
+            return replace(
+                view,
+                audio_since_join=True,
+                failure_streak=0,
+                stalled_ms=None,
+                stalls_without_audio=0,
+            )
         case ProcessRestarted():
             # The process that armed these deadlines is gone, and the glasses connection with
             # it: the next connection decides afresh.

@@ -17,6 +17,7 @@ from actors.bridge import AudioWatch
 from actors.runtime import DEFAULT_AUDIO_WATCH
 from actors.supervisor import SESSION_RESTARTS
 from events.catalog import (
+    AudioStalled,
     BridgeDisconnected,
     BridgeJoinFailed,
     BridgeKept,
@@ -246,7 +247,12 @@ def _blips_restarting_healthy_bridges(
             continue
         elif isinstance(
             event,
-            BridgeDisconnected | BridgeJoinFailed | ProcessRestarted | BridgeKept | SessionDisposed,
+            BridgeDisconnected
+            | BridgeJoinFailed
+            | ProcessRestarted
+            | BridgeKept
+            | SessionDisposed
+            | AudioStalled,
         ) or (isinstance(event, IdentityHolderObserved) and event.holder_server != server):
             # A loss the bridge reported, or one the room service revealed: not a healthy bridge.
             blip_since = None

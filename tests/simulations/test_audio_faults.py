@@ -8,7 +8,14 @@ from hypothesis import strategies as st
 
 from actors.bridge import AudioWatch
 from actors.policy import POLICIES, SUPERVISED
-from events.catalog import AudioStalled, BridgeStarted, HealthChanged, PhoneAbsent
+from actors.session import STALL_RESTARTS
+from events.catalog import (
+    AudioStalled,
+    BridgeStarted,
+    HealthChanged,
+    PhoneAbsent,
+    RejoinDeclined,
+)
 from events.envelope import Envelope
 from simulations.invariants import audio_gaps
 from simulations.sim_livekit import SfuConfig
@@ -130,3 +137,21 @@ def test_the_audio_gap_invariant_holds_under_supervised_and_catches_the_rest(
         found = audio_gaps(world)
         world.stop()
         assert len(found) == gaps, found
+
+
+@given(seed=seeds, slowest_join_ms=slowest_joins)
+def test_a_phone_that_stops_sending_gets_a_bounded_number_of_restarts(
+    seed: int, slowest_join_ms: int
+) -> None:
+    """The glasses leave and the server does not notice for 30 s; the phone stops sending but
+    stays in the room. The server sees a stall; restarts cannot help, so after STALL_RESTARTS
+    of them it waits, rather than churn bridges (a recovery storm, failure mode 10)."""
+    world = connected_world(seed, slowest_join_ms)
+    world.run_until(5_000)
+    world.disconnect(USER, noticed_after_ms=30_000)
+    world.run_until(40_000)
+    events = logged(world)
+    world.stop()
+    assert sum(isinstance(e.event, BridgeStarted) for e in events) == 1 + STALL_RESTARTS
+    declined = [e.event for e in events if isinstance(e.event, RejoinDeclined)]
+    assert any("brought no audio back" in e.why for e in declined)
