@@ -16,8 +16,18 @@ from typing import Literal
 import msgspec
 import pykka
 
-from actors.connector import Deadlines
+from actors.bridge import AudioWatch, Bridge
+from actors.connector import (
+    Deadlines,
+    JoinRequest,
+    LookupAnswer,
+    Nobody,
+    RoomData,
+    RoomEvent,
+    RoomJoined,
+)
 from actors.deterministic_executor import DeterministicExecutor
+from actors.health_feed import HealthFeed
 from actors.policy import POLICIES, SUPERVISED
 from actors.runtime import Runtime
 from actors.session import Session
@@ -91,6 +101,8 @@ def reconnect_decision_cpu_us(samples: int = 2_000) -> tuple[float, float]:
             timer=timer,
             connector=connector,
             deadlines=Deadlines(),
+            watch=AudioWatch(),
+            health=HealthFeed(),
             recovered=kicked,
         )
         executor.run_until_idle()
@@ -102,6 +114,65 @@ def reconnect_decision_cpu_us(samples: int = 2_000) -> tuple[float, float]:
         executor.run_until_idle()
     costs.sort()
     return costs[len(costs) // 2], costs[int(len(costs) * 0.99)]
+
+
+def chunk_cpu_us(chunks: int = 20_000, repeats: int = 3) -> float:
+    """CPU time per audio chunk from the phone's packet to the server's sink, through a joined
+    Bridge with its watchdog on, delivered by the deterministic executor (one thread): the
+    median of `repeats` runs of `chunks` chunks of 100 ms."""
+    executor = DeterministicExecutor(0)
+    session = executor.spawn(_Sink)
+    connector = _HandConnector()
+    request = JoinRequest(
+        room="u", identity="i", server="prod", epoch=1, generation=1, phone_identity="u"
+    )
+    executor.spawn(
+        Bridge,
+        stream="prod/u/1",
+        request=request,
+        user="u",
+        session=session,
+        supervisor=session,
+        connector=connector,
+        executor=executor,
+        sink=lambda _chunk: None,
+        audio_open=True,
+        watching=True,
+        watch=AudioWatch(),
+    )
+    executor.run_until_idle()
+    connector.send(RoomJoined(participant_sid="PA_1", participant_count=2, phone_present=True))
+    executor.run_until_idle()
+    pcm = bytes(3_200)
+    per_chunk = []
+    for _ in range(repeats):
+        start = time.process_time_ns()
+        for number in range(chunks):
+            connector.send(RoomData(payload=bytes([number % 256]) + pcm))
+            executor.run_until_idle()
+        per_chunk.append((time.process_time_ns() - start) / chunks / 1000)
+    return statistics.median(per_chunk)
+
+
+class _HandConnector:
+    """A connector whose room events the benchmark sends by hand."""
+
+    def __init__(self) -> None:
+        self.send: Callable[[RoomEvent], object] = lambda _event: None
+
+    def join(self, request: JoinRequest, on_event: Callable[[RoomEvent], object]) -> _NoHandle:
+        self.send = on_event
+        return _NoHandle()
+
+    def lookup_holder(
+        self, room: str, identity: str, reply: Callable[[LookupAnswer], object]
+    ) -> None:
+        reply(Nobody())
+
+
+class _NoHandle:
+    def leave(self) -> None:
+        """Nothing to leave."""
 
 
 class _Sink(pykka.Actor):
@@ -226,8 +297,10 @@ def report() -> list[str]:
     with tempfile.TemporaryDirectory() as folder:
         startup = startup_with_ended_sessions(Path(folder))
     return [
-        f"compare, 5 scenarios x 6 policies (twin runs included): "
+        f"compare, {len(BUILT_IN)} scenarios x {len(POLICIES)} policies (twin runs included): "
         f"{compare_wall_s():.2f} s wall, median of 5",
+        f"audio chunk, phone packet to sink through a Bridge and its watchdog: "
+        f"{chunk_cpu_us():.1f} us CPU, median of 3 x 20,000",
         f"supervised reconnect decision (input to restart request): "
         f"p50 {p50:.0f} us, p99 {p99:.0f} us CPU",
         f"SQLite append, 100-event batches, synchronous=FULL: "
