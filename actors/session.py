@@ -629,14 +629,13 @@ class Session(pykka.Actor):
         health = health_of(view) if view is not None else None
         if view is None or health is None or health == view.health:
             return
-        retry = health.retry_at_ms
         self._decide_that(
             HealthChanged(
                 cause=self._cause,
                 why=f"{health.state}: {health.reason}",
                 state=health.state,
                 reason=health.reason,
-                retry_at_ms=retry,
+                retry_at_ms=health.retry_at_ms,
             )
         )
         user = self._user
