@@ -155,15 +155,25 @@ class RejoinMachine(RuleBasedStateMachine):
 
     @rule(
         kind=st.sampled_from(["audio_stall", "phone_leave", "sdk_reconnecting"]),
-        subject=indices,
-        duration_ms=st.integers(min_value=100, max_value=30_000),
+        user=indices,
+        server=indices,
+        duration_ms=st.one_of(st.integers(100, 3_000), st.integers(6_000, 30_000)),
         pause_ms=pauses,
     )
-    def audio_fault(self, kind: str, subject: int, duration_ms: int, pause_ms: int) -> None:
-        """The user's bridges stop getting data, or the phone leaves the room, or a server's
-        SDK is stuck reconnecting, for a while. One rule for the three, as above."""
-        name = self._server(subject) if kind == "sdk_reconnecting" else self._user(subject)
-        self._each(kind, name, duration_ms, pause_ms=pause_ms)
+    def audio_fault(
+        self, *, kind: str, user: int, server: int, duration_ms: int, pause_ms: int
+    ) -> None:
+        """The user's bridges stop getting data, or the phone leaves the room, or the SDK of
+        the user's server is stuck reconnecting, for a while: shorter than the watchdog's
+        thresholds, or longer than the phone's (5 s). Glasses that are not connected connect
+        first, since these faults matter while they are. One rule for the three, as above."""
+        name = self._user(user)
+        where = self.worlds[0].where(name)
+        if where is None:
+            where = self._server(server)
+            self._each("connect", name, where, pause_ms=2_000)
+        target = where if kind == "sdk_reconnecting" else name
+        self._each(kind, target, duration_ms, pause_ms=pause_ms)
 
     @rule(delta_ms=st.one_of(st.integers(0, 5_000), st.integers(55_000, 70_000)))
     def advance(self, delta_ms: int) -> None:
