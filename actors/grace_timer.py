@@ -50,37 +50,46 @@ class GraceTimer(pykka.Actor):
     def __init__(self, executor: Executor) -> None:
         super().__init__()
         self._executor = executor
-        self._armed: dict[tuple[str, TimerKind], tuple[int, pykka.ActorRef[Any], TimerHandle]] = {}
+        self._armed: dict[str, dict[TimerKind, tuple[int, pykka.ActorRef[Any], TimerHandle]]] = {}
+        """By owner, then by timer: an owner's timers go at once, whoever else has timers."""
 
     def on_receive(self, message: object) -> object:
         match message:
             case Arm(owner_key=key, timer=timer, deadline_ms=deadline, owner=owner):
-                self._disarm((key, timer))
+                self._disarm(key, timer)
                 me = self.actor_ref
                 due = _Due(owner_key=key, timer=timer, deadline_ms=deadline)
                 executor = self._executor
                 due_in = max(0, deadline - executor.wall_ms())
                 handle = executor.call_at(executor.now_ms() + due_in, lambda: tell(me, due))
-                self._armed[(key, timer)] = (deadline, owner, handle)
+                self._armed.setdefault(key, {})[timer] = (deadline, owner, handle)
             case Disarm(owner_key=key, timer=timer):
-                self._disarm((key, timer))
+                self._disarm(key, timer)
             case DisarmAll(owner_key=key):
-                for armed in [k for k in self._armed if k[0] == key]:
-                    self._disarm(armed)
+                for _, _, handle in self._armed.pop(key, {}).values():
+                    handle.cancel()
             case _Due(owner_key=key, timer=timer, deadline_ms=deadline):
-                entry = self._armed.get((key, timer))
+                timers = self._armed.get(key, {})
+                entry = timers.get(timer)
                 if entry is not None and entry[0] == deadline:
-                    del self._armed[(key, timer)]
+                    self._disarm(key, timer, cancel=False)
                     tell(entry[1], TimerFired(timer=timer, deadline_ms=deadline))
             case ArmedQuery():
-                return sorted(self._armed)
+                return sorted(
+                    (key, timer) for key, timers in self._armed.items() for timer in timers
+                )
         return None
 
-    def _disarm(self, key: tuple[str, TimerKind]) -> None:
-        armed = self._armed.pop(key, None)
-        if armed is not None:
+    def _disarm(self, key: str, timer: TimerKind, *, cancel: bool = True) -> None:
+        timers = self._armed.get(key)
+        armed = timers.pop(timer, None) if timers is not None else None
+        if armed is not None and cancel:
             armed[2].cancel()
+        if timers is not None and not timers:
+            del self._armed[key]
 
     def on_stop(self) -> None:
-        for key in list(self._armed):
-            self._disarm(key)
+        for timers in self._armed.values():
+            for _, _, handle in timers.values():
+                handle.cancel()
+        self._armed.clear()
