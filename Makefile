@@ -30,7 +30,7 @@ typecheck: bootstrap
 	$(RUN) mypy
 
 unit: bootstrap
-	$(RUN) pytest
+	$(RUN) pytest --durations=10
 
 clean:
 	rm -rf .venv .mypy_cache .pytest_cache .ruff_cache .hypothesis

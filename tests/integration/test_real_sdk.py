@@ -2,6 +2,7 @@
 namespace of its own (scripts/netns-run): the seed scenarios, a bad token, refused credentials,
 audio faults (a dead data path, a phone that leaves, a muted phone), and 50 kick cycles."""
 
+import functools
 import json
 from typing import Any
 
@@ -13,7 +14,9 @@ from tests.netns import run_in_netns
 pytestmark = pytest.mark.integration
 
 
+@functools.cache
 def in_netns(*argv: str, timeout_s: float = 120) -> dict[str, Any]:
+    """A check's findings; a check two tests read runs once."""
     return run_in_netns("tests.integration.real_sdk_checks", *argv, timeout_s=timeout_s)
 
 
