@@ -6,7 +6,7 @@ from typing import Any
 
 import pykka
 
-from actors.bridge import AudioChunk, AudioWatch, Bridge
+from actors.bridge import LATE_WITHIN_MS, AudioChunk, AudioWatch, Bridge
 from actors.connector import JoinRequest, LookupAnswer, RoomData, RoomEvent, RoomJoined
 from actors.deterministic_executor import DeterministicExecutor
 from actors.messages import GateAudio, StatusRequest
@@ -113,3 +113,17 @@ def test_stopping_the_bridge_leaves_the_room_once() -> None:
     executor, bridge, connector, _, _ = start()
     executor.wait(bridge.stop(block=False), 1)
     assert connector.left == 1
+
+
+def test_a_backward_jump_after_a_long_silence_is_heard_not_taken_for_a_late_packet() -> None:
+    """A phone that went on counting while it was not heard (away from the room, or its data
+    path dead for longer than 12.8 s) comes back with a sequence far behind: it is audio."""
+    executor, _, connector, _, chunks = start()
+    connector.send(RoomJoined(participant_sid="PA_1", participant_count=2, phone_present=True))
+    for sequence in [0, 1, 2]:
+        connector.send(RoomData(payload=bytes([sequence]) + b"\x00\x00"))
+    executor.advance(LATE_WITHIN_MS + 5_000)
+    connector.send(RoomData(payload=bytes([200]) + b"\x00\x00"))
+    connector.send(RoomData(payload=bytes([201]) + b"\x00\x00"))
+    executor.run_until_idle()
+    assert [c.sequence for c in chunks] == [0, 1, 2, 200, 201]
