@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple, Protocol
 
-from events.catalog import SessionDisposed, SessionOpened
+from events.catalog import HealthState, SessionDisposed, SessionOpened
 from events.envelope import Envelope, Pending, stream_name
-from events.projection import SessionView, replay_stream
+from events.projection import replay_stream
 
 
 class LogError(Exception):
@@ -110,13 +110,15 @@ def has_open_session(store: EventStore, server: str, user: str) -> bool:
     return latest > 0 and stream_name(server, user, latest) in store.open_streams(server)
 
 
-def open_view(store: EventStore, server: str, user: str) -> SessionView | None:
-    """The view of `user`'s open session on `server`, from its stream; `None` if none is open."""
-    if not has_open_session(store, server, user):
+def told_health(store: EventStore, server: str, user: str) -> HealthState | None:
+    """The health `server` last told of `user`, as its log says: `None` when no session is
+    open or the glasses are away."""
+    latest = store.last_incarnation(server, user)
+    stream = stream_name(server, user, latest)
+    if latest == 0 or stream not in store.open_streams(server):
         return None
-    return replay_stream(
-        store.read_stream(stream_name(server, user, store.last_incarnation(server, user)))
-    )
+    view = replay_stream(store.read_stream(stream))
+    return view.health.state if view is not None and view.health is not None else None
 
 
 def check_batch(stream: str, events: Sequence[Pending]) -> None:

@@ -18,7 +18,7 @@ from actors.livekit_connector import EventLoopThread, LiveKitConnector, LiveKitS
 from actors.policy import Policy
 from actors.runtime import Runtime
 from actors.threading_executor import ThreadingExecutor
-from events.log import EventStore, has_open_session, open_view
+from events.log import EventStore, has_open_session, told_health
 from events.memory_store import MemoryStore
 from events.projection import replay
 from simulations.faulty_store import FaultyStore
@@ -133,8 +133,7 @@ class LiveRun:
         return has_open_session(self.stores[server], server, user)
 
     def health(self, server: str, user: str) -> str | None:
-        view = open_view(self.stores[server], server, user)
-        return view.health.state if view is not None and view.health is not None else None
+        return told_health(self.stores[server], server, user)
 
     def audio_stall(self, user: str, duration_ms: int) -> None:
         for server in self.scenario.servers:

@@ -20,7 +20,7 @@ from actors.bridge import AudioChunk
 from actors.deterministic_executor import DeterministicExecutor
 from actors.policy import SUPERVISED, Policy
 from actors.runtime import DEFAULT_GRACE_MS, Runtime
-from events.log import EventStore, has_open_session, open_view
+from events.log import EventStore, has_open_session, told_health
 from events.memory_store import MemoryStore
 from simulations.faulty_store import FaultyStore
 from simulations.sim_livekit import SfuConfig, SimLiveKit
@@ -170,8 +170,7 @@ class World:
         return has_open_session(self.stores[server], server, user)
 
     def health(self, server: str, user: str) -> str | None:
-        view = open_view(self.stores[server], server, user)
-        return view.health.state if view is not None and view.health is not None else None
+        return told_health(self.stores[server], server, user)
 
     def where(self, user: str) -> str | None:
         return self._where.get(user)

@@ -88,18 +88,7 @@ ADMIN_REMOVAL = {
 
 def admin_removal() -> dict[str, Any]:
     """An operator removes the bridge: it stays down until the glasses reconnect."""
-    scenario = msgspec.convert(ADMIN_REMOVAL, Scenario)
-    server, settings = loopback()
-    store = MemoryStore()
-    try:
-        result = run_live(scenario, SUPERVISED, settings, loopback=server, store=store)
-    finally:
-        server.stop()
-    story = [
-        f"{type(e.event).__name__}: {getattr(e.event, 'reason', '') or getattr(e.event, 'why', '')}"
-        for e in store.read_all()
-    ]
-    return msgspec.to_builtins(result) | {"story": story}  # type: ignore[no-any-return]
+    return live_story(ADMIN_REMOVAL)
 
 
 AUDIO_STALL = {
@@ -136,7 +125,8 @@ PHONE_LEAVE = {
 
 
 def live_story(document: dict[str, Any]) -> dict[str, Any]:
-    """Run a scenario live on the loopback server; its result, and the log as a story."""
+    """Run a scenario live on the loopback server; its result, and the log as a story: one
+    `Event: reason or why` line per event."""
     scenario = msgspec.convert(document, Scenario)
     server, settings = loopback()
     store = MemoryStore()
@@ -144,7 +134,10 @@ def live_story(document: dict[str, Any]) -> dict[str, Any]:
         result = run_live(scenario, SUPERVISED, settings, loopback=server, store=store)
     finally:
         server.stop()
-    story = [type(e.event).__name__ for e in store.read_all()]
+    story = [
+        f"{type(e.event).__name__}: {getattr(e.event, 'reason', '') or getattr(e.event, 'why', '')}"
+        for e in store.read_all()
+    ]
     return msgspec.to_builtins(result) | {"story": story}  # type: ignore[no-any-return]
 
 

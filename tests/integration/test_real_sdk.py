@@ -20,6 +20,11 @@ def in_netns(*argv: str, timeout_s: float = 120) -> dict[str, Any]:
     return run_in_netns("tests.integration.real_sdk_checks", *argv, timeout_s=timeout_s)
 
 
+def kinds(result: dict[str, Any]) -> list[str]:
+    """The kind of each event in a live run's story."""
+    return [line.split(":", 1)[0] for line in result["story"]]
+
+
 @pytest.mark.parametrize("name", SEED_PLAN)
 def test_a_seed_scenario_passes_with_the_real_sdk(name: str) -> None:
     result = in_netns("scenario", name)
@@ -50,15 +55,15 @@ def test_a_dead_data_path_is_noticed_and_audio_is_back_within_5_s() -> None:
     assert metrics["stalls"] == 1
     assert metrics["stall_recovery_ms"]["count"] == 1
     assert metrics["audio_gap_ms"] < 5_000, metrics
-    assert result["story"].count("BridgeStarted") == 2, result["story"]
+    assert kinds(result).count("BridgeStarted") == 2, result["story"]
 
 
 def test_a_phone_that_leaves_is_reported_and_its_return_needs_no_restart() -> None:
     result = in_netns("phone-leave")
     assert result["passed"], result["expectations"]
-    assert result["story"].count("BridgeStarted") == 1, result["story"]
-    assert "PhoneAbsent" in result["story"]
-    assert "AudioStalled" not in result["story"]
+    assert kinds(result).count("BridgeStarted") == 1, result["story"]
+    assert "PhoneAbsent" in kinds(result)
+    assert "AudioStalled" not in kinds(result)
 
 
 def test_a_phone_that_says_it_is_muted_is_never_a_stall() -> None:
