@@ -185,6 +185,7 @@ class Bridge(pykka.Actor):
                         participant_sid=sid,
                         participant_count=count,
                         phone_present=phone,
+                        phone_muted=mute,
                     ),
                 )
                 self._rewatch()

@@ -81,6 +81,8 @@ class BridgeJoined(Input, frozen=True, kw_only=True):
     participant_sid: str
     participant_count: int
     phone_present: bool
+    phone_muted: bool = False
+    """The phone was in the room with its microphone muted: nothing to hear, nothing amiss."""
 
 
 class BridgeJoinFailed(Input, frozen=True, kw_only=True):

@@ -184,11 +184,11 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
                 lookup_retry_due_ms=None,
                 stalled_ms=None,
             )
-        case BridgeJoined(phone_present=phone) if current:
+        case BridgeJoined(phone_present=phone, phone_muted=muted) if current:
             return _phone(
                 replace(view, bridge="up", join_deadline_ms=None, unavailable=None),
                 present=phone,
-                muted=view.phone_muted and phone,
+                muted=muted and phone,
             )
         case BridgeJoinFailed() if current:
             return replace(

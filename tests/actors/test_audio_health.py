@@ -16,6 +16,7 @@ from actors.policy import LEGACY
 from events.catalog import (
     AudioResumed,
     AudioStalled,
+    BridgeJoined,
     BridgeKept,
     BridgeStarted,
     BridgeStopped,
@@ -117,6 +118,18 @@ def test_a_muted_phone_that_sends_nothing_is_not_a_stall(harness: Harness) -> No
     assert status.bridge is not None
     assert status.bridge.phone_muted
     assert status.health == Health(state="ok", reason="the phone is muted")
+
+
+def test_a_phone_muted_before_the_bridge_joins_is_ok_from_the_join(harness: Harness) -> None:
+    harness.sfu.phone_joined(USER)
+    harness.sfu.phone_muted(USER, muted=True)
+    harness.runtimes["prod"].glasses_connected(USER)
+    assert harness.eventually(lambda: health(harness) == "ok")
+    harness.run_for(5 * WATCH.phone_absent_after_ms)
+    assert harness.count(AudioStalled) == 0
+    assert harness.count(BridgeStarted) == 1
+    (joined,) = [e for e in harness.events() if isinstance(e, BridgeJoined)]
+    assert joined.phone_muted
 
 
 def test_a_missing_phone_is_reported_absent_and_never_fixed_by_a_restart(
