@@ -22,6 +22,7 @@ import heapq
 import itertools
 import random
 import sys
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -101,12 +102,37 @@ class _Future(pykka.Future[T]):
         self._done = True
 
 
+class _Stopped(threading.Event):
+    """An actor's stopped flag on one thread: a `threading.Event` carries a condition, a lock
+    and a deque, eight objects per actor for the cyclic collector to visit on every pass."""
+
+    def __init__(self) -> None:  # no `super().__init__()`: that makes the condition
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+
+    def clear(self) -> None:
+        self._set = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._set
+
+
 class _Runnable(pykka.Actor):
     """The runtime half of a deterministically executed actor. Its executor's attribute has a
     name of its own: actors keep the executor they were given as `_executor`."""
 
     _scheduler: DeterministicExecutor
     _started: bool = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.actor_stopped = _Stopped()
+        self.actor_ref.actor_stopped = self.actor_stopped  # the ref pykka made holds the old one
 
     def _start_actor_loop(self) -> None:
         inbox = cast("_Inbox", self.actor_inbox)

@@ -7,7 +7,7 @@ import msgspec
 from events.catalog import SCHEMA_VERSION, AnyEvent
 
 
-class Pending(msgspec.Struct, frozen=True, kw_only=True):
+class Pending(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An event on its way into the log: everything but the positions the log assigns."""
 
     event_id: str
@@ -30,7 +30,7 @@ class Pending(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A stored event with its global position and its version within its stream."""
 
     position: int

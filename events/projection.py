@@ -51,7 +51,7 @@ SessionState = Literal["ACTIVE", "GRACE", "DISPOSED"]
 BridgePhase = Literal["down", "joining", "up"]
 
 
-class Health(msgspec.Struct, frozen=True, kw_only=True):
+class Health(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What the user is experiencing on a server while the glasses are connected to it.
 
     - `connecting`: the bridge is joining, or waiting to, or the first audio is on its way;
@@ -68,7 +68,7 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     retry_at_ms: int | None = None
 
 
-class SessionView(msgspec.Struct, frozen=True, kw_only=True):
+class SessionView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One session incarnation on one server, as its stream tells it."""
 
     stream: str
