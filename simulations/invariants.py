@@ -24,6 +24,7 @@ from events.catalog import (
     BridgeStarted,
     GlassesDisconnected,
     IdentityHolderObserved,
+    JoinPaced,
     ProcessRestarted,
     RestartBudgetExhausted,
     SessionDisposed,
@@ -103,11 +104,16 @@ def _excused(windows: list[tuple[int, int, str | None]], user: str, start: int, 
 
 
 def liveness(world: World, window_ms: int = LIVENESS_WINDOW_MS) -> list[str]:
-    """Glasses connected to S for `window_ms` with no fault active means audio reached S."""
+    """Glasses connected to S for `window_ms` with no fault active means audio reached S;
+    a join S paced (`JoinPaced`) has `window_ms` from its turn."""
     faults = fault_windows(world)
+    turns = _paced_turns(world)
     violations = []
     for user, server, start, end in connections(world):
         due = start + window_ms
+        for decided, turn in turns.get((server, user), ()):
+            if start <= decided <= due:
+                due = max(due, turn + window_ms)
         if end < due or _excused(faults, user, start, due):
             continue
         if not world.deliveries.heard(user, server, after_ms=start, until_ms=due):
@@ -169,6 +175,20 @@ def _budget_exhaustions(world: World) -> dict[tuple[str, str], list[int]]:
     for envelope in server_events(world.stores.values()):
         if isinstance(envelope.event, RestartBudgetExhausted):
             found[(envelope.server, envelope.user)].append(envelope.time_ms - offset)
+    return found
+
+
+def _paced_turns(world: World) -> dict[tuple[str, str], list[tuple[int, int]]]:
+    """When each server paced each user's join, and when its turn came: `(decided, turn)` in
+    world time, in log order."""
+    offset = world.wall_ms - world.now_ms
+    found: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+    for envelope in server_events(world.stores.values()):
+        if isinstance(envelope.event, JoinPaced):
+            decided = envelope.time_ms - offset
+            found[(envelope.server, envelope.user)].append(
+                (decided, decided + envelope.event.delay_ms)
+            )
     return found
 
 

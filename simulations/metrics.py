@@ -278,3 +278,13 @@ def _distribution(values: list[int]) -> Distribution:
         p99=_percentile(ordered, 0.99) if ordered else None,
         max=float(ordered[-1]) if ordered else None,
     )
+
+
+def max_in_any_second(times_ms: list[int]) -> int:
+    """The most of `times_ms` (ascending) within any second: any `(t - 1000, t]`."""
+    most = oldest = 0
+    for newest, time_ms in enumerate(times_ms):
+        while times_ms[oldest] <= time_ms - 1_000:
+            oldest += 1
+        most = max(most, newest - oldest + 1)
+    return most

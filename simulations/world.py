@@ -93,10 +93,13 @@ class World:
         sfu: SfuConfig | None = None,
         store_for: Callable[[str], EventStore] | None = None,
         silent_phones: bool = False,
+        join_rate_per_s: int | None = None,
     ) -> None:
         self.seed = seed
         self.policy = policy
         self.grace_ms = grace_ms
+        self.join_rate_per_s = join_rate_per_s
+        """Each server's own join rate (its share of the room server's); `None`: no limit."""
         self.executor = DeterministicExecutor(seed)
         # The room's randomness is separate from the scheduler's, so that adding a message
         # between actors does not change join latencies.
@@ -146,6 +149,7 @@ class World:
             policy=self.policy,
             grace_ms=self.grace_ms,
             audio_sink=self._sink,
+            join_rate_per_s=self.join_rate_per_s,
         )
 
     def _sink(self, chunk: AudioChunk) -> None:
