@@ -63,7 +63,7 @@ def fault_windows(world: World) -> list[tuple[int, int, str | None]]:
             )
         elif fault.kind == "unnoticed_close":
             windows.append((fault.start_ms, fault.end_ms + aftermath, fault.user))
-        elif fault.kind == "crash":
+        elif fault.kind in ("crash", "failover"):
             windows.append((fault.start_ms, fault.end_ms, None))
         elif fault.kind == "room_service_fault":
             # A kicked bridge waits for the room service to say who holds the identity.

@@ -290,24 +290,37 @@ class World:
     def crash(self, server: str) -> None:
         """`server`'s process dies and a new one starts from its log; its glasses reconnect
         `RECONNECT_AFTER_CRASH_MS` later."""
+        for user in self._kill(server, "crash"):
+            self._reconnect_later(user, server)
+
+    def fail_over(self, server: str, to: list[str]) -> list[str]:
+        """`server`'s process dies and a new one starts from its log, but its glasses all go
+        elsewhere, `RECONNECT_AFTER_CRASH_MS` later and at the same instant: to the servers of
+        `to` in turn. Returns the users it sent away, in the order they went."""
+        moved = self._kill(server, "failover")
+        for index, user in enumerate(moved):
+            self._reconnect_later(user, to[index % len(to)])
+        return moved
+
+    def _kill(self, server: str, kind: str) -> list[str]:
+        """Kill `server`'s process and start a new one from its log; the users it dropped."""
         dead = self.runtimes[server]
         self.executor.crash(dead.actors())
         self.sfu.process_died(server)
-        self._fault("crash", lasts_ms=RECONNECT_AFTER_CRASH_MS, server=server)
+        self._fault(kind, lasts_ms=RECONNECT_AFTER_CRASH_MS, server=server)
         dropped = [user for user, where in self._where.items() if where == server]
         for user in dropped:
             self._where[user] = None
             self.presence.append(Presence(self.now_ms, user, None))
         self.runtimes[server] = self._start_runtime(server)
-        for user in dropped:
-            self.executor.call_at(
-                self.now_ms + RECONNECT_AFTER_CRASH_MS,
-                lambda user=user: self._reconnect_after_crash(user, server),  # type: ignore[misc]
-            )
+        return dropped
 
-    def _reconnect_after_crash(self, user: str, server: str) -> None:
-        if self._where.get(user) is None:
-            self.connect(user, server)
+    def _reconnect_later(self, user: str, server: str) -> None:
+        def reconnect() -> None:
+            if self._where.get(user) is None:
+                self.connect(user, server)
+
+        self.executor.call_at(self.now_ms + RECONNECT_AFTER_CRASH_MS, reconnect)
 
     def restart_server(self, server: str) -> None:
         """Stop `server`'s runtime and start a new one on the same log, as a deploy would.
