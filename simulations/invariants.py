@@ -105,14 +105,15 @@ def _excused(windows: list[tuple[int, int, str | None]], user: str, start: int, 
 
 def liveness(world: World, window_ms: int = LIVENESS_WINDOW_MS) -> list[str]:
     """Glasses connected to S for `window_ms` with no fault active means audio reached S;
-    a join S paced (`JoinPaced`) has `window_ms` from its turn."""
+    a join S paced (`JoinPaced`) has `window_ms` from its turn, also one paced before the
+    glasses left and came back, whose turn they wait for."""
     faults = fault_windows(world)
     turns = _paced_turns(world)
     violations = []
     for user, server, start, end in connections(world):
         due = start + window_ms
         for decided, turn in turns.get((server, user), ()):
-            if start <= decided <= due:
+            if decided <= due and turn >= start:
                 due = max(due, turn + window_ms)
         if end < due or _excused(faults, user, start, due):
             continue

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from actors.join_limiter import JoinLimiter
 from actors.policy import LEGACY, SUPERVISED, Policy
-from events.catalog import BridgeJoined, BridgeStarted, JoinPaced
+from events.catalog import BridgeJoined, BridgeStarted, JoinPaced, RejoinDeclined
 from simulations.invariants import all_violations
 from simulations.metrics import max_in_any_second
 from simulations.world import World
@@ -72,3 +72,24 @@ def test_the_seeds_options_join_at_once_whatever_the_servers_join_rate() -> None
     assert not any(isinstance(event, JoinPaced) for event in events)
     assert sum(isinstance(event, BridgeStarted) for event in events) == 10
     assert world.sfu.admitted_join_ms == [1_000] * 10
+
+
+def test_glasses_that_blip_while_their_join_waits_keep_its_turn() -> None:
+    world = World(servers=["prod"], seed=3, join_rate_per_s=4)
+    world.run_until(1_000)
+    for number in range(20):
+        world.connect(f"u{number}@example.com", "prod")
+    world.run_until(1_100)
+    paced = [e for e in world.stores["prod"].read_all() if isinstance(e.event, JoinPaced)]
+    last = max(paced, key=lambda envelope: getattr(envelope.event, "delay_ms", 0)).user
+    world.disconnect(last)
+    world.run_until(1_200)
+    world.connect(last, "prod")
+    world.run_until(8_000)
+    events = [e.event for e in world.stores["prod"].read_all() if e.user == last]
+    assert [event.delay_ms for event in events if isinstance(event, JoinPaced)] == [4_750]
+    declined = [event.why for event in events if isinstance(event, RejoinDeclined)]
+    assert declined == ["the bridge is already due to start in 4550 ms"]
+    assert world.deliveries.heard(last, "prod", after_ms=7_500, until_ms=8_000)
+    # Its audio comes almost 5 s after the reconnect: liveness counts from the turn it waits for.
+    assert all_violations(world) == []
