@@ -31,9 +31,9 @@ class JoinLimiter:
         self._lock = threading.Lock()
 
     def turn(self, now_ms: int) -> int:
-        """Book the earliest turn at or after `now_ms` (a monotonic time that never goes
-        back) and return it. A turn is used or wasted, never given back: a session whose
-        glasses left before its turn wastes it, and the limiter errs on the slow side."""
+        """Book the earliest turn at or after `now_ms` that keeps the rate, after every turn
+        booked before it, and return it. A turn is used or wasted, never given back: a session
+        whose glasses left before its turn wastes it, and the limiter errs on the slow side."""
         with self._lock:
             turn = now_ms
             if self._booked:
