@@ -28,6 +28,8 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     """Restart after transient losses, fence duplicate-identity kicks by epoch, use the budget."""
     audio_only_when_active: bool = False
     """Hand audio to the server only while the glasses are connected to it."""
+    limit_joins: bool = False
+    """Start bridges no faster than the server's join limiter allows, when it has one."""
     budget: RestartBudget = RestartBudget()
 
     def identity(self, user: str, server: str) -> str:
@@ -70,6 +72,7 @@ SUPERVISED = Policy(
     on_reconnect="status_check",
     supervise_losses=True,
     audio_only_when_active=True,
+    limit_joins=True,
 )
 
 POLICIES: dict[str, Policy] = {

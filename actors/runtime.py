@@ -54,7 +54,8 @@ class Runtime:
     """One server's actors. Starting it recovers every open session from the log.
 
     The facade's methods may be called from any thread; each input reaches the user's session,
-    which appends it to the log before acting on it.
+    which appends it to the log before acting on it. `join_rate_per_s` is the most joins this
+    server starts in a second, its share of what its LiveKit admits (`None`: no limit).
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class Runtime:
         audio_watch: AudioWatch = DEFAULT_AUDIO_WATCH,
         retention_ms: int = DEFAULT_RETENTION_MS,
         reply_timeout_s: float = 5.0,
+        join_rate_per_s: int | None = None,
     ) -> None:
         self.server = server
         self.policy = policy
@@ -100,6 +102,7 @@ class Runtime:
             timer=self._timer,
             recovered=recovered,
             retention_ms=retention_ms,
+            join_rate_per_s=join_rate_per_s,
         )
 
     def glasses_connected(self, user: str, epoch: int | None = None) -> Acknowledgement:

@@ -35,6 +35,7 @@ from actors.connector import (
 from actors.executor import Executor, tell
 from actors.grace_timer import Arm, Disarm, DisarmAll
 from actors.health_feed import HealthFeed
+from actors.join_limiter import JoinLimiter
 from actors.messages import (
     BridgeAttached,
     ForUser,
@@ -72,6 +73,7 @@ from events.catalog import (
     IdentityHolderObserved,
     IdentityHolderRequested,
     Input,
+    JoinPaced,
     LookupRetryDecided,
     PhoneAbsent,
     PhoneAwaited,
@@ -120,6 +122,7 @@ class Session(pykka.Actor):
         watch: AudioWatch,
         health: HealthFeed,
         recovered: SessionView | None = None,
+        joins: JoinLimiter | None = None,
     ) -> None:
         super().__init__()
         self._server = server
@@ -136,6 +139,8 @@ class Session(pykka.Actor):
         self._deadlines = deadlines
         self._watch = watch
         self._health = health
+        self._joins = joins
+        """The server's join limiter, shared by its sessions; `None`: joins start at once."""
         self._view = recovered
         self._durable = recovered
         """The view as the log has it: what a query sees, whatever a failed turn left."""
@@ -350,7 +355,7 @@ class Session(pykka.Actor):
             self._rejoin(f"{policy.name}: a reconnect always starts a fresh bridge")
         elif view.backoff_due_ms is not None:
             due_in = view.backoff_due_ms - self._now
-            self._decline(f"a restart after failures is already due in {due_in} ms")
+            self._decline(f"the bridge is already due to start in {due_in} ms")
         elif view.bridge == "joining":
             self._keep("a join is already in flight")
         elif view.bridge == "up":
@@ -423,11 +428,12 @@ class Session(pykka.Actor):
         view = self._before or self.view
         if timer == "grace" and view.state == "GRACE" and view.grace_deadline_ms == deadline:
             self._dispose(f"grace of {self._grace_ms / 1000:g} s expired without a reconnect")
-        elif timer == "backoff" and view.backoff_due_ms == deadline:
+        elif timer in ("backoff", "pace") and view.backoff_due_ms == deadline:
+            waited = "its turn at the join limiter came" if timer == "pace" else "backoff elapsed"
             if view.state == "ACTIVE":
-                self._start_bridge("backoff elapsed")
+                self._start_bridge(waited, turn_taken=timer == "pace")
             else:
-                self._decline("backoff elapsed but the glasses are gone; waiting for a reconnect")
+                self._decline(f"{waited} but the glasses are gone; waiting for a reconnect")
         elif timer == "cooldown" and view.escalated_until_ms == deadline:
             if view.state == "ACTIVE" and view.bridge == "down":
                 self._rejoin("cool-down over: the restart budget is back, trying again")
@@ -701,7 +707,23 @@ class Session(pykka.Actor):
         else:
             self._start_bridge(why)
 
-    def _start_bridge(self, why: str) -> None:
+    def _start_bridge(self, why: str, *, turn_taken: bool = False) -> None:
+        """Start the bridge now, or at its turn if the join limiter has one for it later."""
+        if self._joins is not None and not turn_taken:
+            now = self._executor.now_ms()
+            wait = self._joins.turn(now) - now
+            if wait > 0:
+                rate = self._joins.rate_per_s
+                self._decide_that(
+                    JoinPaced(
+                        cause=self._cause,
+                        why=f"{why}; this server starts {rate} joins a second at most: "
+                        f"this one's turn is in {wait} ms",
+                        delay_ms=wait,
+                    )
+                )
+                self._arm("pace", self._now + wait)
+                return
         view = self.view
         generation = view.generation + 1
         identity = self._policy.identity(self._user, self._server)

@@ -9,6 +9,9 @@ It starts from the open sessions only (the store's index of sessions), and keeps
 session's final view for `retention_ms`, so that memory follows the users of the moment, not the
 length of the history.
 
+It owns the server's join limiter (`JoinLimiter`, when the runtime is given a join rate and the
+policy limits joins), which every session consults before its bridge joins.
+
 It supervises its sessions one for one, as OTP does: a session whose turn failed is restarted at
 once a few times, then with backoff (`SESSION_RESTARTS`), and never given up on. A failed bridge
 is replaced by its session's policy, which hears of the failure as the bridge's loss.
@@ -26,6 +29,7 @@ from actors.bridge import AudioSink, AudioWatch, Bridge
 from actors.connector import Deadlines, RoomConnector
 from actors.executor import Executor, tell
 from actors.health_feed import HealthFeed
+from actors.join_limiter import JoinLimiter
 from actors.messages import (
     BridgeAttached,
     BridgeExited,
@@ -88,6 +92,7 @@ class Supervisor(pykka.Actor):
         timer: pykka.ActorRef[Any],
         recovered: list[SessionView],
         retention_ms: int,
+        join_rate_per_s: int | None = None,
     ) -> None:
         super().__init__()
         self._server = server
@@ -103,6 +108,13 @@ class Supervisor(pykka.Actor):
         self._timer = timer
         self._recovered = sorted(recovered, key=lambda view: view.incarnation)
         self._retention_ms = retention_ms
+        self._joins = (
+            JoinLimiter(join_rate_per_s)
+            if join_rate_per_s is not None and policy.limit_joins
+            else None
+        )
+        """One limiter for all of this server's sessions: the rate is the server's, not each
+        user's."""
         self._sessions: dict[str, pykka.ActorRef[Any]] = {}
         self._ended: dict[str, SessionView] = {}
         self._bridges: dict[str, tuple[int, pykka.ActorRef[Any]]] = {}
@@ -235,6 +247,7 @@ class Supervisor(pykka.Actor):
             watch=self._watch,
             health=self._health,
             recovered=recovered,
+            joins=self._joins,
         )
 
     def _start_bridge(self, start: StartBridge) -> None:

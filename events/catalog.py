@@ -42,9 +42,12 @@ OPERATOR_REASONS: frozenset[DisconnectReason] = frozenset(
 )
 """Losses an operator caused: the bridge stays down until the user reconnects."""
 
-TimerKind = Literal["grace", "backoff", "cooldown", "join", "lookup", "lookup_retry", "phone"]
+TimerKind = Literal[
+    "grace", "backoff", "cooldown", "join", "lookup", "lookup_retry", "phone", "pace"
+]
 """`join` and `lookup` are deadlines for a connector's answer; `lookup_retry` asks again;
-`phone` is when a phone missing from the room is reported absent."""
+`phone` is when a phone missing from the room is reported absent; `pace` is a join's turn at
+the server's join limiter."""
 
 HealthState = Literal["connecting", "ok", "audio_stalled", "phone_absent", "unavailable"]
 """What the user is experiencing on a server, as the host is told it (see `events.health`)."""
@@ -261,6 +264,13 @@ class RejoinDeclined(Decision, frozen=True, kw_only=True):
     """The bridge stays down; `why` says until when."""
 
 
+class JoinPaced(Decision, frozen=True, kw_only=True):
+    """The server's join limiter gave the bridge's start a turn `delay_ms` from now: the server
+    spaces its joins so that a crowd of reconnects does not become a storm of refused joins."""
+
+    delay_ms: int
+
+
 class RestartBudgetExhausted(Decision, frozen=True, kw_only=True):
     retry_at_ms: int
 
@@ -315,6 +325,7 @@ AnyEvent = (
     | BridgeKept
     | RejoinDecided
     | RejoinDeclined
+    | JoinPaced
     | RestartBudgetExhausted
     | BridgeStarted
     | BridgeStopped

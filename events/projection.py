@@ -29,6 +29,7 @@ from events.catalog import (
     HealthState,
     IdentityHolderObserved,
     IdentityHolderRequested,
+    JoinPaced,
     LookupRetryDecided,
     PhoneAbsent,
     PhoneAwaited,
@@ -273,11 +274,14 @@ def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
             )
         case RejoinDecided(delay_ms=delay):
             return replace(view, backoff_due_ms=envelope.time_ms + delay if delay else None)
+        case JoinPaced(delay_ms=delay):
+            # A start waiting for its turn is due like one waiting out a backoff.
+            return replace(view, backoff_due_ms=envelope.time_ms + delay)
         case RestartBudgetExhausted(retry_at_ms=retry_at):
             return replace(view, escalated_until_ms=retry_at)
         # A deadline changes the view only if it is the one the view holds: one that fired
         # while it was being re-armed is stale.
-        case TimerFired(timer="backoff", deadline_ms=due) if due == view.backoff_due_ms:
+        case TimerFired(timer="backoff" | "pace", deadline_ms=due) if due == view.backoff_due_ms:
             return replace(view, backoff_due_ms=None)
         case TimerFired(timer="join", deadline_ms=due) if due == view.join_deadline_ms:
             return replace(view, join_deadline_ms=None)

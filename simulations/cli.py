@@ -1,15 +1,18 @@
-"""The `rejoin` command (DESIGN section 8): compare, simulate, replay.
+"""The `rejoin` command (DESIGN section 8): compare, simulate, replay, load.
 
-Exit codes: 0 done (for `simulate`: every expectation and invariant held), 1 an expectation or an
-invariant failed, 2 bad input (a one-line message on stderr naming the file and the fault; for
-live runs also a LiveKit that cannot be reached or refuses the credentials). A closed pipe on
-stdout ends the command quietly with 141, as a command killed by SIGPIPE; Ctrl-C with 130.
+Exit codes: 0 done (for `simulate`: every expectation and invariant held; for `load`: every user
+has audio at the end, the join rate held and every invariant held), 1 an expectation, an
+invariant or a load's outcome failed, 2 bad input (a one-line message on stderr naming the file
+and the fault; for live runs also a LiveKit that cannot be reached or refuses the credentials).
+A closed pipe on stdout ends the command quietly with 141, as a command killed by SIGPIPE;
+Ctrl-C with 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import secrets
 import socket
@@ -30,6 +33,7 @@ from events.envelope import Envelope
 from events.log import LogError, read_valid_prefix
 from events.sqlite_store import SQLiteStore
 from simulations.bench import report
+from simulations.load import LoadConfig, run_load
 
 if TYPE_CHECKING:
     from actors.livekit_connector import LiveKitSettings
@@ -132,6 +136,25 @@ def _seed(text: str) -> int:
     return seed
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        msg = f"not a whole number: {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        msg = f"not a number of seconds: {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return seconds
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -195,6 +218,43 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true", help="print the results as JSON")
     replay.set_defaults(command=_replay)
 
+    defaults = LoadConfig()
+    load = commands.add_parser(
+        "load",
+        help="a fleet under load: users over servers, churn, a server's failure; JSON figures",
+    )
+    load.add_argument("--users", type=_whole, default=defaults.users)
+    load.add_argument("--servers", type=_whole, default=defaults.servers)
+    load.add_argument(
+        "--seconds", type=_seconds, default=defaults.seconds, help="simulated seconds in all"
+    )
+    load.add_argument(
+        "--fail-at",
+        type=_seconds,
+        default=defaults.fail_at_s,
+        help="when the first server dies and its users all reconnect to the others",
+    )
+    load.add_argument(
+        "--join-rate",
+        type=_whole,
+        default=defaults.join_rate_per_s,
+        help="the most joins the simulated LiveKit admits within any second",
+    )
+    load.add_argument(
+        "--server-join-rate",
+        type=_whole,
+        help="each server's own join rate (default: its share, join rate / servers; "
+        "0: none, the storm)",
+    )
+    load.add_argument(
+        "--all-on-failing", action="store_true", help="every user starts on the failing server"
+    )
+    load.add_argument("--switches", type=_whole, help="users who switch server (default: 10%%)")
+    load.add_argument("--blips", type=_whole, help="users who blip (default: 10%%)")
+    load.add_argument("--seed", type=_seed, default=defaults.seed)
+    load.add_argument("--policy", default=defaults.policy, choices=list(POLICIES))
+    load.set_defaults(command=_load)
+
     bench = commands.add_parser("bench", help="measure the figures in BENCHMARKS.md")
     bench.set_defaults(command=_bench)
     return parser
@@ -204,6 +264,29 @@ def _bench(_args: argparse.Namespace) -> int:
     for line in report():
         print(line, flush=True)
     return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    churn = args.users // 10
+    try:
+        config = LoadConfig(
+            users=args.users,
+            servers=args.servers,
+            seconds=args.seconds,
+            fail_at_s=args.fail_at,
+            join_rate_per_s=args.join_rate,
+            server_join_rate_per_s=args.server_join_rate,
+            all_on_failing=args.all_on_failing,
+            switches=churn if args.switches is None else args.switches,
+            blips=churn if args.blips is None else args.blips,
+            seed=args.seed,
+            policy=args.policy,
+        )
+    except ValueError as error:
+        raise UsageError(f"load: {error}") from None
+    result = run_load(config)
+    sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+    return 0 if result.passed else 1
 
 
 def _scenarios(references: list[str]) -> list[Scenario]:

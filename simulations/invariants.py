@@ -24,6 +24,7 @@ from events.catalog import (
     BridgeStarted,
     GlassesDisconnected,
     IdentityHolderObserved,
+    JoinPaced,
     ProcessRestarted,
     RestartBudgetExhausted,
     SessionDisposed,
@@ -62,7 +63,7 @@ def fault_windows(world: World) -> list[tuple[int, int, str | None]]:
             )
         elif fault.kind == "unnoticed_close":
             windows.append((fault.start_ms, fault.end_ms + aftermath, fault.user))
-        elif fault.kind == "crash":
+        elif fault.kind in ("crash", "failover"):
             windows.append((fault.start_ms, fault.end_ms, None))
         elif fault.kind == "room_service_fault":
             # A kicked bridge waits for the room service to say who holds the identity.
@@ -103,11 +104,17 @@ def _excused(windows: list[tuple[int, int, str | None]], user: str, start: int, 
 
 
 def liveness(world: World, window_ms: int = LIVENESS_WINDOW_MS) -> list[str]:
-    """Glasses connected to S for `window_ms` with no fault active means audio reached S."""
+    """Glasses connected to S for `window_ms` with no fault active means audio reached S;
+    a join S paced (`JoinPaced`) has `window_ms` from its turn, also one paced before the
+    glasses left and came back, whose turn they wait for."""
     faults = fault_windows(world)
+    turns = _paced_turns(world)
     violations = []
     for user, server, start, end in connections(world):
         due = start + window_ms
+        for decided, turn in turns.get((server, user), ()):
+            if decided <= due and turn >= start:
+                due = max(due, turn + window_ms)
         if end < due or _excused(faults, user, start, due):
             continue
         if not world.deliveries.heard(user, server, after_ms=start, until_ms=due):
@@ -169,6 +176,20 @@ def _budget_exhaustions(world: World) -> dict[tuple[str, str], list[int]]:
     for envelope in server_events(world.stores.values()):
         if isinstance(envelope.event, RestartBudgetExhausted):
             found[(envelope.server, envelope.user)].append(envelope.time_ms - offset)
+    return found
+
+
+def _paced_turns(world: World) -> dict[tuple[str, str], list[tuple[int, int]]]:
+    """When each server paced each user's join, and when its turn came: `(decided, turn)` in
+    world time, in log order."""
+    offset = world.wall_ms - world.now_ms
+    found: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+    for envelope in server_events(world.stores.values()):
+        if isinstance(envelope.event, JoinPaced):
+            decided = envelope.time_ms - offset
+            found[(envelope.server, envelope.user)].append(
+                (decided, decided + envelope.event.delay_ms)
+            )
     return found
 
 

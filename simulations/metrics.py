@@ -257,20 +257,21 @@ def _summarise(
     return Metrics(
         reconnect_in_grace_audio_ratio=ratio([c for c in connections if c.in_grace]),
         switch_success_ratio=ratio([c for c in connections if c.switch]),
-        time_to_audio_ms=_distribution(delays),
+        time_to_audio_ms=distribution(delays),
         zombie_bridges=zombies,
         misrouted_audio_ms=counts.misrouted_ms,
         kicks=counts.kicks,
         bridge_joins=counts.joins,
         rejoins=counts.rejoins,
         stalls=len(counts.detections),
-        stall_detection_ms=_distribution(counts.detections),
-        stall_recovery_ms=_distribution(counts.recoveries),
+        stall_detection_ms=distribution(counts.detections),
+        stall_recovery_ms=distribution(counts.recoveries),
         audio_gap_ms=counts.gap_ms,
     )
 
 
-def _distribution(values: list[int]) -> Distribution:
+def distribution(values: list[int]) -> Distribution:
+    """Count, p50, p99 and max of `values` (all `None` but the count when there are none)."""
     ordered = sorted(values)
     return Distribution(
         count=len(ordered),
@@ -278,3 +279,13 @@ def _distribution(values: list[int]) -> Distribution:
         p99=_percentile(ordered, 0.99) if ordered else None,
         max=float(ordered[-1]) if ordered else None,
     )
+
+
+def max_in_any_second(times_ms: list[int]) -> int:
+    """The most of `times_ms` (ascending) within any second: any `(t - 1000, t]`."""
+    most = oldest = 0
+    for newest, time_ms in enumerate(times_ms):
+        while times_ms[oldest] <= time_ms - 1_000:
+            oldest += 1
+        most = max(most, newest - oldest + 1)
+    return most

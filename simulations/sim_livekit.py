@@ -11,6 +11,9 @@ It follows what the real server and SDK do (research/livekit-wire-protocol.md):
 - the room service can fail for one server's lookups, each failing at once or hanging unanswered;
 - a server's credentials can be refused (every join and lookup fails for good: HTTP 401), and
   a server's joins can hang, never completing;
+- with `join_rate_per_s`, joins beyond that many within any second are refused at once with a
+  503, as a LiveKit node refuses joins past its configured limits (`rtc.ErrLimitExceeded`, a
+  transient error: it neither queues them nor fails for good);
 - the room service is as unreachable as the rest of the server during an outage;
 - data packets reach every other participant whose signal is up, except a participant whose
   data path died (`audio_stall`: the SDK's data callback stops while it stays connected) or
@@ -22,6 +25,7 @@ All timing runs on the executor's clock, so the same seed gives the same room hi
 
 from __future__ import annotations
 
+import collections
 import itertools
 import random
 import threading
@@ -56,6 +60,9 @@ DEPARTURE_DETECTION_MS = 15_000
 REFUSED = "401 Unauthorized: invalid API key"
 """What the server says to a server whose credentials it refuses."""
 
+LIMIT_EXCEEDED = "503 Service Unavailable: node has exceeded its configured limit"
+"""What the server says to a join beyond its join rate (livekit-server's `rtc.ErrLimitExceeded`)."""
+
 
 class SfuConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     join_latency_ms: tuple[int, int] = (50, 200)
@@ -63,6 +70,9 @@ class SfuConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     resume_attempt_ms: tuple[int, int] = (300, 1_500)
     token_ttl_ms: int = 600_000
     audio_chunk_ms: int = 100
+    join_rate_per_s: int | None = None
+    """The most joins admitted within any second, for all servers together (`None`: no limit).
+    A refusal takes one `lookup_latency_ms` round trip: the server answers before any media."""
 
 
 class _Connection:
@@ -130,6 +140,11 @@ class SimLiveKit:
         """Joins on their way: a process that dies takes its own with it."""
         self.kicks = 0
         self.joins = 0
+        self.admitted_join_ms: list[int] = []
+        """When each join request the rate limit let through arrived, in order."""
+        self.refused_joins = 0
+        self._last_second: collections.deque[int] = collections.deque()
+        """The admitted joins of the last second: what the limit counts."""
 
     def connector(self, server: str) -> SimConnector:
         return SimConnector(self, server)
@@ -147,8 +162,35 @@ class SimLiveKit:
             self._joining.add(connection)
             if now < self._joins_hang_until_ms.get(request.server, -1):
                 return connection  # never completes: the joiner's own deadline must end it
-        self._executor.call_at(now + latency, lambda: self._complete_join(connection))
+            admitted = self._admit(now)
+            if not admitted:
+                latency = self._rng.randint(*self.config.lookup_latency_ms)
+        if admitted:
+            self._executor.call_at(now + latency, lambda: self._complete_join(connection))
+        else:
+            self._executor.call_at(now + latency, lambda: self._refuse_join(connection))
         return connection
+
+    def _admit(self, now: int) -> bool:
+        """Whether the join rate lets a join arriving now through; counts it if so."""
+        limit = self.config.join_rate_per_s
+        last_second = self._last_second
+        while last_second and last_second[0] <= now - 1_000:
+            last_second.popleft()
+        if limit is not None and len(last_second) >= limit:
+            self.refused_joins += 1
+            return False
+        last_second.append(now)
+        self.admitted_join_ms.append(now)
+        return True
+
+    def _refuse_join(self, connection: _Connection) -> None:
+        with self._lock:
+            self._joining.discard(connection)
+            if connection.state != "pending":
+                return
+            connection.state = "gone"
+            connection.on_event(RoomJoinFailed(error=LIMIT_EXCEEDED))
 
     def _complete_join(self, connection: _Connection) -> None:
         with self._lock:

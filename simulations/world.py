@@ -93,10 +93,13 @@ class World:
         sfu: SfuConfig | None = None,
         store_for: Callable[[str], EventStore] | None = None,
         silent_phones: bool = False,
+        join_rate_per_s: int | None = None,
     ) -> None:
         self.seed = seed
         self.policy = policy
         self.grace_ms = grace_ms
+        self.join_rate_per_s = join_rate_per_s
+        """Each server's own join rate (its share of the room server's); `None`: no limit."""
         self.executor = DeterministicExecutor(seed)
         # The room's randomness is separate from the scheduler's, so that adding a message
         # between actors does not change join latencies.
@@ -146,6 +149,7 @@ class World:
             policy=self.policy,
             grace_ms=self.grace_ms,
             audio_sink=self._sink,
+            join_rate_per_s=self.join_rate_per_s,
         )
 
     def _sink(self, chunk: AudioChunk) -> None:
@@ -286,24 +290,37 @@ class World:
     def crash(self, server: str) -> None:
         """`server`'s process dies and a new one starts from its log; its glasses reconnect
         `RECONNECT_AFTER_CRASH_MS` later."""
+        for user in self._kill(server, "crash"):
+            self._reconnect_later(user, server)
+
+    def fail_over(self, server: str, to: list[str]) -> list[str]:
+        """`server`'s process dies and a new one starts from its log, but its glasses all go
+        elsewhere, `RECONNECT_AFTER_CRASH_MS` later and at the same instant: to the servers of
+        `to` in turn. Returns the users it sent away, in the order they went."""
+        moved = self._kill(server, "failover")
+        for index, user in enumerate(moved):
+            self._reconnect_later(user, to[index % len(to)])
+        return moved
+
+    def _kill(self, server: str, kind: str) -> list[str]:
+        """Kill `server`'s process and start a new one from its log; the users it dropped."""
         dead = self.runtimes[server]
         self.executor.crash(dead.actors())
         self.sfu.process_died(server)
-        self._fault("crash", lasts_ms=RECONNECT_AFTER_CRASH_MS, server=server)
+        self._fault(kind, lasts_ms=RECONNECT_AFTER_CRASH_MS, server=server)
         dropped = [user for user, where in self._where.items() if where == server]
         for user in dropped:
             self._where[user] = None
             self.presence.append(Presence(self.now_ms, user, None))
         self.runtimes[server] = self._start_runtime(server)
-        for user in dropped:
-            self.executor.call_at(
-                self.now_ms + RECONNECT_AFTER_CRASH_MS,
-                lambda user=user: self._reconnect_after_crash(user, server),  # type: ignore[misc]
-            )
+        return dropped
 
-    def _reconnect_after_crash(self, user: str, server: str) -> None:
-        if self._where.get(user) is None:
-            self.connect(user, server)
+    def _reconnect_later(self, user: str, server: str) -> None:
+        def reconnect() -> None:
+            if self._where.get(user) is None:
+                self.connect(user, server)
+
+        self.executor.call_at(self.now_ms + RECONNECT_AFTER_CRASH_MS, reconnect)
 
     def restart_server(self, server: str) -> None:
         """Stop `server`'s runtime and start a new one on the same log, as a deploy would.

@@ -196,7 +196,7 @@ class RejoinMachine(RuleBasedStateMachine):
             world.stop()
 
 
-NOTABLE = ("fenced", "removed by an operator", "a restart after failures is already due")
+NOTABLE = ("fenced", "removed by an operator", "the bridge is already due to start")
 
 
 def outcomes(world: World) -> list[str]:
