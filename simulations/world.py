@@ -93,6 +93,7 @@ class World:
         sfu: SfuConfig | None = None,
         store_for: Callable[[str], EventStore] | None = None,
         silent_phones: bool = False,
+        phones_send: bool = True,
         join_rate_per_s: int | None = None,
     ) -> None:
         self.seed = seed
@@ -124,7 +125,8 @@ class World:
             server: FaultyStore(store, lambda: self.now_ms) for server, store in self.stores.items()
         }
         self.runtimes = {server: self._start_runtime(server) for server in servers}
-        self.executor.call_at(chunk_ms, self._phone_tick)
+        if phones_send:  # a scale run without audio spares a visit to every user per chunk
+            self.executor.call_at(chunk_ms, self._phone_tick)
 
     @property
     def servers(self) -> list[str]:
