@@ -317,7 +317,7 @@ class SQLiteStore:
                 return
             try:
                 for each in group:
-                    self._write_batch(each)
+                    self._write_batch(each, alone=len(group) == 1)
                 db.execute("COMMIT")
             except BaseException as error:
                 self._fail_group(group, error)
@@ -327,11 +327,12 @@ class SQLiteStore:
             self.commits += 1
             self.grouped += len(group)
 
-    def _write_batch(self, each: _Append) -> None:
+    def _write_batch(self, each: _Append, *, alone: bool) -> None:
         """Write one batch in the open transaction, or roll back its savepoint and keep its
-        error; raise only when the transaction itself is lost."""
+        error; raise when the whole transaction is to be rolled back."""
         db = self._db
-        db.execute("SAVEPOINT batch")
+        if not alone:
+            db.execute("SAVEPOINT batch")
         try:
             each.result = self._insert(each.stream, each.expected_version, each.events)
         except Exception as error:
@@ -339,14 +340,17 @@ class SQLiteStore:
             if isinstance(error, OverflowError):
                 msg = f"stream {each.stream}: a number in the batch does not fit the log ({error})"
                 each.error = _caused_by(LogError(msg), error)
-            if not db.in_transaction:
-                # SQLite rolled back the whole transaction (an I/O error, a full disk).
+            if alone or not db.in_transaction:
+                # Rolling the transaction back rolls back this batch only when it is alone in it
+                # (which spares a lone writer the savepoint's two statements); after an I/O error
+                # or a full disk SQLite has rolled the whole transaction back already.
                 raise
             db.execute("ROLLBACK TO batch")
-        db.execute("RELEASE batch")
+        if not alone:
+            db.execute("RELEASE batch")
 
     def _fail_group(self, group: list[_Append], error: BaseException) -> None:
-        """The group's transaction failed: roll it back and fail every batch it had written."""
+        """Roll the group's transaction back, and fail every batch that had no error yet."""
         if self._db.in_transaction:
             # A rollback that fails too leaves SQLite to drop the uncommitted frames: in WAL
             # mode no reader ever sees a transaction without its commit record.
@@ -355,9 +359,10 @@ class SQLiteStore:
         for each in group:
             if each.error is None:
                 each.result = None
+                appends = "1 append" if len(group) == 1 else f"{len(group)} appends"
                 msg = (
                     f"{self.path}: stream {each.stream}: not appended: the transaction of its "
-                    f"group of {len(group)} appends failed and wrote none of them ({error})"
+                    f"group ({appends}) failed and wrote nothing ({error})"
                 )
                 each.error = _caused_by(LogError(msg), error)
 

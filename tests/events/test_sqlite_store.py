@@ -340,6 +340,16 @@ def test_appends_that_arrive_during_a_commit_share_the_next_one(tmp_path: Path) 
     store.close()
 
 
+def test_a_batch_refused_after_its_first_row_writes_nothing(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "log.db")
+    with pytest.raises(LogError, match="a number in the batch does not fit the log"):
+        store.append("prod/f/1", 0, [opening("prod/f/1", "f"), connected("f2", 2**63)])
+    assert list(store.read_all()) == []
+    assert store.open_streams("prod") == []
+    assert [e.position for e in store.append("prod/f/1", 0, [connected("f", 1)])] == [1]
+    store.close()
+
+
 def test_max_group_bounds_the_batches_of_one_commit(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "log.db", max_group=2)
     held, threads, _ = queued_behind_a_held_leader(
@@ -380,11 +390,11 @@ def test_a_failed_commit_fails_its_whole_group_and_writes_nothing(tmp_path: Path
     for outcome, stream in ((a, "prod/a/1"), (b, "prod/b/1"), (a_again, "prod/a/1")):
         assert type(outcome) is LogError
         assert str(outcome) == (
-            f"{store.path}: stream {stream}: not appended: the transaction of its group of 4 "
-            "appends failed and wrote none of them (not authorized)"
+            f"{store.path}: stream {stream}: not appended: the transaction of its group "
+            "(4 appends) failed and wrote nothing (not authorized)"
         )
     assert type(lead) is LogError
-    assert "group of 1 appends failed" in str(lead)
+    assert "its group (1 append) failed" in str(lead)
     assert store.commits == 0
     assert list(store.read_all()) == []
     assert store.open_streams("prod") == []
@@ -423,7 +433,7 @@ def test_a_full_disk_in_the_middle_of_a_group_fails_the_group_and_writes_nothing
     assert str(too_big) == "database or disk is full"
     for outcome in (a, b):
         assert type(outcome) is LogError
-        assert "group of 3 appends failed and wrote none of them" in str(outcome)
+        assert "its group (3 appends) failed and wrote nothing" in str(outcome)
     assert [e.event_id for e in store.read_all()] == ["lead"]
     assert store.open_streams("prod") == []
     store._db.execute("PRAGMA max_page_count = 1000000")
