@@ -272,7 +272,10 @@ class SQLiteStore:
         finally:
             for each in group:
                 if each.result is None and each.error is None:
-                    msg = f"stream {each.stream}: its group's append was interrupted"
+                    msg = (
+                        f"stream {each.stream}: not appended: "
+                        "the caller writing its group was interrupted"
+                    )
                     each.error = LogError(msg)
             with self._queue_lock:
                 successor = self._hand_over()
