@@ -399,7 +399,10 @@ def report() -> list[str]:
     p50, p99 = reconnect_decision_cpu_us()
     with tempfile.TemporaryDirectory() as folder:
         startup = startup_with_ended_sessions(Path(folder))
-    appends = [(threads, sqlite_appends("FULL", threads)) for threads in (1, 4, 16)]
+    appends = [
+        (threads, "thread" if threads == 1 else "threads", sqlite_appends("FULL", threads))
+        for threads in (1, 4, 16)
+    ]
     return [
         f"compare, {len(BUILT_IN)} scenarios x {len(POLICIES)} policies (twin runs included): "
         f"{compare_wall_s():.2f} s wall, median of 5",
@@ -408,8 +411,8 @@ def report() -> list[str]:
         f"supervised reconnect decision (input to restart request): "
         f"p50 {p50:.0f} us, p99 {p99:.0f} us CPU",
         *(
-            _append_line(f"synchronous=FULL (durable), {threads} appending threads", figures)
-            for threads, figures in appends
+            _append_line(f"synchronous=FULL (durable), {threads} appending {named}", figures)
+            for threads, named, figures in appends
         ),
         _append_line("synchronous=NORMAL, 1 appending thread", sqlite_appends("NORMAL")),
         f"replay from SQLite (read, decode, fold) of 100k events: "
