@@ -456,7 +456,7 @@ def test_a_caller_interrupted_while_it_waits_takes_its_batch_back(tmp_path: Path
             time.sleep(0.001)
         signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
-    threading.Thread(target=interrupt_the_main_thread_once_it_waits).start()
+    threading.Thread(target=interrupt_the_main_thread_once_it_waits, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         store.append("prod/main/1", 0, [connected("main", 1)])
     assert store.queued == 0
