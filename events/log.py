@@ -3,6 +3,8 @@
 `append(stream, expected_version, events)` is atomic for the batch, rejects a wrong expected
 version, is idempotent on event id (the same batch appended twice is stored once), and assigns
 gap-free global positions starting at 1. A stream's versions start at 1; an empty stream is at 0.
+Appends from many threads at once each keep this contract, and each refusal is raised to its
+own caller only.
 
 Every store also keeps an index of sessions, updated by the same atomic append: which streams
 a `SessionOpened` opened and no `SessionDisposed` has closed yet, and each user's latest

@@ -5,13 +5,15 @@ Medians over repeats, because these machines are noisy; nothing here is asserted
 
 from __future__ import annotations
 
+import functools
 import statistics
 import tempfile
+import threading
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import msgspec
 import pykka
@@ -31,13 +33,14 @@ from actors.health_feed import HealthFeed
 from actors.policy import POLICIES, SUPERVISED
 from actors.runtime import Runtime
 from actors.session import Session
-from events.catalog import GlassesConnected, GlassesDisconnected, Input
-from events.envelope import Pending, stream_name
+from events.catalog import GlassesConnected, GlassesDisconnected
+from events.envelope import Envelope, Pending, stream_name
+from events.log import EventStore
 from events.memory_store import MemoryStore
 from events.projection import SessionView, replay
 from events.sqlite_store import SQLiteStore
-from simulations.scenario import BUILT_IN, load
-from simulations.scenario_runner import run
+from simulations.scenario import BUILT_IN, SEED_PLAN, load
+from simulations.scenario_runner import play, run, world_for
 from simulations.sim_livekit import SfuConfig, SimLiveKit
 from simulations.world import World
 
@@ -182,17 +185,121 @@ class _Sink(pykka.Actor):
         return None
 
 
-def sqlite_append_events_per_s(
-    synchronous: Literal["FULL", "NORMAL"], batch: int = 100, batches: int = 200, repeats: int = 3
-) -> float:
-    def append() -> None:
+class Turn(NamedTuple):
+    """One append as a session makes it: a turn's input and the decisions it led to."""
+
+    stream: str
+    expected_version: int
+    events: tuple[Pending, ...]
+
+
+class _Recorder(MemoryStore):
+    """A store in memory that keeps every append as it was made, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.turns: list[Turn] = []
+
+    def append(
+        self, stream: str, expected_version: int, events: Sequence[Pending]
+    ) -> list[Envelope]:
+        self.turns.append(Turn(stream, expected_version, tuple(events)))
+        return super().append(stream, expected_version, events)
+
+
+@functools.cache
+def seed_turns() -> tuple[tuple[Turn, ...], ...]:
+    """Every append the runtime makes in each scenario of the seed's plan, run under the
+    supervised policy: the turns of each scenario, in the order they were appended."""
+    runs = []
+    for name in SEED_PLAN:
+        scenario = load(name)
+        recorder = _Recorder()
+        world = world_for(scenario, SUPERVISED, scenario.seed, recorder)
+        play(world, scenario)
+        world.stop()
+        runs.append(tuple(recorder.turns))
+    return tuple(runs)
+
+
+class AppendFigures(NamedTuple):
+    inputs_per_s: float
+    """Appends per second, all threads together: a session appends once per input."""
+    events_per_input: float
+    p50_ms: float
+    p99_ms: float
+    """Latency of one append, from the call to its return (durable with `synchronous=FULL`)."""
+
+
+def concurrent_appends(store: EventStore, threads: int, inputs: int) -> AppendFigures:
+    """`threads` threads append `inputs` turns in all, each to streams of its own, as sessions
+    on a pool of workers do: copies of the seed's turns, replayed in their order."""
+    per_thread = max(inputs // threads, 1)
+    work = [_copies(seed_turns(), f"t{thread}", per_thread) for thread in range(threads)]
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    failures: list[Exception] = []
+    start = threading.Barrier(threads + 1)
+
+    def appender(turns: list[Turn], spent: list[float]) -> None:
+        start.wait()
+        try:
+            for turn in turns:
+                before = time.perf_counter()
+                store.append(turn.stream, turn.expected_version, turn.events)
+                spent.append(time.perf_counter() - before)
+        except Exception as error:
+            failures.append(error)
+
+    workers = [
+        threading.Thread(target=appender, args=(turns, spent))
+        for turns, spent in zip(work, latencies, strict=True)
+    ]
+    for worker in workers:
+        worker.start()
+    start.wait()
+    began = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    seconds = time.perf_counter() - began
+    if failures:
+        raise failures[0]
+    every = sorted(latency for spent in latencies for latency in spent)
+    appended = [turn for turns in work for turn in turns]
+    return AppendFigures(
+        inputs_per_s=len(every) / seconds,
+        events_per_input=sum(len(turn.events) for turn in appended) / len(appended),
+        p50_ms=every[len(every) // 2] * 1000,
+        p99_ms=every[int(len(every) * 0.99)] * 1000,
+    )
+
+
+def _copies(runs: Sequence[Sequence[Turn]], owner: str, count: int) -> list[Turn]:
+    """The first `count` turns of copies of `runs`, each copy on streams and ids of its own."""
+    every = [(number, turn) for number, turns in enumerate(runs) for turn in turns]
+    copied = []
+    for index in range(count):
+        copy, at = divmod(index, len(every))
+        number, turn = every[at]
+        tag = f"{owner}.{copy}.{number}"
+        events = tuple(
+            msgspec.structs.replace(pending, event_id=f"{tag}.{pending.event_id}")
+            for pending in turn.events
+        )
+        copied.append(Turn(f"{turn.stream}~{tag}", turn.expected_version, events))
+    return copied
+
+
+def sqlite_appends(
+    synchronous: Literal["FULL", "NORMAL"], threads: int = 1, inputs: int = 4_000, repeats: int = 3
+) -> AppendFigures:
+    """`concurrent_appends` into a new SQLite log, `repeats` times: the median of each figure."""
+    runs = []
+    for _ in range(repeats):
         with tempfile.TemporaryDirectory() as folder:
             store = SQLiteStore(Path(folder) / "bench.db", synchronous=synchronous)
-            for number in range(batches):
-                store.append(f"prod/u{number}/1", 0, _batch(number, batch))
+            runs.append(concurrent_appends(store, threads, inputs))
             store.close()
-
-    return batch * batches / _median_s(append, repeats)
+    return AppendFigures(*(statistics.median(figure) for figure in zip(*runs, strict=True)))
 
 
 def replay_events_per_s(events: int = 100_000, repeats: int = 3) -> float:
@@ -209,26 +316,14 @@ def replay_events_per_s(events: int = 100_000, repeats: int = 3) -> float:
 def one_sessions_life() -> list[list[Pending]]:
     """The batches a real session appends over its life (connect, audio, disconnect, grace
     expiry), turn by turn, as the supervised runtime writes them."""
-    world = World(servers=["prod"], seed=0, grace_ms=1_000)
+    recorder = _Recorder()
+    world = World(servers=["prod"], seed=0, grace_ms=1_000, store_for=lambda _server: recorder)
     world.connect("u", "prod")
     world.run_for(2_000)
     world.disconnect("u")
     world.run_for(2_000)
     world.stop()
-    batches: list[list[Pending]] = []
-    for envelope in world.stores["prod"].read_all():
-        if isinstance(envelope.event, Input):
-            batches.append([])
-        batches[-1].append(
-            Pending(
-                event_id=envelope.event_id,
-                time_ms=envelope.time_ms,
-                server=envelope.server,
-                user=envelope.user,
-                event=envelope.event,
-            )
-        )
-    return batches
+    return [list(turn.events) for turn in recorder.turns]
 
 
 def startup_with_ended_sessions(
@@ -292,10 +387,22 @@ def _batch(number: int, size: int) -> list[Pending]:
     ]
 
 
+def _append_line(how: str, figures: AppendFigures) -> str:
+    return (
+        f"SQLite append of the seed's session turns ({figures.events_per_input:.2f} events "
+        f"each), {how}: {figures.inputs_per_s:,.0f} inputs/s, "
+        f"p50 {figures.p50_ms:.2f} ms, p99 {figures.p99_ms:.2f} ms, medians of 3 x 4,000 inputs"
+    )
+
+
 def report() -> list[str]:
     p50, p99 = reconnect_decision_cpu_us()
     with tempfile.TemporaryDirectory() as folder:
         startup = startup_with_ended_sessions(Path(folder))
+    appends = [
+        (threads, "thread" if threads == 1 else "threads", sqlite_appends("FULL", threads))
+        for threads in (1, 4, 16)
+    ]
     return [
         f"compare, {len(BUILT_IN)} scenarios x {len(POLICIES)} policies (twin runs included): "
         f"{compare_wall_s():.2f} s wall, median of 5",
@@ -303,10 +410,11 @@ def report() -> list[str]:
         f"{chunk_cpu_us():.1f} us CPU, median of 3 x 20,000",
         f"supervised reconnect decision (input to restart request): "
         f"p50 {p50:.0f} us, p99 {p99:.0f} us CPU",
-        f"SQLite append, 100-event batches, synchronous=FULL: "
-        f"{sqlite_append_events_per_s('FULL'):,.0f} events/s",
-        f"SQLite append, 100-event batches, synchronous=NORMAL: "
-        f"{sqlite_append_events_per_s('NORMAL'):,.0f} events/s",
+        *(
+            _append_line(f"synchronous=FULL (durable), {threads} appending {named}", figures)
+            for threads, named, figures in appends
+        ),
+        _append_line("synchronous=NORMAL, 1 appending thread", sqlite_appends("NORMAL")),
         f"replay from SQLite (read, decode, fold) of 100k events: "
         f"{replay_events_per_s():,.0f} events/s",
         f"start-up on a log of 100,000 ended sessions and 1 open "

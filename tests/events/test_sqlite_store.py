@@ -2,14 +2,24 @@
 reports its first bad record while everything before it stays readable."""
 
 import shutil
+import signal
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from events.catalog import GlassesConnected, SessionOpened
-from events.envelope import Pending
-from events.log import CorruptLog, LogError, UnreadableLog, read_valid_prefix
+from events.envelope import Envelope, Pending
+from events.log import (
+    CorruptLog,
+    DuplicateEventId,
+    LogError,
+    UnreadableLog,
+    WrongExpectedVersion,
+    read_valid_prefix,
+)
 from events.sqlite_store import SQLiteStore
 from tests.events.reference_reader import readable_records
 
@@ -219,3 +229,240 @@ def test_a_format_2_log_is_read_as_it_is_and_upgraded_by_a_writer(tmp_path: Path
     db = sqlite3.connect(path)
     assert db.execute("SELECT value FROM meta").fetchone() == ("rejoin-event-log/3",)
     db.close()
+
+
+class Held:
+    """Holds the store's first transaction at its BEGIN, through a trace callback on the
+    store's own connection, until `release()`: appends made meanwhile queue for the next group.
+    Records every statement the connection runs."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.statements: list[str] = []
+        self.holding = threading.Event()
+        self._released = threading.Event()
+        store._db.set_trace_callback(self._trace)
+
+    def _trace(self, statement: str) -> None:
+        self.statements.append(statement)
+        if statement.startswith("BEGIN") and not self.holding.is_set():
+            self.holding.set()
+            self._released.wait(timeout=60)
+
+    def release(self) -> None:
+        self._released.set()
+
+
+Outcome = list[Envelope] | BaseException
+
+
+def appending(
+    store: SQLiteStore, stream: str, expected: int, batch: list[Pending]
+) -> tuple[threading.Thread, list[Outcome]]:
+    """A thread that appends `batch`, started; the list its outcome goes into."""
+    outcome: list[Outcome] = []
+
+    def append() -> None:
+        try:
+            outcome.append(store.append(stream, expected, batch))
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=append)
+    thread.start()
+    return thread, outcome
+
+
+def queued_behind_a_held_leader(
+    store: SQLiteStore, appends: list[tuple[str, int, list[Pending]]]
+) -> tuple[Held, list[threading.Thread], list[list[Outcome]]]:
+    """A first append held at its BEGIN, then `appends` from threads of their own, all queued
+    behind it; the lead's outcome comes first."""
+    held = Held(store)
+    lead = appending(store, "prod/lead/1", 0, [connected("lead", 1)])
+    assert held.holding.wait(timeout=60)
+    started = [lead, *(appending(store, *append) for append in appends)]
+    deadline = time.monotonic() + 60
+    while store.queued < len(appends):
+        assert time.monotonic() < deadline, "the appends never queued"
+        time.sleep(0.001)
+    return held, [thread for thread, _ in started], [outcome for _, outcome in started]
+
+
+def joined(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+
+
+def opening(stream: str, event_id: str) -> Pending:
+    user = stream.split("/")[1]
+    opened = SessionOpened(cause="c", why="first", incarnation=1, epoch=1)
+    return Pending(event_id=event_id, time_ms=0, server="prod", user=user, event=opened)
+
+
+def test_appends_that_arrive_during_a_commit_share_the_next_one(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "log.db")
+    twice = [connected("d1", 1), connected("d2", 2)]
+    held, threads, outcomes = queued_behind_a_held_leader(
+        store,
+        [
+            ("prod/a/1", 0, [connected("a1", 1), connected("a2", 2)]),
+            ("prod/b/1", 0, [opening("prod/b/1", "b")]),
+            ("prod/c/1", 5, [connected("c1", 1)]),
+            ("prod/d/1", 0, twice),
+            ("prod/d/1", 0, twice),
+            ("prod/e/1", 0, [connected("lead", 1)]),
+            ("prod/f/1", 0, [opening("prod/f/1", "f"), connected("f2", 2**63)]),
+            ("prod/h/1", 0, [opening("prod/h/1", "h")]),
+        ],
+    )
+    held.release()
+    joined(threads)
+    assert store.commits == 2, "the held leader's own, then one for the eight queued behind it"
+    assert store.grouped == 9
+    assert held.statements.count("COMMIT") == 2
+    assert held.statements.count("ROLLBACK TO batch") == 3, "only the refused batches'"
+    lead, a, b, c, d, d_again, e, f, h = (outcome[0] for outcome in outcomes)
+    assert isinstance(c, WrongExpectedVersion)
+    assert str(c) == "stream prod/c/1: expected version 5, found 0"
+    assert isinstance(e, DuplicateEventId)
+    assert str(e) == "stream prod/e/1: event id lead is stored with other events"
+    assert isinstance(f, LogError)
+    assert str(f).startswith("stream prod/f/1: a number in the batch does not fit the log")
+    assert d == d_again, "the second copy of the batch is the stored one"
+    stored = list(store.read_all())
+    assert [e.position for e in stored] == list(range(1, 8))
+    assert sorted(e.event_id for e in stored) == ["a1", "a2", "b", "d1", "d2", "h", "lead"]
+    for outcome in (lead, a, b, d, h):
+        assert isinstance(outcome, list)
+        assert outcome == store.read_stream(outcome[0].stream)
+    assert store.open_streams("prod") == ["prod/b/1", "prod/h/1"], "f's opening rolled back"
+    store.close()
+
+
+def test_a_batch_refused_after_its_first_row_writes_nothing(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "log.db")
+    with pytest.raises(LogError, match="a number in the batch does not fit the log"):
+        store.append("prod/f/1", 0, [opening("prod/f/1", "f"), connected("f2", 2**63)])
+    assert list(store.read_all()) == []
+    assert store.open_streams("prod") == []
+    assert [e.position for e in store.append("prod/f/1", 0, [connected("f", 1)])] == [1]
+    store.close()
+
+
+def test_max_group_bounds_the_batches_of_one_commit(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "log.db", max_group=2)
+    held, threads, _ = queued_behind_a_held_leader(
+        store, [(f"prod/u{n}/1", 0, [connected(f"u{n}", 1)]) for n in range(5)]
+    )
+    held.release()
+    joined(threads)
+    assert store.commits == 4, "the lead's, then 2, 2 and 1 of the five queued"
+    assert [e.position for e in store.read_all()] == list(range(1, 7))
+    store.close()
+    with pytest.raises(ValueError, match="at least one append"):
+        SQLiteStore(tmp_path / "other.db", max_group=0)
+
+
+def deny_commit(action: int, arg1: str | None, *_: str | None) -> int:
+    """An authorizer under which a transaction can begin and write but never commit."""
+    if action == sqlite3.SQLITE_TRANSACTION and arg1 == "COMMIT":
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def test_a_failed_commit_fails_its_whole_group_and_writes_nothing(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "log.db")
+    store._db.set_authorizer(deny_commit)
+    held, threads, outcomes = queued_behind_a_held_leader(
+        store,
+        [
+            ("prod/a/1", 0, [connected("a1", 1)]),
+            ("prod/b/1", 0, [opening("prod/b/1", "b")]),
+            ("prod/c/1", 3, [connected("c1", 1)]),
+            ("prod/a/1", 0, [connected("a1", 1)]),
+        ],
+    )
+    held.release()
+    joined(threads)
+    lead, a, b, c, a_again = (outcome[0] for outcome in outcomes)
+    assert isinstance(c, WrongExpectedVersion), "a refused batch keeps its own error"
+    for outcome, stream in ((a, "prod/a/1"), (b, "prod/b/1"), (a_again, "prod/a/1")):
+        assert type(outcome) is LogError
+        assert str(outcome) == (
+            f"{store.path}: stream {stream}: not appended: the transaction of its group "
+            "(4 appends) failed and wrote nothing (not authorized)"
+        )
+    assert type(lead) is LogError
+    assert "its group (1 append) failed" in str(lead)
+    assert store.commits == 0
+    assert list(store.read_all()) == []
+    assert store.open_streams("prod") == []
+    store._db.set_authorizer(None)
+    stored = store.append("prod/a/1", 0, [connected("a1", 1)])
+    assert [(e.position, e.version) for e in stored] == [(1, 1)]
+    store.close()
+
+
+def test_a_full_disk_in_the_middle_of_a_group_fails_the_group_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """A full disk makes SQLite roll back the whole transaction: the batch that hit it gets
+    the error a lone append got, the others of its group a `LogError`."""
+    store = SQLiteStore(tmp_path / "log.db")
+    (pages,) = store._db.execute("PRAGMA page_count").fetchone()
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    big = SessionOpened(cause="c", why="x" * 100_000, incarnation=1, epoch=1)
+    held, threads, outcomes = queued_behind_a_held_leader(
+        store,
+        [
+            ("prod/a/1", 0, [connected("a1", 1)]),
+            (
+                "prod/big/1",
+                0,
+                [Pending(event_id="big", time_ms=0, server="prod", user="big", event=big)],
+            ),
+            ("prod/b/1", 0, [opening("prod/b/1", "b")]),
+        ],
+    )
+    held.release()
+    joined(threads)
+    lead, a, too_big, b = (outcome[0] for outcome in outcomes)
+    assert isinstance(lead, list), "the lead's group of one fit in the file"
+    assert isinstance(too_big, sqlite3.OperationalError)
+    assert str(too_big) == "database or disk is full"
+    for outcome in (a, b):
+        assert type(outcome) is LogError
+        assert "its group (3 appends) failed and wrote nothing" in str(outcome)
+    assert [e.event_id for e in store.read_all()] == ["lead"]
+    assert store.open_streams("prod") == []
+    store._db.execute("PRAGMA max_page_count = 1000000")
+    assert [e.position for e in store.append("prod/a/1", 0, [connected("a1", 1)])] == [2]
+    store.close()
+
+
+def test_a_caller_interrupted_while_it_waits_takes_its_batch_back(tmp_path: Path) -> None:
+    """Ctrl-C in the main thread while its append waits for a group: the batch is not
+    written, and the appends behind and after it do not wait forever."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("only the main thread receives SIGINT")
+    store = SQLiteStore(tmp_path / "log.db")
+    held = Held(store)
+    lead = appending(store, "prod/lead/1", 0, [connected("lead", 1)])
+    assert held.holding.wait(timeout=60)
+
+    def interrupt_the_main_thread_once_it_waits() -> None:
+        while store.queued < 1:
+            time.sleep(0.001)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    threading.Thread(target=interrupt_the_main_thread_once_it_waits, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        store.append("prod/main/1", 0, [connected("main", 1)])
+    assert store.queued == 0
+    behind = appending(store, "prod/behind/1", 0, [connected("behind", 1)])
+    held.release()
+    joined([lead[0], behind[0]])
+    store.append("prod/after/1", 0, [connected("after", 1)])
+    assert [e.event_id for e in store.read_all()] == ["lead", "behind", "after"]
+    store.close()

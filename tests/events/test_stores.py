@@ -150,3 +150,71 @@ def test_a_refused_append_leaves_the_index_as_it_was(store: EventStore) -> None:
     with pytest.raises(WrongExpectedVersion):
         store.append("prod/a/1", 0, [disposed("prod/a/1", "a", "a1-end")])
     assert store.open_streams("prod") == ["prod/a/1"]
+
+
+def test_concurrent_appends_keep_each_batchs_contract(store: EventStore) -> None:
+    """Sixteen threads in twins: both of a twin append the same batches to the same stream,
+    so copies of one batch arrive together; between batches each thread also appends with a
+    stale expected version and reuses an event id stored on another stream. Every good batch is
+    stored once, and every refusal reaches its own caller only."""
+    store.append("prod/shared/1", 0, [pending("shared")])
+    rounds = 25
+    results: dict[int, list[list[str]]] = {}
+    refusals: dict[int, list[LogError]] = {}
+    unexpected: list[BaseException] = []
+    start = threading.Barrier(16)
+
+    def writer(thread: int) -> None:
+        twin = thread // 2
+        stream = f"prod/u{twin}/1"
+        mine = results.setdefault(thread, [])
+        refused = refusals.setdefault(thread, [])
+        start.wait()
+        try:
+            version = 0
+            for number in range(rounds):
+                batch = [pending(f"u{twin}-{number}-{n}") for n in range(1 + number % 3)]
+                stored = store.append(stream, version, batch)
+                mine.append([f"{e.stream}@{e.version}#{e.position}:{e.event_id}" for e in stored])
+                version += len(batch)
+                if number % 4 == thread % 4:
+                    with pytest.raises(WrongExpectedVersion) as wrong:
+                        store.append(stream, version - 1, [pending(f"u{thread}-wrong-{number}")])
+                    refused.append(wrong.value)
+                if number % 5 == thread % 5:
+                    with pytest.raises(DuplicateEventId) as reused:
+                        store.append(stream, version, [pending("shared")])
+                    refused.append(reused.value)
+        except BaseException as error:
+            unexpected.append(error)
+
+    threads = [threading.Thread(target=writer, args=(thread,)) for thread in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert unexpected == []
+    stored = list(store.read_all())
+    assert [e.position for e in stored] == list(range(1, len(stored) + 1))
+    good = {
+        f"u{twin}-{number}-{n}"
+        for twin in range(8)
+        for number in range(rounds)
+        for n in range(1 + number % 3)
+    }
+    assert sorted(e.event_id for e in stored) == sorted(good | {"shared"})
+    for twin in range(8):
+        assert results[2 * twin] == results[2 * twin + 1], "both copies get the stored batch"
+        in_stream = store.read_stream(f"prod/u{twin}/1")
+        assert [e.version for e in in_stream] == list(range(1, len(in_stream) + 1))
+        assert [f"{e.stream}@{e.version}#{e.position}:{e.event_id}" for e in in_stream] == [
+            line for batch in results[2 * twin] for line in batch
+        ]
+    for thread in range(16):
+        wrongs = [e for e in refusals[thread] if isinstance(e, WrongExpectedVersion)]
+        assert [e.stream for e in wrongs] == [f"prod/u{thread // 2}/1"] * sum(
+            number % 4 == thread % 4 for number in range(rounds)
+        )
+        assert len(refusals[thread]) - len(wrongs) == sum(
+            number % 5 == thread % 5 for number in range(rounds)
+        ), "the rest are the reused ids, each refused as a DuplicateEventId"

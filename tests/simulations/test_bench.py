@@ -3,6 +3,10 @@ No timing is asserted; a bench that no longer runs against the runtime is what t
 
 from pathlib import Path
 
+import pytest
+
+from events.catalog import Input
+from events.memory_store import MemoryStore
 from simulations import bench
 
 
@@ -21,3 +25,24 @@ def test_start_up_is_measured_on_a_log_of_real_session_lives(tmp_path: Path) -> 
         len(turn) for turn in bench.one_sessions_life()[:3]
     )
     assert figures["startup_s"] > 0
+
+
+def test_appends_are_measured_with_the_turns_the_runtime_appends() -> None:
+    turns = [turn for run in bench.seed_turns() for turn in run]
+    assert all(isinstance(turn.events[0].event, Input) for turn in turns), "one input a turn"
+    store = MemoryStore()
+    figures = bench.concurrent_appends(store, threads=4, inputs=4 * len(turns))
+    assert figures.events_per_input == pytest.approx(
+        sum(len(turn.events) for turn in turns) / len(turns)
+    )
+    stored = list(store.read_all())
+    assert len(stored) == 4 * sum(len(turn.events) for turn in turns), "each thread one copy"
+    assert 0 < figures.p50_ms <= figures.p99_ms
+    assert figures.inputs_per_s > 0
+
+
+def test_sqlite_appends_are_measured_durable_and_from_several_threads() -> None:
+    for synchronous, threads in (("FULL", 1), ("FULL", 16), ("NORMAL", 1)):
+        figures = bench.sqlite_appends(synchronous, threads=threads, inputs=32, repeats=1)
+        assert 0 < figures.p50_ms <= figures.p99_ms
+        assert figures.inputs_per_s > 0
