@@ -28,6 +28,16 @@ WATCH = AudioWatch(stall_after_ms=300, phone_absent_after_ms=500)
 CHUNK_MS = 20
 
 
+def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Whether `condition` holds within `timeout_s` of real time: for tests on the pool alone."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
 class Harness:
     def __init__(
         self,
