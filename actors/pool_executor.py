@@ -16,9 +16,9 @@ stopping cost O(1) whatever the number of actors.
 Where the time goes, and what that asks of the code that runs here:
 - An actor that blocks (a Session's append to SQLite waits for an fsync, typically 0.3 ms)
   blocks its worker, and only its worker: the other workers go on with the other actors.
-- The audio sink is called by the worker running the Bridge's turn, a different worker from one
-  chunk to the next. It must be thread-safe and return quickly: while it runs, that worker
-  serves nobody else.
+- The audio sink is called by the worker running the Bridge's turn: any worker of the pool,
+  not always the same one for one user. It must be thread-safe and return quickly: while it
+  runs, that worker serves nobody else.
 - Health subscribers run on the worker running the Session's turn, with the same rules.
 - `wait` blocks its calling thread. The runtime facade and tests call it from outside; an actor
   must never wait on another actor's reply: with a fixed pool, workers that all wait on replies
