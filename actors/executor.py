@@ -1,8 +1,9 @@
 """What actors need from the world they run in: spawning, a clock, timers, ids and randomness.
 
-Two executors implement it: `ThreadingExecutor` (pykka threads, the real clock) and
-`DeterministicExecutor` (one thread, a virtual clock, a seeded interleaving). The actor classes
-subclass `pykka.Actor` and never name either; the executor supplies the runtime when it spawns.
+Two executors implement it: `PoolExecutor` (production: a fixed pool of worker threads whatever
+the number of actors, the real clocks) and `DeterministicExecutor` (one thread, a virtual clock, a
+seeded interleaving). The actor classes subclass `pykka.Actor` and never name either; the
+executor supplies the runtime when it spawns.
 """
 
 from __future__ import annotations

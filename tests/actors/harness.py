@@ -1,5 +1,5 @@
 """One server's runtime over the simulated LiveKit on either executor, for tests that must hold
-on both: the deterministic one (virtual time, one thread) and the threading one (real time)."""
+on both: the deterministic one (virtual time, one thread) and the pool (real time, threads)."""
 
 import random
 import time
@@ -11,15 +11,15 @@ from actors.connector import Deadlines
 from actors.deterministic_executor import DeterministicExecutor
 from actors.executor import Executor
 from actors.policy import SUPERVISED, Policy
+from actors.pool_executor import PoolExecutor
 from actors.runtime import Runtime
-from actors.threading_executor import ThreadingExecutor
 from events.catalog import Event
 from events.log import EventStore
 from events.memory_store import MemoryStore
 from simulations.sim_livekit import SfuConfig, SimLiveKit
 
-ExecutorKind = Literal["deterministic", "threading"]
-EXECUTORS: list[ExecutorKind] = ["deterministic", "threading"]
+ExecutorKind = Literal["deterministic", "pool"]
+EXECUTORS: list[ExecutorKind] = ["deterministic", "pool"]
 
 SHORT = Deadlines(join_ms=400, lookup_ms=300)
 """Deadlines short enough for real time, long enough for a loaded machine's joins (5-20 ms)."""
@@ -53,7 +53,7 @@ class Harness:
     ) -> None:
         self.kind = kind
         self._deterministic = DeterministicExecutor(0) if kind == "deterministic" else None
-        self.executor: Executor = self._deterministic or ThreadingExecutor()
+        self.executor: Executor = self._deterministic or PoolExecutor()
         self.sfu = SimLiveKit(
             self.executor,
             random.Random(0),
