@@ -31,7 +31,7 @@ import hypothesis
 import pykka
 from pykka._envelope import Envelope as PykkaEnvelope
 
-from actors.executor import Deadline
+from actors.executor import Deadline, deliver
 
 A = TypeVar("A", bound=pykka.Actor)
 T = TypeVar("T")
@@ -145,17 +145,7 @@ class _Runnable(pykka.Actor):
             self._started = True
             self._actor_loop_setup()
         elif not self.actor_inbox.empty():
-            envelope = self.actor_inbox.get()
-            try:
-                response = self._handle_receive(envelope.message)
-                if envelope.reply_to is not None:
-                    envelope.reply_to.set(response)
-            except Exception:
-                if envelope.reply_to is not None:
-                    envelope.reply_to.set_exception()
-                else:
-                    self._handle_failure(*sys.exc_info())
-                    self.on_failure(*sys.exc_info())
+            deliver(self, self.actor_inbox.get())
         if self.actor_stopped.is_set():
             self._actor_loop_teardown()
             self._scheduler._forget(self)

@@ -1,17 +1,25 @@
 """What actors need from the world they run in: spawning, a clock, timers, ids and randomness.
 
-Two executors implement it: `ThreadingExecutor` (pykka threads, the real clock) and
-`DeterministicExecutor` (one thread, a virtual clock, a seeded interleaving). The actor classes
-subclass `pykka.Actor` and never name either; the executor supplies the runtime when it spawns.
+Two executors implement it: `PoolExecutor` (production: a fixed pool of worker threads whatever
+the number of actors, the real clocks) and `DeterministicExecutor` (one thread, a virtual clock, a
+seeded interleaving). The actor classes subclass `pykka.Actor` and never name either; the
+executor supplies the runtime when it spawns.
 """
 
 from __future__ import annotations
 
+import logging
 import random
+import sys
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pykka
+
+if TYPE_CHECKING:
+    from pykka._envelope import Envelope
+
+logger = logging.getLogger(__name__)
 
 A = TypeVar("A", bound=pykka.Actor)
 T = TypeVar("T")
@@ -85,3 +93,22 @@ def tell(ref: pykka.ActorRef[Any] | None, message: object) -> bool:
     except pykka.ActorDeadError:
         return False
     return True
+
+
+def deliver(actor: pykka.Actor, envelope: Envelope[Any]) -> None:
+    """Handle one message as pykka's own loop (`Actor._actor_loop_running`) does: an ask gets
+    the reply or the exception; a tell that fails goes to `on_failure` and stops the actor."""
+    try:
+        response = actor._handle_receive(envelope.message)
+        if envelope.reply_to is not None:
+            envelope.reply_to.set(response)
+    except Exception:
+        if envelope.reply_to is not None:
+            logger.info("Exception returned from %s to caller:", actor, exc_info=True)
+            envelope.reply_to.set_exception()
+        else:
+            actor._handle_failure(*sys.exc_info())
+            try:
+                actor.on_failure(*sys.exc_info())
+            except Exception:
+                actor._handle_failure(*sys.exc_info())

@@ -1,9 +1,10 @@
 """The health feed: how a host hears of each change in a user's health on this server.
 
 A session publishes a change once the `HealthChanged` event that records it is durable, so what
-the host was told is always in the log. Subscribers are called on the session's thread, in the
-order of the changes: they must return quickly (hand the change to the host's own loop), and an
-exception in one is logged and never reaches the session.
+the host was told is always in the log. Subscribers are called on the thread running the
+session's turn (a worker of the pool, which serves other actors too), in the order of the
+changes: they must return quickly (hand the change to the host's own loop), and an exception in
+one is logged and never reaches the session.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from livekit import api
 from actors.bridge import AudioChunk
 from actors.livekit_connector import EventLoopThread, LiveKitConnector, LiveKitSettings
 from actors.policy import Policy
+from actors.pool_executor import PoolExecutor
 from actors.runtime import Runtime
-from actors.threading_executor import ThreadingExecutor
 from events.log import EventStore, has_open_session, told_health
 from events.memory_store import MemoryStore
 from events.projection import replay
@@ -73,7 +73,7 @@ class LiveRun:
         self.stores = {s: store or MemoryStore() for s in scenario.servers}
         self.logs = {s: FaultyStore(self.stores[s], self._now_ms) for s in scenario.servers}
         self.connectors = {s: LiveKitConnector(settings, self.loop) for s in scenario.servers}
-        self.executors = {s: ThreadingExecutor() for s in scenario.servers}
+        self.executors = {s: PoolExecutor() for s in scenario.servers}
         grace_ms = round(scenario.grace_s * 1000)
         self.runtimes = {
             server: Runtime(

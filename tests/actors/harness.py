@@ -1,5 +1,5 @@
 """One server's runtime over the simulated LiveKit on either executor, for tests that must hold
-on both: the deterministic one (virtual time, one thread) and the threading one (real time)."""
+on both: the deterministic one (virtual time, one thread) and the pool (real time, threads)."""
 
 import random
 import time
@@ -11,21 +11,31 @@ from actors.connector import Deadlines
 from actors.deterministic_executor import DeterministicExecutor
 from actors.executor import Executor
 from actors.policy import SUPERVISED, Policy
+from actors.pool_executor import PoolExecutor
 from actors.runtime import Runtime
-from actors.threading_executor import ThreadingExecutor
 from events.catalog import Event
 from events.log import EventStore
 from events.memory_store import MemoryStore
 from simulations.sim_livekit import SfuConfig, SimLiveKit
 
-ExecutorKind = Literal["deterministic", "threading"]
-EXECUTORS: list[ExecutorKind] = ["deterministic", "threading"]
+ExecutorKind = Literal["deterministic", "pool"]
+EXECUTORS: list[ExecutorKind] = ["deterministic", "pool"]
 
 SHORT = Deadlines(join_ms=400, lookup_ms=300)
 """Deadlines short enough for real time, long enough for a loaded machine's joins (5-20 ms)."""
 WATCH = AudioWatch(stall_after_ms=300, phone_absent_after_ms=500)
 """Thresholds for a phone that sends a chunk every 20 ms: fifteen chunks make a stall."""
 CHUNK_MS = 20
+
+
+def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Whether `condition` holds within `timeout_s` of real time: for tests on the pool alone."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
 
 
 class Harness:
@@ -43,7 +53,7 @@ class Harness:
     ) -> None:
         self.kind = kind
         self._deterministic = DeterministicExecutor(0) if kind == "deterministic" else None
-        self.executor: Executor = self._deterministic or ThreadingExecutor()
+        self.executor: Executor = self._deterministic or PoolExecutor()
         self.sfu = SimLiveKit(
             self.executor,
             random.Random(0),

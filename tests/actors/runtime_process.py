@@ -1,4 +1,4 @@
-"""A runtime in a process of its own, as a host embeds it: the threading executor, a SQLite log,
+"""A runtime in a process of its own, as a host embeds it: the pool executor, a SQLite log,
 and a room service that joins at once. It reads `connect USER` and `disconnect USER` lines on
 stdin and writes one JSON line per input on stdout once the input is durable.
 
@@ -9,14 +9,14 @@ import json
 import random
 import sys
 
+from actors.pool_executor import PoolExecutor
 from actors.runtime import Runtime
-from actors.threading_executor import ThreadingExecutor
 from events.sqlite_store import SQLiteStore
 from simulations.sim_livekit import SfuConfig, SimLiveKit
 
 
 def main(log: str, grace_ms: int) -> None:
-    executor = ThreadingExecutor()
+    executor = PoolExecutor()
     sfu = SimLiveKit(executor, random.Random(0), SfuConfig(join_latency_ms=(0, 0)))
     runtime = Runtime(
         server="prod",

@@ -58,7 +58,7 @@ def test_a_connection_storm_loses_no_acknowledged_input(kind: ExecutorKind, tmp_
         for number in range(first, first + 100):
             acks.append(runtime.glasses_connected(f"u{number}"))
 
-    if kind == "threading":  # as a web server's handlers would, from several threads
+    if kind == "pool":  # as a web server's handlers would, from several threads
         senders = [threading.Thread(target=storm, args=(100 * n,)) for n in range(4)]
         for sender in senders:
             sender.start()

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from actors.connector import JoinRequest, LookupAnswer, RoomEvent, RoomHandle
+from actors.pool_executor import PoolExecutor
 from actors.runtime import Runtime
 from actors.supervisor import SESSION_RESTARTS
-from actors.threading_executor import ThreadingExecutor
 from events.catalog import (
     BridgeDisconnected,
     BridgeStarted,
@@ -26,6 +26,7 @@ from simulations.faulty_store import FaultyStore
 from simulations.invariants import all_violations
 from simulations.sim_livekit import SfuConfig, SimConnector, SimLiveKit
 from simulations.world import World
+from tests.actors.harness import eventually
 
 USER = "isaiah@mentra.glass"
 
@@ -133,17 +134,8 @@ def test_a_bridge_that_fails_to_start_is_replaced_through_its_sessions_policy() 
     world.stop()
 
 
-def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
-
-
 def test_on_threads_a_session_whose_log_fails_recovers_with_every_input() -> None:
-    executor = ThreadingExecutor()
+    executor = PoolExecutor()
     log = FaultyStore(MemoryStore(), lambda: int(time.monotonic() * 1000))
     sfu = SimLiveKit(executor, random.Random(0), SfuConfig(join_latency_ms=(5, 20)))
     runtime = Runtime(server="prod", executor=executor, store=log, connector=sfu.connector("prod"))

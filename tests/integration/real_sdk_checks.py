@@ -21,8 +21,8 @@ from livekit import api, rtc
 from actors.connector import JoinRequest, RoomData, RoomEvent, RoomJoined
 from actors.livekit_connector import EventLoopThread, LiveKitConnector, LiveKitSettings
 from actors.policy import SUPERVISED
+from actors.pool_executor import PoolExecutor
 from actors.runtime import Runtime
-from actors.threading_executor import ThreadingExecutor
 from events.catalog import AudioStalled, BridgeJoinFailed, BridgeStarted
 from events.memory_store import MemoryStore
 from simulations.live_runner import run_live
@@ -159,7 +159,7 @@ def muted_phone(quiet_s: float = 3.0) -> dict[str, Any]:
     phone = Phone(loop, settings, "ada")
     phone.publishing = True
     phone.join(deadline_s=time.monotonic() + quiet_s + 20)
-    executor, store = ThreadingExecutor(), MemoryStore()
+    executor, store = PoolExecutor(), MemoryStore()
     connector = LiveKitConnector(settings, loop)
     chunks: list[int] = []
     runtime = Runtime(
@@ -265,7 +265,7 @@ def refused_credentials(seconds: float = 6.0) -> dict[str, Any]:
     retries with backoff (which would hammer the server for ever)."""
     server, settings = loopback()
     wrong = msgspec.structs.replace(settings, api_secret="not-the-secret-either")
-    executor = ThreadingExecutor()
+    executor = PoolExecutor()
     connector = LiveKitConnector(wrong)
     store = MemoryStore()
     runtime = Runtime(server="prod", executor=executor, store=store, connector=connector)

@@ -1,0 +1,276 @@
+"""Production executor: every actor on a fixed pool of worker threads, plus one timer thread.
+
+The process holds `workers + 1` threads of this executor however many actors it runs (5 with
+the default of 4 workers). An actor with mail sits once in a FIFO run queue; a worker takes it,
+handles at most `TURN` of its messages, and puts it back at the end of the queue if it still
+has mail. So an actor handles one message at a time and never on two workers at once, its
+mailbox is FIFO, and a flooded actor delays the others by at most `TURN` messages per turn.
+
+Actors are ordinary pykka actors: the executor supplies pykka's runtime hooks (inbox, future,
+loop start) and delivers each message through pykka's own handling, so `ask`, proxies, `stop()`
+and failures behave as on `pykka.ThreadingActor`. Futures are `pykka.ThreadingFuture`: any
+thread may wait on one. Actors are not entered in pykka's process-wide `ActorRegistry`, whose
+removals scan a list; the executor keeps its own index of live actors by URN, so spawning and
+stopping cost O(1) whatever the number of actors.
+
+Where the time goes, and what that asks of the code that runs here:
+- An actor that blocks (a Session's append to SQLite waits for an fsync, typically 0.3 ms)
+  blocks its worker, and only its worker: the other workers go on with the other actors.
+- The audio sink is called by the worker running the Bridge's turn: any worker of the pool,
+  not always the same one for one user. It must be thread-safe and return quickly: while it
+  runs, that worker serves nobody else.
+- Health subscribers run on the worker running the Session's turn, with the same rules.
+- `wait` blocks its calling thread. The runtime facade and tests call it from outside; an actor
+  must never wait on another actor's reply: with a fixed pool, workers that all wait on replies
+  that need a worker never get one (and the actors never do: a request and its reply are
+  both messages).
+- Timer callbacks run on the timer thread, one after another: they should only tell actors.
+
+Workers and the timer thread are daemons: a process that exits without `shutdown()` does not
+wait for them, and its actors' `on_stop` hooks do not run.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import logging
+import queue
+import random
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import pykka
+from pykka._envelope import Envelope as PykkaEnvelope
+
+from actors.executor import Deadline, deliver
+
+A = TypeVar("A", bound=pykka.Actor)
+T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+TURN = 8
+"""The most messages a worker handles for one actor before it serves the next one in line."""
+
+SHUTDOWN_S = 5.0
+"""How long `shutdown()` waits, in all, for the actors to stop and the threads to end."""
+
+
+class _Mailbox:
+    """A FIFO mailbox that puts its actor in the run queue when mail arrives for an actor that
+    is neither queued nor running."""
+
+    __slots__ = ("_lock", "_queue", "_ready", "_scheduled", "owner")
+
+    def __init__(self, ready: queue.SimpleQueue[_Pooled | None]) -> None:
+        self._queue: collections.deque[PykkaEnvelope[Any]] = collections.deque()
+        self._lock = threading.Lock()
+        self._ready = ready
+        # Until its first turn (which runs on_start), the actor counts as queued: mail that
+        # arrives before it starts waits for that turn.
+        self._scheduled = True
+        self.owner: _Pooled
+
+    def put(self, envelope: PykkaEnvelope[Any], /) -> None:
+        with self._lock:
+            self._queue.append(envelope)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._ready.put(self.owner)
+
+    def get(self) -> PykkaEnvelope[Any]:
+        # Only the worker running the owner's turn takes mail: no lock needed against another
+        # taker, and a deque's append and popleft are atomic with respect to each other.
+        return self._queue.popleft()
+
+    def empty(self) -> bool:
+        return not self._queue
+
+    def release(self) -> bool:
+        """End a turn: whether the actor still has mail (it stays queued, and the caller puts
+        it back in the run queue) or not (the next `put` queues it)."""
+        with self._lock:
+            if self._queue:
+                return True
+            self._scheduled = False
+            return False
+
+
+class _Pooled(pykka.Actor):
+    """The runtime half of an actor on the pool. Its executor's attribute has a name of its
+    own: actors keep the executor they were given as `_executor`."""
+
+    _pool: PoolExecutor
+    _started: bool = False
+
+    def _start_actor_loop(self) -> None:
+        inbox = cast("_Mailbox", self.actor_inbox)
+        inbox.owner = self
+        self._pool._ready.put(self)
+
+    def _turn(self) -> None:
+        """Run `on_start` if it has not run yet, else up to `TURN` messages; then tear down
+        if stopped (again, for mail that came late) and leave or rejoin the run queue."""
+        inbox = cast("_Mailbox", self.actor_inbox)
+        stopped = self.actor_stopped
+        if not self._started:
+            self._started = True
+            self._actor_loop_setup()
+        else:
+            for _ in range(TURN):
+                if stopped.is_set() or inbox.empty():
+                    break
+                try:
+                    deliver(self, inbox.get())
+                except BaseException:
+                    # What pykka's loop does then: stop every actor (of this executor, here).
+                    logger.debug("%r in %s: stopping all actors", sys.exc_info()[1], self)
+                    self._stop()
+                    self._pool._stop_all()
+        if stopped.is_set():
+            self._actor_loop_teardown()
+            self._pool._forget(self)
+        if inbox.release():
+            self._pool._ready.put(self)
+
+
+class PoolExecutor:
+    """Actors on `workers` threads, the real clocks, and a single timer thread."""
+
+    def __init__(self, workers: int = 4) -> None:
+        if workers < 1:
+            msg = f"a pool needs at least one worker, not {workers}"
+            raise ValueError(msg)
+        self._origin = time.monotonic()
+        self._random = random.Random()
+        self._ready: queue.SimpleQueue[_Pooled | None] = queue.SimpleQueue()
+        self._classes: dict[type[pykka.Actor], type[_Pooled]] = {}
+        self._live: dict[str, pykka.ActorRef[Any]] = {}
+        """Live actors by URN, in the order they started."""
+        self._live_lock = threading.Lock()
+        self._heap: list[tuple[int, int, Deadline]] = []
+        self._sequence = itertools.count()
+        self._condition = threading.Condition()
+        self._closed = False
+        self._workers = [
+            threading.Thread(target=self._work, name=f"rejoin-worker-{n}", daemon=True)
+            for n in range(workers)
+        ]
+        self._timers = threading.Thread(target=self._run_timers, name="rejoin-timers", daemon=True)
+        for thread in [*self._workers, self._timers]:
+            thread.start()
+
+    @property
+    def random(self) -> random.Random:
+        return self._random
+
+    def spawn(self, actor_class: type[A], *args: Any, **kwargs: Any) -> pykka.ActorRef[A]:
+        if self._closed:
+            msg = f"cannot start {actor_class.__name__}: the executor is shut down"
+            raise RuntimeError(msg)
+        runtime_class = self._classes.get(actor_class)
+        if runtime_class is None:
+            made = type(
+                actor_class.__name__,
+                (actor_class, _Pooled),
+                {
+                    "_pool": self,
+                    "_create_actor_inbox": staticmethod(lambda: _Mailbox(self._ready)),
+                    "_create_future": staticmethod(pykka.ThreadingFuture),
+                },
+            )
+            # Two threads may make a class at once; both are fine, and one is kept.
+            runtime_class = self._classes.setdefault(actor_class, made)
+        # `Actor.start` without its entry in pykka's registry (see the module's docstring).
+        actor = runtime_class(*args, **kwargs)
+        with self._live_lock:
+            self._live[actor.actor_urn] = actor.actor_ref
+        actor._start_actor_loop()
+        return cast("pykka.ActorRef[A]", actor.actor_ref)
+
+    def live_actors(self) -> list[pykka.ActorRef[Any]]:
+        with self._live_lock:
+            return [ref for ref in self._live.values() if ref.is_alive()]
+
+    def _forget(self, actor: _Pooled) -> None:
+        with self._live_lock:
+            self._live.pop(actor.actor_urn, None)
+
+    def _stop_all(self) -> list[pykka.Future[bool]]:
+        """Ask every live actor to stop, newest first."""
+        return [ref.stop(block=False) for ref in reversed(self.live_actors())]
+
+    def now_ms(self) -> int:
+        return int((time.monotonic() - self._origin) * 1000)
+
+    def wall_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def call_at(self, deadline_ms: int, callback: Callable[[], object]) -> Deadline:
+        timer = Deadline(callback)
+        with self._condition:
+            heapq.heappush(self._heap, (deadline_ms, next(self._sequence), timer))
+            self._condition.notify()
+        return timer
+
+    def new_id(self) -> str:
+        return str(uuid.uuid4())
+
+    def future(self) -> pykka.Future[Any]:
+        return pykka.ThreadingFuture()
+
+    def wait(self, future: pykka.Future[T], timeout_s: float) -> T:
+        """Block the calling thread until the reply (see the module's docstring: never from
+        inside an actor)."""
+        return future.get(timeout=timeout_s)
+
+    def shutdown(self) -> None:
+        """Stop every actor (each runs `on_stop`), then end the workers and the timer thread,
+        within `SHUTDOWN_S` in all; an actor stuck in a turn is left behind on its daemon."""
+        deadline = time.monotonic() + SHUTDOWN_S
+        # A stopping actor may start another one (a supervisor's last turn): go round again.
+        while not self._closed and time.monotonic() < deadline and (stopping := self._stop_all()):
+            try:
+                for future in stopping:
+                    future.get(timeout=max(0.0, deadline - time.monotonic()))
+            except pykka.Timeout:
+                break
+        if self.live_actors():
+            logger.warning("actors still running after %g s; leaving them", SHUTDOWN_S)
+        self._closed = True
+        with self._condition:
+            self._heap.clear()
+            self._condition.notify()
+        for _ in self._workers:
+            self._ready.put(None)
+        for thread in [*self._workers, self._timers]:
+            if thread is not threading.current_thread():
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    def _work(self) -> None:
+        ready = self._ready
+        while (actor := ready.get()) is not None:
+            actor._turn()
+
+    def _run_timers(self) -> None:
+        while True:
+            with self._condition:
+                while not self._closed and (not self._heap or self._heap[0][0] > self.now_ms()):
+                    wait_s = (self._heap[0][0] - self.now_ms()) / 1000 if self._heap else None
+                    self._condition.wait(timeout=wait_s)
+                if self._closed:
+                    return
+                _, _, timer = heapq.heappop(self._heap)
+            if not timer.cancelled:
+                try:
+                    timer.callback()
+                except Exception:
+                    # One bad callback must not take every later deadline down with it.
+                    logger.exception("timer callback failed")
