@@ -7,10 +7,19 @@ from __future__ import annotations
 
 import gc
 import os
+import queue
+import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 
+from actors.acknowledgement import Acknowledgement
+from actors.connector import JoinRequest, LookupAnswer, Nobody, RoomEvent, RoomJoined
+from actors.executor import Executor
+from actors.runtime import Runtime
+from events.sqlite_store import SQLiteStore
 from simulations.world import World
 
 SIMULATED_S = 150
@@ -83,3 +92,102 @@ def simulated(users: int, *, muted: bool = True, frozen: bool = False) -> Simula
         actors=actors,
         rss_per_user_kb=round(added / users / 1024, 1),
     )
+
+
+class InstantRooms:
+    """A room server whose joins complete at once, with the user's phone in the room and
+    muted: the production executor's cost without the SDK's, for idle sessions."""
+
+    def join(self, request: JoinRequest, on_event: Callable[[RoomEvent], object]) -> _Left:
+        on_event(
+            RoomJoined(
+                participant_sid=f"PA_{request.room}",
+                participant_count=2,
+                phone_present=True,
+                phone_muted=True,
+            )
+        )
+        return _Left()
+
+    def lookup_holder(
+        self, room: str, identity: str, reply: Callable[[LookupAnswer], object]
+    ) -> None:
+        reply(Nobody())
+
+
+class _Left:
+    def leave(self) -> None:
+        """Nothing to release."""
+
+
+class ConnectScale(msgspec.Struct, frozen=True, kw_only=True):
+    """One run of `durable_connects`."""
+
+    executor: str
+    users: int
+    offered_per_s: int | None
+    """The rate the inputs were offered at; `None`: as fast as one thread could."""
+    connects_per_s: float
+    """Glasses connections acknowledged per second, from the first to the last."""
+    inputs_per_s: float
+    """Inputs made durable per second: a session's turn is one input and one append (a
+    connection makes two: the glasses' input, and the bridge's join)."""
+    p50_ms: float
+    p99_ms: float
+    """From the input to its acknowledgement: the session's turn, its decisions included,
+    is in the log (an upper bound: acknowledgements are collected in input order)."""
+    commits: int
+    """SQLite transactions: `inputs / commits` inputs shared each fsync."""
+    os_threads: int
+    rss_per_user_kb: float
+
+
+def durable_connects(
+    executor: Executor, folder: Path, users: int, offered_per_s: int | None
+) -> ConnectScale:
+    """`users` glasses connect to one runtime on `executor`, with a durable SQLite log
+    (`synchronous=FULL`) and `InstantRooms`, at `offered_per_s` inputs a second."""
+    store = SQLiteStore(folder / "connects.db")
+    gc.collect()
+    before = rss_bytes()
+    runtime = Runtime(server="prod", executor=executor, store=store, connector=InstantRooms())
+    inputs: queue.SimpleQueue[tuple[float, Acknowledgement] | None] = queue.SimpleQueue()
+    latencies: list[float] = []
+
+    def collect() -> None:
+        while (item := inputs.get()) is not None:
+            offered, ack = item
+            ack.wait(60)
+            latencies.append(time.perf_counter() - offered)
+
+    collector = threading.Thread(target=collect, name="bench-acks")
+    collector.start()
+    began = time.perf_counter()
+    for number in range(users):
+        if offered_per_s is not None:
+            due = began + number / offered_per_s
+            while (ahead := due - time.perf_counter()) > 0:
+                time.sleep(ahead)
+        inputs.put((time.perf_counter(), runtime.glasses_connected(f"u{number}@example.com")))
+    inputs.put(None)
+    collector.join()
+    seconds = time.perf_counter() - began
+    threads = threading.active_count() - 1  # not the collector's, which has ended
+    gc.collect()
+    added = rss_bytes() - before
+    latencies.sort()
+    figures = ConnectScale(
+        executor=type(executor).__name__,
+        users=users,
+        offered_per_s=offered_per_s,
+        connects_per_s=round(users / seconds),
+        inputs_per_s=round(store.grouped / seconds),
+        p50_ms=round(latencies[len(latencies) // 2] * 1000, 2),
+        p99_ms=round(latencies[int(len(latencies) * 0.99)] * 1000, 2),
+        commits=store.commits,
+        os_threads=threads,
+        rss_per_user_kb=round(added / users / 1024, 1),
+    )
+    runtime.stop()
+    store.close()
+    return figures
