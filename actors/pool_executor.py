@@ -221,7 +221,9 @@ class PoolExecutor:
         return timer
 
     def new_id(self) -> str:
-        return str(uuid.uuid4())
+        # From the executor's own generator, seeded by the OS: `uuid4` asks the OS for every
+        # id, a system call per event. Ids must be unique, not secret.
+        return str(uuid.UUID(int=self._random.getrandbits(128), version=4))
 
     def future(self) -> pykka.Future[Any]:
         return pykka.ThreadingFuture()

@@ -126,6 +126,15 @@ class SQLiteStore:
         self._leading = False
         """Set while a caller leads: writes a group, or has been woken to write the next."""
         self._db = self._open_reader() if read_only else self._open_writer(synchronous)
+        self._index_lock = threading.Lock()
+        self._index_db = (
+            self._db
+            if read_only
+            else sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        )
+        """A second connection for the supervisor's question before each new session: in WAL
+        mode it reads the last commit without waiting for the group being written, which
+        would otherwise hold every new session back by one fsync."""
 
     def _open_writer(self, synchronous: str) -> sqlite3.Connection:
         folder = Path(self.path).parent
@@ -495,14 +504,16 @@ class SQLiteStore:
         return [stream for (stream,) in rows]
 
     def last_incarnation(self, server: str, user: str) -> int:
-        with self._lock:
-            (incarnation,) = self._db.execute(
+        with self._index_lock:
+            (incarnation,) = self._index_db.execute(
                 "SELECT COALESCE(MAX(incarnation), 0) FROM sessions WHERE server = ? AND user = ?",
                 (server, user),
             ).fetchone()
         return int(incarnation)
 
     def close(self) -> None:
+        with self._index_lock:
+            self._index_db.close()
         with self._lock:
             self._db.close()
 
