@@ -34,6 +34,7 @@ from events.log import LogError, read_valid_prefix
 from events.sqlite_store import SQLiteStore
 from simulations.bench import report
 from simulations.load import LoadConfig, run_load
+from simulations.scale import report as scale_report
 
 if TYPE_CHECKING:
     from actors.livekit_connector import LiveKitSettings
@@ -256,12 +257,26 @@ def _parser() -> argparse.ArgumentParser:
     load.set_defaults(command=_load)
 
     bench = commands.add_parser("bench", help="measure the figures in BENCHMARKS.md")
+    bench.add_argument(
+        "--scale",
+        type=_counts,
+        metavar="USERS,...",
+        help="measure how the cost grows with these counts of users instead",
+    )
     bench.set_defaults(command=_bench)
     return parser
 
 
-def _bench(_args: argparse.Namespace) -> int:
-    for line in report():
+def _counts(text: str) -> list[int]:
+    counts = [_whole(part) for part in text.split(",")]
+    if not all(1 <= count <= 1_000_000 for count in counts):
+        msg = f"counts of users are 1 to 1,000,000: {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return counts
+
+
+def _bench(args: argparse.Namespace) -> int:
+    for line in scale_report(args.scale) if args.scale else report():
         print(line, flush=True)
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import os
 import queue
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import msgspec
 from actors.acknowledgement import Acknowledgement
 from actors.connector import JoinRequest, LookupAnswer, Nobody, RoomEvent, RoomJoined
 from actors.executor import Executor
+from actors.pool_executor import PoolExecutor
 from actors.runtime import Runtime
 from events.sqlite_store import SQLiteStore
 from simulations.world import World
@@ -191,3 +193,29 @@ def durable_connects(
     runtime.stop()
     store.close()
     return figures
+
+
+def report(counts: list[int]) -> list[str]:
+    """The scale section of `rejoin bench --scale`: the simulation at each count of users, then
+    durable connects of the largest count through the pool executor, offered at 1,000 a second
+    and flat out."""
+    lines = []
+    for users in counts:
+        run = simulated(users)
+        lines.append(
+            f"simulation, {users:,} idle users x {SIMULATED_S} s: {run.wall_s:.2f} s wall, "
+            f"{run.us_per_user_second:.2f} us CPU per user-second, "
+            f"{run.rss_per_user_kb:.1f} KB per user"
+        )
+    for offered in (1_000, None):
+        executor = PoolExecutor()
+        with tempfile.TemporaryDirectory() as folder:
+            connects = durable_connects(executor, Path(folder), max(counts), offered)
+        executor.shutdown()
+        rate = "flat out" if offered is None else f"offered {offered:,}/s"
+        lines.append(
+            f"durable connects on the pool, {connects.users:,} users, {rate}: "
+            f"{connects.connects_per_s:,.0f} connects/s, p50 {connects.p50_ms:.1f} ms, "
+            f"p99 {connects.p99_ms:.1f} ms, {connects.os_threads} threads"
+        )
+    return lines

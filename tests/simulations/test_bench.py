@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from actors.pool_executor import PoolExecutor
 from events.catalog import Input
 from events.memory_store import MemoryStore
-from simulations import bench
+from simulations import bench, scale
 
 
 def test_the_reconnect_decision_is_measured_on_a_real_session() -> None:
@@ -46,3 +47,21 @@ def test_sqlite_appends_are_measured_durable_and_from_several_threads() -> None:
         figures = bench.sqlite_appends(synchronous, threads=threads, inputs=32, repeats=1)
         assert 0 < figures.p50_ms <= figures.p99_ms
         assert figures.inputs_per_s > 0
+
+
+def test_the_scale_run_simulates_idle_users_whose_sessions_all_settle() -> None:
+    run = scale.simulated(30)
+    assert run.events == 30 * 6, "connected, opened, started, joined, two health changes"
+    assert run.actors == 30 * 2 + 3 * 2, "a session and a bridge each, and each server's two"
+    assert run.us_per_user_second > 0
+
+
+def test_durable_connects_are_acknowledged_through_the_pool(tmp_path: Path) -> None:
+    executor = PoolExecutor()
+    try:
+        connects = scale.durable_connects(executor, tmp_path, 50, None)
+    finally:
+        executor.shutdown()
+    assert connects.users == 50
+    assert 0 < connects.p50_ms <= connects.p99_ms
+    assert connects.commits >= 1
