@@ -9,8 +9,8 @@ limiter spaces a server's joins instead: at most `rate_per_s` start within any s
 `1000 // rate_per_s` ms, in the order they were asked for.
 
 It runs on the executor's monotonic clock and is shared by the sessions of one runtime (owned
-by its supervisor), so it holds a lock: on the threading executor sessions ask from several
-threads.
+by its supervisor), so it holds a lock: on the pool executor sessions ask from several
+worker threads.
 """
 
 from __future__ import annotations
