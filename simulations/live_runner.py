@@ -1,9 +1,9 @@
 """Running a scenario in real time against a LiveKit server with the real SDK.
 
 One runtime per server on the pool executor (their logs merge by wall-clock time), one SDK
-event loop, and a real phone participant per user that publishes PCM data packets while its glasses are
-connected. Faults a real server cannot be told to inject are done through the loopback server's
-test controls, or refused before anything starts.
+event loop, and a real phone participant per user that publishes PCM data packets while its
+glasses are connected. Faults a real server cannot be told to inject are done through the
+loopback server's test controls, or refused before anything starts.
 """
 
 from __future__ import annotations
