@@ -97,16 +97,23 @@ def simulated(users: int, *, muted: bool = True, frozen: bool = False) -> Simula
 
 
 class InstantRooms:
-    """A room server whose joins complete at once, with the user's phone in the room and
-    muted: the production executor's cost without the SDK's, for idle sessions."""
+    """A room server whose joins complete at once: the runtime's cost without the SDK's. The
+    user's phone is in each room (`phones`), muted or not; each bridge's event callback is kept
+    by room, so that a benchmark can play the phone."""
+
+    def __init__(self, *, phones: bool = True, muted: bool = False) -> None:
+        self._phones = phones
+        self._muted = muted
+        self.callbacks: dict[str, Callable[[RoomEvent], object]] = {}
 
     def join(self, request: JoinRequest, on_event: Callable[[RoomEvent], object]) -> _Left:
+        self.callbacks[request.room] = on_event
         on_event(
             RoomJoined(
                 participant_sid=f"PA_{request.room}",
-                participant_count=2,
-                phone_present=True,
-                phone_muted=True,
+                participant_count=1 + self._phones,
+                phone_present=self._phones,
+                phone_muted=self._phones and self._muted,
             )
         )
         return _Left()
@@ -148,11 +155,14 @@ def durable_connects(
     executor: Executor, folder: Path, users: int, offered_per_s: int | None
 ) -> ConnectScale:
     """`users` glasses connect to one runtime on `executor`, with a durable SQLite log
-    (`synchronous=FULL`) and `InstantRooms`, at `offered_per_s` inputs a second."""
+    (`synchronous=FULL`) and `InstantRooms` with muted phones, at `offered_per_s` inputs a
+    second."""
     store = SQLiteStore(folder / "connects.db")
     gc.collect()
     before = rss_bytes()
-    runtime = Runtime(server="prod", executor=executor, store=store, connector=InstantRooms())
+    runtime = Runtime(
+        server="prod", executor=executor, store=store, connector=InstantRooms(muted=True)
+    )
     inputs: queue.SimpleQueue[tuple[float, Acknowledgement] | None] = queue.SimpleQueue()
     latencies: list[float] = []
 
