@@ -126,15 +126,13 @@ class SQLiteStore:
         self._leading = False
         """Set while a caller leads: writes a group, or has been woken to write the next."""
         self._db = self._open_reader() if read_only else self._open_writer(synchronous)
-        self._index_lock = threading.Lock()
-        self._index_db = (
-            self._db
-            if read_only
-            else sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        )
-        """A second connection for the supervisor's question before each new session: in WAL
-        mode it reads the last commit without waiting for the group being written, which
-        would otherwise hold every new session back by one fsync."""
+        self._reads, self._reads_lock = self._db, self._lock
+        if not read_only:
+            # A writer's point reads (a new session's incarnation, a restarted session's
+            # stream) go through a second connection: in WAL mode it reads the last commit at
+            # once, where the writer's would wait for the group being written, one fsync.
+            self._reads = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._reads_lock = threading.Lock()
 
     def _open_writer(self, synchronous: str) -> sqlite3.Connection:
         folder = Path(self.path).parent
@@ -468,15 +466,15 @@ class SQLiteStore:
         raise CorruptLog(self.path, position, "the record is missing")
 
     def read_stream(self, stream: str) -> list[Envelope]:
-        with self._lock:
-            rows: list[Stored] = self._db.execute(
+        with self._reads_lock:
+            rows: list[Stored] = self._reads.execute(
                 f"SELECT {_READ} FROM events WHERE stream = ? ORDER BY version", (stream,)
             ).fetchall()
         return [self._decode(row) for row in rows]
 
     def stream_version(self, stream: str) -> int:
-        with self._lock:
-            (version,) = self._db.execute(
+        with self._reads_lock:
+            (version,) = self._reads.execute(
                 "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream = ?", (stream,)
             ).fetchone()
         return int(version)
@@ -495,8 +493,8 @@ class SQLiteStore:
             )
 
     def open_streams(self, server: str) -> list[str]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._reads_lock:
+            rows = self._reads.execute(
                 "SELECT stream FROM sessions WHERE server = ? AND open = 1"
                 " ORDER BY incarnation, stream",
                 (server,),
@@ -504,16 +502,16 @@ class SQLiteStore:
         return [stream for (stream,) in rows]
 
     def last_incarnation(self, server: str, user: str) -> int:
-        with self._index_lock:
-            (incarnation,) = self._index_db.execute(
+        with self._reads_lock:
+            (incarnation,) = self._reads.execute(
                 "SELECT COALESCE(MAX(incarnation), 0) FROM sessions WHERE server = ? AND user = ?",
                 (server, user),
             ).fetchone()
         return int(incarnation)
 
     def close(self) -> None:
-        with self._index_lock:
-            self._index_db.close()
+        with self._reads_lock:
+            self._reads.close()
         with self._lock:
             self._db.close()
 

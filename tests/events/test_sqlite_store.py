@@ -340,6 +340,28 @@ def test_appends_that_arrive_during_a_commit_share_the_next_one(tmp_path: Path) 
     store.close()
 
 
+def test_reads_of_committed_state_do_not_wait_for_the_group_being_written(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "log.db")
+    store.append("prod/b/1", 0, [opening("prod/b/1", "b")])
+    held = Held(store)
+    lead, outcome = appending(store, "prod/lead/1", 0, [connected("lead", 1)])
+    assert held.holding.wait(timeout=60)
+    try:
+        # A supervisor opening a session, a session restarting: the last commit, at once.
+        assert store.last_incarnation("prod", "b") == 1
+        assert [e.event_id for e in store.read_stream("prod/b/1")] == ["b"]
+        assert store.stream_version("prod/lead/1") == 0, "not yet committed"
+        assert store.open_streams("prod") == ["prod/b/1"]
+    finally:
+        held.release()
+    joined([lead])
+    assert isinstance(outcome[0], list)
+    assert store.stream_version("prod/lead/1") == 1
+    store.close()
+
+
 def test_a_batch_refused_after_its_first_row_writes_nothing(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "log.db")
     with pytest.raises(LogError, match="a number in the batch does not fit the log"):
