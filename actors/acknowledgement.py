@@ -7,6 +7,7 @@ crash cannot lose what it acknowledged.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import pykka
 
 __all__ = ["Acknowledgement", "Backlog"]
+
+logger = logging.getLogger(__name__)
 
 
 class Backlog:
@@ -46,6 +49,7 @@ class Acknowledgement:
         self._wait = wait
         self._lock = threading.Lock()
         self._position: int | None = None
+        self._callbacks: list[Callable[[int], object]] = []
         backlog._add(1)
 
     def durable(self, position: int) -> None:
@@ -54,8 +58,21 @@ class Acknowledgement:
             if self._position is not None:
                 return
             self._position = position
+            callbacks, self._callbacks = self._callbacks, []
         self._backlog._add(-1)
         self._future.set(position)
+        for callback in callbacks:
+            _call(callback, position)
+
+    def on_durable(self, callback: Callable[[int], object]) -> None:
+        """Call `callback(position)` once the input is durable: at once if it is already,
+        else on the thread that makes it durable (it must only hand the news over)."""
+        with self._lock:
+            if self._position is None:
+                self._callbacks.append(callback)
+                return
+            position = self._position
+        _call(callback, position)
 
     def done(self) -> bool:
         with self._lock:
@@ -70,3 +87,11 @@ class Acknowledgement:
             msg = f"the input was not durable within {timeout_s:g} s"
             raise TimeoutError(msg) from error
         return position
+
+
+def _call(callback: Callable[[int], object], position: int) -> None:
+    # A host's callback runs in the session's turn: its failure is the host's, not the session's.
+    try:
+        callback(position)
+    except Exception:
+        logger.exception("an acknowledgement's callback failed")

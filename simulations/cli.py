@@ -17,11 +17,10 @@ import os
 import secrets
 import socket
 import sys
-import urllib.parse
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import msgspec
 
@@ -34,16 +33,12 @@ from events.log import LogError, read_valid_prefix
 from events.sqlite_store import SQLiteStore
 from simulations.bench import report
 from simulations.load import LoadConfig, run_load
-from simulations.scale import report as scale_report
-
-if TYPE_CHECKING:
-    from actors.livekit_connector import LiveKitSettings
 from simulations.metrics import RUN_STREAM, Metrics, compute
 from simulations.report import comparison_table, printable, result_lines, timeline_lines
+from simulations.scale import report as scale_report
 from simulations.scenario import BUILT_IN, LIMITS, Scenario, ScenarioError, from_json, load
 from simulations.scenario_runner import RunResult, run
 
-LIVEKIT_VARIABLES = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
 SIGPIPE_EXIT = 141
 INTERRUPTED_EXIT = 130
 
@@ -353,6 +348,7 @@ def _simulate_live(
 ) -> list[RunResult]:
     # The SDK, aiortc and aiohttp load only for live runs: they double the CLI's start-up.
     from actors.livekit_connector import LiveKitSettings  # noqa: PLC0415
+    from rejoin.settings import SettingsError, livekit_from_environment  # noqa: PLC0415
     from simulations.live_runner import refuse_unsupported, run_live  # noqa: PLC0415
     from simulations.loopback_server import LoopbackThread  # noqa: PLC0415
 
@@ -375,7 +371,10 @@ def _simulate_live(
                 url=loopback.url, api_key="devkey", api_secret=secret, single_peer_connection=False
             )
         else:
-            settings = _settings_from_environment()
+            try:
+                settings = livekit_from_environment()
+            except SettingsError as error:
+                raise UsageError("; ".join(error.faults)) from None
         return [
             run_live(scenario, policy, settings, loopback=loopback, store=store)
             for scenario in scenarios
@@ -385,31 +384,6 @@ def _simulate_live(
             loopback.stop()
         if store is not None:
             store.close()
-
-
-def _settings_from_environment() -> LiveKitSettings:
-    from actors.livekit_connector import LiveKitSettings  # noqa: PLC0415
-
-    values = {name: os.environ.get(name, "") for name in LIVEKIT_VARIABLES}
-    register_secret(values["LIVEKIT_API_SECRET"])
-    missing = [name for name, value in values.items() if not value]
-    if missing:
-        msg = f"--sfu livekit needs {', '.join(missing)} in the environment"
-        raise UsageError(msg)
-    try:
-        url = urllib.parse.urlsplit(values["LIVEKIT_URL"])
-        usable = url.scheme in ("ws", "wss", "http", "https") and bool(url.hostname)
-        register_secret(url.password or "")
-    except ValueError:
-        usable = False
-    if not usable:
-        msg = f"LIVEKIT_URL: {values['LIVEKIT_URL']!r} is not a ws://, wss://, http(s):// URL"
-        raise UsageError(msg)
-    return LiveKitSettings(
-        url=values["LIVEKIT_URL"],
-        api_key=values["LIVEKIT_API_KEY"],
-        api_secret=values["LIVEKIT_API_SECRET"],
-    )
 
 
 def _free_port() -> int:

@@ -75,3 +75,23 @@ def test_a_connection_storm_loses_no_acknowledged_input(kind: ExecutorKind, tmp_
     stored = {e.position: e for e in SQLiteStore(log, read_only=True).read_all()}
     assert sorted(stored[p].user for p in positions) == sorted(f"u{n}" for n in range(400))
     assert all(isinstance(stored[p].event, GlassesConnected) for p in positions)
+
+
+def test_a_callback_hears_of_durability_once_and_its_failure_never_fails_the_session() -> None:
+    world = World(servers=["prod"], seed=3)
+    runtime = world.runtimes["prod"]
+    heard: list[int] = []
+    ack = runtime.glasses_connected(USER)
+
+    def fails(_position: int) -> None:
+        raise RuntimeError("the host's bug")
+
+    ack.on_durable(fails)
+    ack.on_durable(heard.append)
+    position = ack.wait(timeout_s=1)
+    ack.on_durable(heard.append)  # already durable: called at once
+    assert heard == [position, position]
+    view = runtime.session(USER)
+    assert view is not None
+    assert view.state == "ACTIVE", "the session went on with its turn"
+    world.stop()
