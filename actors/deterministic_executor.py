@@ -27,7 +27,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-import hypothesis
 import pykka
 from pykka._envelope import Envelope as PykkaEnvelope
 
@@ -157,7 +156,6 @@ class DeterministicExecutor:
     def __init__(self, seed: int, *, max_steps_per_instant: int = 1_000_000) -> None:
         self.seed = seed
         self._random = random.Random(seed)
-        hypothesis.register_random(self._random)
         self._now_ms = 0
         self._ready: list[_Runnable] = []
         self._ready_set: set[int] = set()

@@ -350,7 +350,13 @@ def _simulate_live(
     from actors.livekit_connector import LiveKitSettings  # noqa: PLC0415
     from rejoin.settings import SettingsError, livekit_from_environment  # noqa: PLC0415
     from simulations.live_runner import refuse_unsupported, run_live  # noqa: PLC0415
-    from simulations.loopback_server import LoopbackThread  # noqa: PLC0415
+
+    if args.sfu == "loopback":
+        try:
+            from simulations.loopback_server import LoopbackThread  # noqa: PLC0415
+        except ModuleNotFoundError as error:
+            msg = f"--sfu loopback needs {error.name}: pip install 'rejoin[loopback]'"
+            raise UsageError(msg) from None
 
     for scenario in scenarios:
         refuse_unsupported(scenario, loopback=args.sfu == "loopback")
@@ -361,7 +367,7 @@ def _simulate_live(
         msg = f"{args.events}: already exists; --events writes a new log"
         raise UsageError(msg)
     store = SQLiteStore(args.events) if args.events is not None else None
-    loopback: LoopbackThread | None = None
+    loopback = None
     try:
         if args.sfu == "loopback":
             secret = secrets.token_urlsafe(32)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from livekit import api
 
@@ -22,7 +23,6 @@ from events.log import EventStore, has_open_session, told_health
 from events.memory_store import MemoryStore
 from events.projection import replay
 from simulations.faulty_store import FaultyStore
-from simulations.loopback_server import LoopbackThread
 from simulations.metrics import RUN_STREAM, compute, server_events
 from simulations.phone import Phone
 from simulations.scenario import USER_ACTIONS, Scenario, ScenarioError
@@ -34,6 +34,10 @@ from simulations.scenario_runner import (
     schedule,
 )
 from simulations.world import Deliveries
+
+if TYPE_CHECKING:
+    # Only a loopback run loads aiortc: a run against a real LiveKit needs no extra.
+    from simulations.loopback_server import LoopbackThread
 
 SETTLE_S = 2.0
 """How long the server gets to see the stopped runtimes' leaves before the zombie check."""
