@@ -189,6 +189,12 @@ class AsyncRuntime:
             self._healths = [*self._healths, stream]
         return stream
 
+    def close_health(self, stream: Stream[tuple[str, Health]]) -> None:
+        """End `stream`: it gets no more changes."""
+        with self._lock:
+            self._healths = [s for s in self._healths if s is not stream]
+        stream.close()
+
     def _hand_over(self, chunk: AudioChunk) -> None:
         # Runs on a worker of the pool for every chunk: the lists are replaced, never changed
         # in place, so reading them needs no lock.

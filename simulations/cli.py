@@ -18,7 +18,7 @@ import secrets
 import socket
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -69,8 +69,16 @@ class RecordedRun(msgspec.Struct, frozen=True, kw_only=True):
 class _Parser(argparse.ArgumentParser):
     """argparse, but a mistake is one line and exit 2 like every other bad input."""
 
+    epilog_from: Callable[[], str] | None = None
+    """Makes the epilog when help is asked for: some need modules the other commands don't."""
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+    def format_help(self) -> str:
+        if self.epilog_from is not None:
+            self.epilog = self.epilog_from()
+        return super().format_help()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,6 +259,14 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--policy", default=defaults.policy, choices=list(POLICIES))
     load.set_defaults(command=_load)
 
+    serve = commands.add_parser(
+        "serve",
+        help="run one server's runtime as a service: HTTP API, health, metrics, drain",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.epilog_from = _serve_help
+    serve.set_defaults(command=_serve)
+
     bench = commands.add_parser("bench", help="measure the figures in BENCHMARKS.md")
     bench.add_argument(
         "--scale",
@@ -341,6 +357,18 @@ def _simulate(args: argparse.Namespace) -> int:
         for result in results:
             print("\n".join(result_lines(result)))
     return 0 if all(result.passed for result in results) else 1
+
+
+def _serve_help() -> str:
+    from rejoin.service.main import HELP  # noqa: PLC0415
+
+    return HELP
+
+
+def _serve(_args: argparse.Namespace) -> int:
+    from rejoin.service.main import serve  # noqa: PLC0415
+
+    return serve()
 
 
 def _simulate_live(
