@@ -16,7 +16,7 @@ import msgspec
 
 from actors.runtime import Status
 from events.projection import Health
-from rejoin.service.routes import MAX_EPOCH, MAX_USER, ConnectBody
+from rejoin.service.routes import MAX_EPOCH, MAX_USER, USER_PATTERN, ConnectBody
 
 __all__ = ["document"]
 
@@ -24,7 +24,8 @@ __all__ = ["document"]
 class Position(msgspec.Struct):
     user: str
     position: int
-    """The input's position in the log: it is durable."""
+    """The input's position in the log, where it is durable; 0 for glasses that leave a server
+    where they had no session (there is nothing to record)."""
 
 
 class Refusal(msgspec.Struct):
@@ -52,6 +53,7 @@ def _refusals(*statuses: int) -> dict[str, Any]:
         400: "the user id or the body is malformed",
         404: "no session for this user on this server",
         413: "the body is too large",
+        426: "a request for the WebSocket that does not ask for the upgrade",
         503: "draining (new sessions go elsewhere), or the log did not take the input in time",
     }
     return {
@@ -71,7 +73,12 @@ def document() -> dict[str, Any]:
         "in": "path",
         "required": True,
         "description": "The user's id, usually an e-mail address.",
-        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_USER},
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_USER,
+            "pattern": USER_PATTERN,
+        },
     }
     components["ConnectBody"]["properties"]["epoch"] = {
         "anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_EPOCH}, {"type": "null"}],
@@ -131,7 +138,7 @@ def document() -> dict[str, Any]:
                     "parameters": [user],
                     "responses": {
                         "101": {"description": "switching to the WebSocket"},
-                        **_refusals(400),
+                        **_refusals(400, 426),
                     },
                 }
             },

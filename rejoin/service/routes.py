@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -22,14 +23,17 @@ if TYPE_CHECKING:
 
 MAX_USER = 320
 """The longest user id taken: an e-mail address is at most 254 characters, with room to spare."""
+USER_PATTERN = r"^[A-Za-z0-9!#$%&'*+.=?^_`{|}~@-]+$"
+"""What a user id may hold: the characters of an ASCII e-mail address, `/` aside."""
 MAX_BODY = 4_096
 MAX_EPOCH = 2**63 - 1
 SERVICE: web.AppKey[Service] = web.AppKey("service")
 
 
 class ConnectBody(msgspec.Struct, forbid_unknown_fields=True):
-    epoch: int | None = None
-    """Orders connections across servers; default: this server's wall-clock milliseconds."""
+    epoch: int | float | None = None
+    """Orders connections across servers; default: this server's wall-clock milliseconds. A
+    whole number; JSON allows one to be written `871.0`."""
 
 
 class Refused(Exception):
@@ -75,7 +79,10 @@ async def _refusals(request: web.Request, handler: Any) -> web.StreamResponse:
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return _json({"error": error.reason}, error.status)
+        refusal = _json({"error": error.reason}, error.status)
+        if "Allow" in error.headers:
+            refusal.headers["Allow"] = error.headers["Allow"]
+        return refusal
     return response
 
 
@@ -83,8 +90,8 @@ def _user(request: web.Request) -> str:
     user = request.match_info["user"]
     if not 0 < len(user) <= MAX_USER:
         raise Refused(400, f"a user id has 1 to {MAX_USER} characters")
-    if not user.isprintable() or user != user.strip():
-        raise Refused(400, "a user id is printable, with no surrounding space")
+    if re.fullmatch(USER_PATTERN, user) is None:
+        raise Refused(400, "a user id holds only the characters of an ASCII e-mail address")
     return user
 
 
@@ -121,8 +128,10 @@ async def _connect(request: web.Request) -> web.Response:
         raise Refused(400, f"the body: {error}") from None
     except msgspec.DecodeError:
         raise Refused(400, "the body is not JSON") from None
-    if epoch is not None and not 0 <= epoch <= MAX_EPOCH:
-        raise Refused(400, f"epoch is a whole number from 0 to {MAX_EPOCH}")
+    if epoch is not None:
+        if (isinstance(epoch, float) and not epoch.is_integer()) or not 0 <= epoch <= MAX_EPOCH:
+            raise Refused(400, f"epoch is a whole number from 0 to {MAX_EPOCH}")
+        epoch = int(epoch)
     if service.draining and not await service.has_open_session(user):
         raise Refused(503, "this server is draining: connect the glasses to another server")
     position = await _durable(service.runtime.glasses_connected(user, epoch))
@@ -168,6 +177,8 @@ async def _audio(request: web.Request) -> web.WebSocketResponse:
     service = request.app[SERVICE]
     user = _user(request)
     socket = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_BODY)
+    if not socket.can_prepare(request).ok:
+        raise Refused(426, "this is a WebSocket: ask for the upgrade")
     await socket.prepare(request)
     audio = service.runtime.audio(user)
     healths = service.runtime.health_changes()

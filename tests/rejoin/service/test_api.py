@@ -103,7 +103,7 @@ def test_a_connect_is_answered_once_durable_and_the_status_shows_the_session(
             "/v1/users/%20ada/connect",
             None,
             400,
-            "a user id is printable, with no surrounding space",
+            "a user id holds only the characters of an ASCII e-mail address",
         ),
         (f"/v1/users/{'a' * 321}/connect", None, 400, "a user id has 1 to 320 characters"),
         (f"/v1/users/{USER}/connect", b"{", 400, "the body is not JSON"),
@@ -111,7 +111,7 @@ def test_a_connect_is_answered_once_durable_and_the_status_shows_the_session(
             f"/v1/users/{USER}/connect",
             b'{"epoch": "soon"}',
             400,
-            "the body: Expected `int | null`, got `str` - at `$.epoch`",
+            "the body: Expected `int | float | null`, got `str` - at `$.epoch`",
         ),
         (
             f"/v1/users/{USER}/connect",
@@ -125,6 +125,12 @@ def test_a_connect_is_answered_once_durable_and_the_status_shows_the_session(
             400,
             "the body: Object contains unknown field `when`",
         ),
+        (
+            f"/v1/users/{USER}/connect",
+            b'{"epoch": 1.5}',
+            400,
+            "epoch is a whole number from 0 to 9223372036854775807",
+        ),
         (f"/v1/users/{USER}/connect", b"x" * 5000, 413, "a body has at most 4096 bytes"),
         (f"/v1/users/{USER}/disconnect", b"{}", 400, "a disconnect takes no body"),
     ],
@@ -134,6 +140,16 @@ def test_bad_requests_are_refused_with_one_line_of_json(
 ) -> None:
     async def test(server: Running) -> None:
         assert await server.post(path, data=body) == (status, {"error": error})
+
+    serve(tmp_path, test)
+
+
+def test_the_audio_path_without_a_websocket_upgrade_says_so(tmp_path: Path) -> None:
+    async def test(server: Running) -> None:
+        assert await server.get(f"/v1/users/{USER}/audio") == (
+            426,
+            {"error": "this is a WebSocket: ask for the upgrade"},
+        )
 
     serve(tmp_path, test)
 
