@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import weakref
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from actors.redaction import redact
 
@@ -28,6 +29,7 @@ USER_PATTERN = r"^[A-Za-z0-9!#$%&'*+.=?^_`{|}~@-]+$"
 MAX_BODY = 4_096
 MAX_EPOCH = 2**63 - 1
 SERVICE: web.AppKey[Service] = web.AppKey("service")
+SOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("sockets")
 
 
 class ConnectBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -49,6 +51,8 @@ def application(service: Service) -> web.Application:
     """The API's routes over `service`."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_refusals])
     app[SERVICE] = service
+    app[SOCKETS] = weakref.WeakSet()
+    app.on_shutdown.append(_close_sockets)
     app.add_routes(
         [
             web.get("/livez", _livez),
@@ -62,6 +66,13 @@ def application(service: Service) -> web.Application:
         ]
     )
     return app
+
+
+async def _close_sockets(app: web.Application) -> None:
+    # A stopping server tells its listeners it is going away rather than leave them open
+    # until the runner's shutdown timeout.
+    for socket in list(app[SOCKETS]):
+        await socket.close(code=WSCloseCode.GOING_AWAY, message=b"server stopping")
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -180,6 +191,7 @@ async def _audio(request: web.Request) -> web.WebSocketResponse:
     if not socket.can_prepare(request).ok:
         raise Refused(426, "this is a WebSocket: ask for the upgrade")
     await socket.prepare(request)
+    request.app[SOCKETS].add(socket)
     audio = service.runtime.audio(user)
     healths = service.runtime.health_changes()
 
