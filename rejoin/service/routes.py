@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import weakref
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +28,7 @@ USER_PATTERN = r"^[A-Za-z0-9!#$%&'*+.=?^_`{|}~@-]+$"
 MAX_BODY = 4_096
 MAX_EPOCH = 2**63 - 1
 SERVICE: web.AppKey[Service] = web.AppKey("service")
-SOCKETS: web.AppKey[weakref.WeakSet[web.WebSocketResponse]] = web.AppKey("sockets")
+SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("sockets")
 
 
 class ConnectBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -51,7 +50,7 @@ def application(service: Service) -> web.Application:
     """The API's routes over `service`."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_refusals])
     app[SERVICE] = service
-    app[SOCKETS] = weakref.WeakSet()
+    app[SOCKETS] = set()
     app.on_shutdown.append(_close_sockets)
     app.add_routes(
         [
@@ -71,7 +70,8 @@ def application(service: Service) -> web.Application:
 async def _close_sockets(app: web.Application) -> None:
     # A stopping server tells its listeners it is going away rather than leave them open
     # until the runner's shutdown timeout.
-    for socket in list(app[SOCKETS]):
+    sockets = app[SOCKETS]
+    for socket in list(sockets):
         await socket.close(code=WSCloseCode.GOING_AWAY, message=b"server stopping")
 
 
@@ -210,6 +210,7 @@ async def _audio(request: web.Request) -> web.WebSocketResponse:
             if message.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                 break
     finally:
+        request.app[SOCKETS].discard(socket)
         service.runtime.close_audio(audio)
         service.runtime.close_health(healths)
         for sender in senders:

@@ -54,9 +54,10 @@ class Serve:
         self.process: subprocess.Popen[str] | None = None
         self.acknowledged: list[int] = []
 
-    def start(self) -> None:
+    def start(self, command: list[str] | None = None) -> None:
+        """Start `rejoin serve`, or `command` with the same settings."""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "simulations.cli", "serve"],
+            [sys.executable, *(command or ["-m", "simulations.cli", "serve"])],
             env=self._environment,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -266,7 +267,57 @@ async def crash() -> dict[str, Any]:
         }
 
 
-CHECKS = {"seed-story": seed_story, "drain": drain, "crash": crash}
+async def example_story() -> dict[str, Any]:
+    """examples/glasses_server.py, twice (prod and debug), through the seed's story: the
+    glasses' WebSocket hears the app report audio within the timeout after each switch."""
+    server, settings = loopback()
+    loop = EventLoopThread()
+    phone = Phone(loop, settings, USER)
+    with tempfile.TemporaryDirectory() as folder:
+        apps = {name: Serve(name, settings, Path(folder)) for name in PORTS}
+        try:
+            for app in apps.values():
+                app.start(["examples/glasses_server.py", "--port", str(PORTS[app.name])])
+            phone.join(deadline_s=time.monotonic() + 60)
+            phone.publishing = True
+            async with aiohttp.ClientSession() as http:
+                times = {}
+                for step, name in enumerate(["prod", "debug", "prod"]):
+                    times[f"{step}:{name}"] = await _glasses_hear_audio(http, PORTS[name])
+            return {"time_to_heard_ms": times}
+        finally:
+            phone.leave()
+            for app in apps.values():
+                app.stop()
+            loop.stop()
+            server.stop()
+
+
+async def _glasses_hear_audio(http: aiohttp.ClientSession, port: int) -> float | None:
+    """Connect the glasses to the example on `port`; milliseconds until the app reports audio
+    heard (`None`: not within the timeout), then leave."""
+    url = f"http://127.0.0.1:{port}/glasses/{USER}"
+    for _ in range(300):
+        try:
+            socket = await http.ws_connect(url)
+            break
+        except aiohttp.ClientError:
+            await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the example on {port} did not start within 15 s")
+    began = time.monotonic()
+    heard = None
+    try:
+        while heard is None and time.monotonic() < began + AUDIO_TIMEOUT_S:
+            message = await socket.receive(timeout=AUDIO_TIMEOUT_S)
+            if message.type == aiohttp.WSMsgType.TEXT and "heard_ms" in message.data:
+                heard = round((time.monotonic() - began) * 1000)
+    finally:
+        await socket.close()
+    return heard
+
+
+CHECKS = {"seed-story": seed_story, "drain": drain, "crash": crash, "example": example_story}
 
 
 if __name__ == "__main__":

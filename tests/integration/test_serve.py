@@ -1,6 +1,7 @@
 """Two `rejoin serve` processes driven over HTTP with the real SDK against the loopback
 server, each check in a network namespace of its own: the seed's story, a drain on SIGTERM,
-and a SIGKILL followed by a restart from the log."""
+and a SIGKILL followed by a restart from the log; and the example glasses server, which
+embeds the runtime, through the seed's story."""
 
 import functools
 from typing import Any
@@ -42,3 +43,9 @@ def test_sigkill_and_restart_recover_the_session_and_lose_no_acknowledged_input(
     assert result["recovered"] == ["GRACE", 1], "the same incarnation, waiting for its glasses"
     assert result["audio_after_report_ms"] is not None
     assert result["state_after_report"] == "ACTIVE"
+
+
+def test_the_example_glasses_server_runs_the_seed_story() -> None:
+    times = in_netns("example")["time_to_heard_ms"]
+    assert list(times) == ["0:prod", "1:debug", "2:prod"]
+    assert all(ms is not None and ms < 3_000 for ms in times.values()), times
