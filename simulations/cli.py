@@ -220,6 +220,12 @@ def _parser() -> argparse.ArgumentParser:
         "--policy", choices=list(POLICIES), help="re-run the recorded run under this policy"
     )
     replay.add_argument("--json", action="store_true", help="print the results as JSON")
+    replay.add_argument(
+        "--html",
+        type=Path,
+        metavar="PATH",
+        help="write a picture of each user's timeline across servers to this HTML file",
+    )
     replay.set_defaults(command=_replay)
 
     defaults = LoadConfig()
@@ -488,13 +494,29 @@ def _replay(args: argparse.Namespace) -> int:
         complete=None if recorded is None else ended is not None,
         metrics=compute(events, end_ms=ended if ended is not None else last_ms),
     )
-    if args.json:
+    shown = [e for e in events if args.user is None or e.user == args.user]
+    if args.html is not None:
+        _write_picture(args.log, args.html, shown)
+    elif args.json:
         _print_json([result])
     else:
-        shown = [e for e in events if args.user is None or e.user == args.user]
         started = recorded.started_ms if recorded is not None else None
         print("\n".join(timeline_lines(shown, result.metrics, started)))
     return 0
+
+
+def _write_picture(log: Path, picture: Path, events: list[Envelope]) -> None:
+    from rejoin.timeline import html_page  # noqa: PLC0415
+
+    if picture.exists() and picture.resolve() == log.resolve():
+        msg = f"{picture}: is the log being replayed; a replay never writes to its log"
+        raise UsageError(msg)
+    try:
+        picture.write_text(html_page(events, f"rejoin replay {log.name}"), encoding="utf-8")
+    except OSError as error:
+        msg = f"{picture}: cannot write the picture: {error.strerror}"
+        raise UsageError(msg) from None
+    print(f"wrote {picture}")
 
 
 def _rerun(args: argparse.Namespace, recorded: RecordedRun | None) -> int:

@@ -12,6 +12,7 @@ import math
 import signal
 import subprocess
 import sys
+import tempfile
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -316,12 +317,20 @@ def replay_contract(log: Path) -> None:
     """Replay `log` every way; check the contract."""
     before = log.read_bytes()
     names = sorted(p.name for p in log.parent.iterdir())
-    for argv in (["replay", str(log)], ["replay", str(log), "--json"]):
-        code, out, err = rejoin(*argv)
-        assert code in (0, 2)
-        assert err.count("\n") <= 2
-        if code == 2:
-            assert_refused_in_one_line(code, out, err, log)
+    with tempfile.TemporaryDirectory() as elsewhere:
+        picture = str(Path(elsewhere) / "picture.html")
+        for argv in (
+            ["replay", str(log)],
+            ["replay", str(log), "--json"],
+            ["replay", str(log), "--html", picture],
+        ):
+            code, out, err = rejoin(*argv)
+            assert code in (0, 2)
+            assert err.count("\n") <= 2
+            if code == 2:
+                assert_refused_in_one_line(code, out, err, log)
+            elif argv[-1] == picture:
+                assert "<script" not in Path(picture).read_text(encoding="utf-8")
     with contextlib.suppress(Exception):
         store = SQLiteStore(log, read_only=True)
         kept, _ = read_valid_prefix(store)
