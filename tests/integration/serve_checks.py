@@ -57,7 +57,7 @@ class Serve:
     def start(self, command: list[str] | None = None) -> None:
         """Start `rejoin serve`, or `command` with the same settings."""
         self.process = subprocess.Popen(
-            [sys.executable, *(command or ["-m", "simulations.cli", "serve"])],
+            [sys.executable, *(command or ["-m", "rejoin.cli", "serve"])],
             env=self._environment,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

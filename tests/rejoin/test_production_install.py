@@ -46,14 +46,14 @@ def test_the_public_api_imports_without_the_development_packages() -> None:
 
 
 def test_compare_runs_without_the_development_packages() -> None:
-    done = run("from simulations.cli import main; sys.exit(main(['compare']))")
+    done = run("from rejoin.cli import main; sys.exit(main(['compare']))")
     assert done.returncode == 0, done.stderr
     assert "supervised" in done.stdout
 
 
 def test_a_loopback_run_without_its_extra_says_what_to_install() -> None:
     done = run(
-        "from simulations.cli import main; "
+        "from rejoin.cli import main; "
         "sys.exit(main(['simulate', 'rapid-switch', '--sfu', 'loopback']))"
     )
     assert done.returncode == 2

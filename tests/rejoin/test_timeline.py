@@ -9,8 +9,8 @@ import pytest
 from events.catalog import GlassesConnected, GraceStarted
 from events.envelope import Pending
 from events.sqlite_store import SQLiteStore
+from rejoin.cli import main
 from rejoin.timeline import html_page
-from simulations.cli import main
 
 
 def tooltips(page: str) -> list[str]:

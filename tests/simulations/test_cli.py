@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from simulations.cli import _parser, main
+from rejoin.cli.main import _parser, main
 from simulations.scenario import BUILT_IN
 
 ROOT = Path(__file__).parents[2]
@@ -196,7 +196,7 @@ def test_events_refuses_to_overwrite_a_log(
 
 def rejoin_process(*argv: str, setup: str = "") -> tuple[int, str, str]:
     """The command in a process of its own, as a user's shell runs it, after `setup`."""
-    command = shlex.join([sys.executable, "-m", "simulations.cli", *argv])
+    command = shlex.join([sys.executable, "-m", "rejoin.cli", *argv])
     completed = subprocess.run(
         ["sh", "-c", f"{setup}{command}"],
         cwd=ROOT,
@@ -257,7 +257,7 @@ def test_a_log_on_a_read_only_medium_replays(tmp_path: Path) -> None:
         f"mount --bind {medium} {medium} && mount -o remount,ro,bind {medium} {medium} && "
         f"! touch {medium}/probe 2>/dev/null && "
     )
-    replay = shlex.join([sys.executable, "-m", "simulations.cli", "replay", str(log), "--json"])
+    replay = shlex.join([sys.executable, "-m", "rejoin.cli", "replay", str(log), "--json"])
     completed = subprocess.run(
         ["unshare", "--mount", "sh", "-c", read_only + replay],
         cwd=ROOT,
@@ -319,7 +319,7 @@ def test_replay_of_a_user_the_log_never_saw_is_an_error(
 def test_a_closed_pipe_ends_the_command_quietly() -> None:
     # `true` exits without reading, so the table's first write meets a closed pipe.
     completed = subprocess.run(
-        f"{shlex.quote(sys.executable)} -m simulations.cli compare | true; echo ${{PIPESTATUS[0]}}",
+        f"{shlex.quote(sys.executable)} -m rejoin.cli compare | true; echo ${{PIPESTATUS[0]}}",
         shell=True,
         executable="/bin/bash",
         cwd=ROOT,

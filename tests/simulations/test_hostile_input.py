@@ -28,7 +28,7 @@ from events.catalog import AnyEvent, RunEnded, RunStarted
 from events.envelope import Pending
 from events.log import LogError, read_valid_prefix
 from events.sqlite_store import SQLiteStore
-from simulations.cli import main
+from rejoin.cli import main
 from tests.events.reference_reader import readable_records
 
 ROOT = Path(__file__).parents[2]
@@ -282,7 +282,7 @@ def test_the_hostile_corpus_is_refused_in_one_line_by_the_command_a_user_types(
     path: Path,
 ) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "simulate", str(path)],
+        [sys.executable, "-m", "rejoin.cli", "simulate", str(path)],
         cwd=ROOT,
         capture_output=True,
         text=True,

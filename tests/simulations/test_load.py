@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events.catalog import BridgeStarted
-from simulations.cli import main
+from rejoin.cli import main
 from simulations.invariants import all_violations, log_bytes
 from simulations.load import LoadConfig, LoadResult, fleet, judge, play
 from simulations.metrics import max_in_any_second

@@ -66,7 +66,7 @@ def test_stopping_during_a_drain_does_not_wait(tmp_path: Path) -> None:
 def test_sigterm_stops_an_idle_serve_process_with_exit_0(tmp_path: Path) -> None:
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "simulations.cli", "serve"],
+        [sys.executable, "-m", "rejoin.cli", "serve"],
         env={**os.environ, **environment(tmp_path, REJOIN_PORT=str(port))},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -1,0 +1,5 @@
+import sys
+
+from rejoin.cli.main import main
+
+sys.exit(main())
