@@ -14,7 +14,7 @@ import asyncio
 import collections
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Generic, TypeVar
 
@@ -24,6 +24,7 @@ from actors.connector import RoomConnector
 from actors.executor import Executor
 from actors.runtime import Status
 from events.log import EventStore
+from events.observed_store import AppendObserver
 from events.projection import Health, SessionView
 from rejoin.server import Server
 from rejoin.settings import Settings
@@ -107,9 +108,11 @@ class AsyncRuntime:
         store: EventStore | None = None,
         connector: RoomConnector | None = None,
         executor: Executor | None = None,
+        observers: Sequence[AppendObserver] = (),
     ) -> AsyncRuntime:
         """Start the server of `settings` (recovering its open sessions from the log) without
-        blocking the loop. A store, connector or executor passed in is used and left open."""
+        blocking the loop. A store, connector or executor passed in is used and left open;
+        `observers` see every durable batch (see `Server`)."""
         runtime = cls(asyncio.get_running_loop())
         runtime._server = await asyncio.to_thread(
             Server,
@@ -118,6 +121,7 @@ class AsyncRuntime:
             store=store,
             connector=connector,
             executor=executor,
+            observers=observers,
         )
         runtime._server.runtime.subscribe_health(runtime._hand_over_health)
         return runtime

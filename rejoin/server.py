@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import TracebackType
 
 from actors.bridge import AudioChunk, AudioSink
@@ -11,7 +12,9 @@ from actors.livekit_connector import LiveKitConnector
 from actors.pool_executor import PoolExecutor
 from actors.runtime import Runtime
 from events.log import EventStore
+from events.observed_store import AppendObserver, ObservedStore
 from events.sqlite_store import SQLiteStore
+from rejoin.logs import DecisionLog
 from rejoin.settings import Settings
 
 __all__ = ["Server"]
@@ -28,7 +31,9 @@ class Server:
     made. A store, connector or executor passed in is used instead, and left open.
 
     `audio_sink` is called on a worker of the pool for every chunk of phone audio: it must be
-    thread-safe and return at once (`AsyncRuntime` hands chunks to an asyncio loop).
+    thread-safe and return at once (`AsyncRuntime` hands chunks to an asyncio loop). Every
+    durable decision becomes a record of the `rejoin.decisions` logger (`rejoin.logs`), and
+    each of `observers` is called with every durable batch.
     """
 
     def __init__(
@@ -39,12 +44,14 @@ class Server:
         store: EventStore | None = None,
         connector: RoomConnector | None = None,
         executor: Executor | None = None,
+        observers: Sequence[AppendObserver] = (),
     ) -> None:
         self.settings = settings
         self._own_store = store is None
         self._own_connector: LiveKitConnector | None = None
         self._own_executor = executor is None
-        self.store: EventStore = store if store is not None else SQLiteStore(settings.log)
+        log = store if store is not None else SQLiteStore(settings.log)
+        self.store: EventStore = ObservedStore(log, [DecisionLog(settings), *observers])
         if connector is None:
             connector = self._own_connector = LiveKitConnector(settings.livekit)
         self.executor: Executor = executor if executor is not None else PoolExecutor()

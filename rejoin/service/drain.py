@@ -16,10 +16,11 @@ import signal
 
 from aiohttp import web
 
+from actors.bridge import AudioChunk
 from actors.connector import RoomConnector
 from actors.executor import Executor
 from events.log import EventStore
-from rejoin.aio import AsyncRuntime
+from rejoin.aio import AsyncRuntime, Stream
 from rejoin.service.metrics import Metrics
 from rejoin.service.routes import application
 from rejoin.settings import Settings
@@ -30,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 DRAIN_POLL_S = 0.1
 """How often a draining server looks for glasses still connected."""
+AUDIO = 10_000
+"""Chunks the time-to-audio figure may fall behind by before it loses one (one second of
+audio for 1,000 users)."""
 
 
 class Service:
@@ -51,7 +55,8 @@ class Service:
         self._runner: web.AppRunner | None = None
         self._drained = asyncio.Event()
         self._now = asyncio.Event()
-        self._metrics: Metrics | None = None
+        self.metrics = Metrics()
+        self._listening: asyncio.Task[None] | None = None
         self.port = settings.port
         """The port the API listens on (the one the system chose, for a setting of 0)."""
 
@@ -64,9 +69,13 @@ class Service:
         """Recover the open sessions from the log, then listen."""
         store, connector, executor = self._parts
         self._runtime = await AsyncRuntime.start(
-            self.settings, store=store, connector=connector, executor=executor
+            self.settings,
+            store=store,
+            connector=connector,
+            executor=executor,
+            observers=[self.metrics.observe],
         )
-        self._metrics = Metrics(self._runtime)
+        self._listening = asyncio.create_task(self._time_audio(self._runtime.audio(buffer=AUDIO)))
         self._runner = web.AppRunner(application(self), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
@@ -115,10 +124,9 @@ class Service:
         view = await self.runtime.session(user)
         return view is not None and view.state != "DISPOSED"
 
-    async def metrics(self) -> tuple[bytes, str]:
-        """The Prometheus exposition of this server's figures, and its content type."""
-        assert self._metrics is not None, "the service has started"
-        return await self._metrics.exposition()
+    async def _time_audio(self, audio: Stream[AudioChunk]) -> None:
+        async for chunk in audio:
+            self.metrics.heard(chunk)
 
     async def run(self) -> None:
         """Serve until drained or stopped, then stop: bridges leave, the log is closed."""
@@ -138,4 +146,6 @@ class Service:
         if self._runtime is not None:
             await self._runtime.close()
             self._runtime = None
+        if self._listening is not None:
+            await self._listening
         logger.info("stopped %s", self.settings.server)

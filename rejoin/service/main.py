@@ -8,6 +8,7 @@ import sys
 from collections.abc import Mapping
 
 from actors.redaction import redact
+from rejoin.logs import configure
 from rejoin.service.drain import Service
 from rejoin.settings import VARIABLES, Settings, SettingsError
 
@@ -29,6 +30,7 @@ def serve(environment: Mapping[str, str] | None = None) -> int:
         for fault in error.faults:
             print(f"rejoin: {redact(fault)}", file=sys.stderr)
         return 2
+    configure(settings)
     asyncio.run(_run(settings))
     return 0
 

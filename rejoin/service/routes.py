@@ -118,7 +118,8 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body, content_type = await request.app[SERVICE].metrics()
+    service = request.app[SERVICE]
+    body, content_type = await service.metrics.exposition(service.runtime)
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response
@@ -146,6 +147,7 @@ async def _connect(request: web.Request) -> web.Response:
     if service.draining and not await service.has_open_session(user):
         raise Refused(503, "this server is draining: connect the glasses to another server")
     position = await _durable(service.runtime.glasses_connected(user, epoch))
+    service.metrics.connected(user)
     return _json({"user": user, "position": position})
 
 
@@ -155,6 +157,7 @@ async def _disconnect(request: web.Request) -> web.Response:
     if await _body(request):
         raise Refused(400, "a disconnect takes no body")
     position = await _durable(service.runtime.glasses_disconnected(user))
+    service.metrics.left(user)
     return _json({"user": user, "position": position})
 
 

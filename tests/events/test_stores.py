@@ -11,14 +11,19 @@ from events.catalog import GlassesConnected, GlassesDisconnected, SessionDispose
 from events.envelope import Pending
 from events.log import DuplicateEventId, EventStore, LogError, WrongExpectedVersion
 from events.memory_store import MemoryStore
+from events.observed_store import ObservedStore
 from events.sqlite_store import SQLiteStore
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "observed"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
-    made: EventStore = (
-        MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "log.db")
-    )
+    made: EventStore
+    if request.param == "memory":
+        made = MemoryStore()
+    elif request.param == "sqlite":
+        made = SQLiteStore(tmp_path / "log.db")
+    else:
+        made = ObservedStore(SQLiteStore(tmp_path / "log.db"), [lambda _batch, _s: None])
     yield made
     made.close()
 

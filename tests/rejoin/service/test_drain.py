@@ -2,6 +2,7 @@
 bridges until they leave or the drain timeout passes, then the service stops."""
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -63,7 +64,7 @@ def test_stopping_during_a_drain_does_not_wait(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_sigterm_stops_an_idle_serve_process_with_exit_0(tmp_path: Path) -> None:
+def test_sigterm_stops_an_idle_serve_process_with_exit_0_logging_json(tmp_path: Path) -> None:
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "rejoin.cli", "serve"],
@@ -78,8 +79,11 @@ def test_sigterm_stops_an_idle_serve_process_with_exit_0(tmp_path: Path) -> None
         assert process.wait(timeout=10) == 0
     finally:
         process.kill()
-        process.communicate()
+        out, _ = process.communicate()
     assert (tmp_path / "prod.db").exists()
+    messages = [json.loads(line)["message"] for line in out.splitlines()]
+    assert messages[0] == f"serving prod on 127.0.0.1:{port}"
+    assert messages[-1] == "stopped prod"
 
 
 def _await_ready(port: int) -> None:
