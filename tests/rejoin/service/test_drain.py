@@ -9,8 +9,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from tests.rejoin.service.test_api import USER, Running, environment, running
 
@@ -64,15 +67,23 @@ def test_stopping_during_a_drain_does_not_wait(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_sigterm_stops_an_idle_serve_process_with_exit_0_logging_json(tmp_path: Path) -> None:
-    port = _free_port()
-    process = subprocess.Popen(
+def serve_process(folder: Path, port: int) -> subprocess.Popen[str]:
+    """`rejoin serve` in a process of its own; its LiveKit answers nothing (port 9)."""
+    return subprocess.Popen(
         [sys.executable, "-m", "rejoin.cli", "serve"],
-        env={**os.environ, **environment(tmp_path, REJOIN_PORT=str(port))},
+        env={
+            **os.environ,
+            **environment(folder, REJOIN_PORT=str(port), LIVEKIT_URL="ws://127.0.0.1:9"),
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_sigterm_stops_an_idle_serve_process_with_exit_0_logging_json(tmp_path: Path) -> None:
+    port = _free_port()
+    process = serve_process(tmp_path, port)
     try:
         _await_ready(port)
         process.send_signal(signal.SIGTERM)
@@ -84,6 +95,28 @@ def test_sigterm_stops_an_idle_serve_process_with_exit_0_logging_json(tmp_path: 
     messages = [json.loads(line)["message"] for line in out.splitlines()]
     assert messages[0] == f"serving prod on 127.0.0.1:{port}"
     assert messages[-1] == "stopped prod"
+
+
+def test_a_second_sigterm_stops_a_draining_process_at_once(tmp_path: Path) -> None:
+    port = _free_port()
+    process = serve_process(tmp_path, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _await_ready(port)
+        connect = urllib.request.Request(f"{url}/v1/users/{USER}/connect", method="POST")
+        with urllib.request.urlopen(connect, timeout=10) as answer:
+            assert answer.status == 200
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{url}/readyz", timeout=1).close()
+        assert refused.value.code == 503
+        assert process.poll() is None, "the glasses are connected: the drain waits (30 s)"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        process.kill()
+        process.communicate()
 
 
 def _await_ready(port: int) -> None:
