@@ -14,7 +14,7 @@ USER = "ada@example.com"
 ENVIRONMENT = {
     "LIVEKIT_URL": "ws://127.0.0.1:7880",
     "LIVEKIT_API_KEY": "devkey",
-    "LIVEKIT_API_SECRET": "secret",
+    "LIVEKIT_API_SECRET": "api-secret-of-the-tests-0123456789",
     "REJOIN_SERVER": "prod",
 }
 

@@ -79,7 +79,10 @@ def test_tokens_never_reach_a_record(output: io.StringIO) -> None:
 
 def test_pseudonyms_replace_the_user_id_everywhere_in_a_record(output: io.StringIO) -> None:
     lines = logged(
-        output, REJOIN_LOG_FORMAT="json", REJOIN_PSEUDONYMISE="true", REJOIN_PSEUDONYM_KEY="k"
+        output,
+        REJOIN_LOG_FORMAT="json",
+        REJOIN_PSEUDONYMISE="true",
+        REJOIN_PSEUDONYM_KEY="fleet-key-of-the-logs",
     )
     assert USER not in "\n".join(lines)
     record = json.loads(lines[0])

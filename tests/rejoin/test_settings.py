@@ -97,10 +97,10 @@ def test_no_secret_reaches_an_error_or_a_repr() -> None:
 
 
 def test_pseudonyms_are_stable_under_one_key_and_hide_the_address() -> None:
-    environment = {**LIVEKIT, "REJOIN_PSEUDONYMISE": "yes", "REJOIN_PSEUDONYM_KEY": "k1"}
+    environment = {**LIVEKIT, "REJOIN_PSEUDONYMISE": "yes", "REJOIN_PSEUDONYM_KEY": "fleet-key-one"}
     first = Settings.from_environment(environment)
     again = Settings.from_environment(environment)
-    other = Settings.from_environment({**environment, "REJOIN_PSEUDONYM_KEY": "k2"})
+    other = Settings.from_environment({**environment, "REJOIN_PSEUDONYM_KEY": "fleet-key-two"})
     user = "ada@example.com"
     assert first.pseudonym(user) == again.pseudonym(user) != other.pseudonym(user)
     assert "ada" not in first.pseudonym(user)

@@ -24,7 +24,7 @@ def environment(folder: Path, **more: str) -> dict[str, str]:
     return {
         "LIVEKIT_URL": "ws://127.0.0.1:7880",
         "LIVEKIT_API_KEY": "devkey",
-        "LIVEKIT_API_SECRET": "secret",
+        "LIVEKIT_API_SECRET": "api-secret-of-the-tests-0123456789",
         "REJOIN_SERVER": "prod",
         "REJOIN_LOG": str(folder / "prod.db"),
         "REJOIN_PORT": "0",
