@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 
 MAX_USER = 320
 """The longest user id taken: an e-mail address is at most 254 characters, with room to spare."""
-USER_PATTERN = r"^[A-Za-z0-9!#$%&'*+.=?^_`{|}~@-]+(?![\s\S])"
-"""What a user id may hold: the characters of an ASCII e-mail address, `/` aside. The end is
+USER_PATTERN = r"^[A-Za-z0-9!#$&'*+.=?^_`{|}~@-]+(?![\s\S])"
+"""What a user id may hold: the characters of an ASCII e-mail address, but `/` and `%` (which
+clients do not always escape in a path, where `%AB` would then mean a byte). The end is
 "no character follows" rather than `$`, which in Python (and so in clients generated from the
 OpenAPI document by Python tools) also matches before a final newline."""
 MAX_BODY = 4_096
