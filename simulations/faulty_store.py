@@ -5,33 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 from events.envelope import Envelope, Pending
-from events.log import EventStore, LogError
+from events.log import Batch, EventStore, LogError, Outcome
 
 
-class FaultyStore:
-    """Wraps a store; while a fault is on, appends raise `LogError` and write nothing.
+class WrappedStore:
+    """A store that hands every call to `inner`: the base of stores that change a few."""
 
-    `clock` gives the time faults are measured on (the world's, or the monotonic clock).
-    """
-
-    def __init__(self, inner: EventStore, clock: Callable[[], int]) -> None:
+    def __init__(self, inner: EventStore) -> None:
         self.inner = inner
-        self._clock = clock
-        self._failing_until_ms = -1
-        self.refused = 0
-        """Appends refused so far."""
-
-    def fail_for(self, duration_ms: int) -> None:
-        self._failing_until_ms = max(self._failing_until_ms, self._clock() + duration_ms)
 
     def append(
         self, stream: str, expected_version: int, events: Sequence[Pending]
     ) -> list[Envelope]:
-        if self._clock() < self._failing_until_ms:
-            self.refused += 1
-            msg = f"stream {stream}: disk I/O error"
-            raise LogError(msg)
         return self.inner.append(stream, expected_version, events)
+
+    def append_group(self, batches: Sequence[Batch]) -> list[Outcome]:
+        return self.inner.append_group(batches)
 
     def read_all(self, from_position: int = 1) -> Iterator[Envelope]:
         return self.inner.read_all(from_position)
@@ -50,3 +39,39 @@ class FaultyStore:
 
     def close(self) -> None:
         self.inner.close()
+
+
+class FaultyStore(WrappedStore):
+    """Wraps a store; while a fault is on, appends raise `LogError` (a group's are each refused
+    with one) and write nothing.
+
+    `clock` gives the time faults are measured on (the world's, or the monotonic clock).
+    """
+
+    def __init__(self, inner: EventStore, clock: Callable[[], int]) -> None:
+        super().__init__(inner)
+        self._clock = clock
+        self._failing_until_ms = -1
+        self.refused = 0
+        """Appends refused so far, each batch of a group counted."""
+
+    def fail_for(self, duration_ms: int) -> None:
+        self._failing_until_ms = max(self._failing_until_ms, self._clock() + duration_ms)
+
+    def append(
+        self, stream: str, expected_version: int, events: Sequence[Pending]
+    ) -> list[Envelope]:
+        if self._clock() < self._failing_until_ms:
+            self.refused += 1
+            raise _refusal(stream)
+        return self.inner.append(stream, expected_version, events)
+
+    def append_group(self, batches: Sequence[Batch]) -> list[Outcome]:
+        if self._clock() < self._failing_until_ms:
+            self.refused += len(batches)
+            return [_refusal(batch.stream) for batch in batches]
+        return self.inner.append_group(batches)
+
+
+def _refusal(stream: str) -> LogError:
+    return LogError(f"stream {stream}: disk I/O error")
