@@ -21,6 +21,7 @@ log builds it once from the events; a reader reads both formats.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import threading
 import urllib.parse
@@ -81,6 +82,10 @@ _COLUMNS = "position, stream, version, event_id, time_ms, server, user, schema, 
 _READ = "position, schema, record, crc"
 _BATCH = 4096
 """Records fetched per query when reading the whole log."""
+_VARIABLES = 500
+"""Parameters one query of a group's checks binds at most (SQLite's limit can be 999)."""
+_ROWS = 90
+"""Rows one INSERT writes at most: ten parameters each, within 999 parameters."""
 MAX_GROUP = 64
 """Batches one transaction takes at most: bounds the work, and so the wait, of a group."""
 
@@ -357,8 +362,9 @@ class SQLiteStore:
                     each.error = error
                 return
             try:
+                known = self._known(group)
                 for each in group:
-                    self._write_batch(each, alone=len(group) == 1)
+                    self._write_batch(each, known, alone=len(group) == 1)
                 db.execute("COMMIT")
             except BaseException as error:
                 self._fail_group(group, error)
@@ -368,14 +374,45 @@ class SQLiteStore:
             self.commits += 1
             self.grouped += len(group)
 
-    def _write_batch(self, each: _Append, *, alone: bool) -> None:
+    def _known(self, group: list[_Append]) -> _Known:
+        """What the group's batches are checked against, read with a few queries for the whole
+        group rather than three for each batch: each query gives up the GIL, and a thread that
+        wants it back waits for the others' switch interval (up to 5 ms) when they are busy."""
+        db = self._db
+        streams = list({each.stream for each in group})
+        versions = dict.fromkeys(streams, 0)
+        for start in range(0, len(streams), _VARIABLES):
+            chunk = streams[start : start + _VARIABLES]
+            marks = ", ".join("?" * len(chunk))
+            versions.update(
+                db.execute(
+                    f"SELECT stream, MAX(version) FROM events WHERE stream IN ({marks})"
+                    " GROUP BY stream",
+                    chunk,
+                ).fetchall()
+            )
+        ids = [pending.event_id for each in group for pending in each.events]
+        stored: set[str] = set()
+        for start in range(0, len(ids), _VARIABLES):
+            chunk = ids[start : start + _VARIABLES]
+            marks = ", ".join("?" * len(chunk))
+            stored.update(
+                event_id
+                for (event_id,) in db.execute(
+                    f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk
+                )
+            )
+        (last,) = db.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
+        return _Known(versions, stored, last)
+
+    def _write_batch(self, each: _Append, known: _Known, *, alone: bool) -> None:
         """Write one batch in the open transaction, or roll back its savepoint and keep its
         error; raise when the whole transaction is to be rolled back."""
         db = self._db
         if not alone:
             db.execute("SAVEPOINT batch")
         try:
-            each.result = self._insert(each.stream, each.expected_version, each.events)
+            each.result = self._insert(each.stream, each.expected_version, each.events, known)
         except Exception as error:
             each.error = error
             if isinstance(error, OverflowError):
@@ -408,29 +445,35 @@ class SQLiteStore:
                 each.error = _caused_by(LogError(msg), error)
 
     def _insert(
-        self, stream: str, expected_version: int, events: Sequence[Pending]
+        self, stream: str, expected_version: int, events: Sequence[Pending], known: _Known
     ) -> list[Envelope]:
-        """Write one batch in the open transaction; its envelopes as stored."""
+        """Write one batch in the open transaction; its envelopes as stored. `known` is kept
+        up to date with what the batch wrote, for the group's next batches."""
         db = self._db
-        stored = self._stored_batch(stream, events)
-        if stored is not None:
+        ids = [pending.event_id for pending in events]
+        if not known.stored.isdisjoint(ids):
+            stored = self._stored_batch(stream, events)
+            assert stored is not None, "a stored event id has its row"
             return stored
-        (version,) = db.execute(
-            "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream = ?", (stream,)
-        ).fetchone()
+        version = known.versions.get(stream, 0)
         if version != expected_version:
             raise WrongExpectedVersion(stream, expected_version, version)
-        (last,) = db.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
         envelopes = [
-            pending.at(position=last + offset + 1, stream=stream, version=version + offset + 1)
+            pending.at(
+                position=known.last + offset + 1, stream=stream, version=version + offset + 1
+            )
             for offset, pending in enumerate(events)
         ]
-        db.executemany(
-            f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [_row(envelope) for envelope in envelopes],
-        )
+        rows = [_row(envelope) for envelope in envelopes]
+        for start in range(0, len(rows), _ROWS):
+            # One statement for many rows: one step of SQLite, so the GIL is given up once.
+            chunk = rows[start : start + _ROWS]
+            db.execute(_insert_rows(len(chunk)), [value for row in chunk for value in row])
         for envelope in envelopes:
             self._index(db, stream, envelope)
+        known.versions[stream] = version + len(events)
+        known.last += len(events)
+        known.stored.update(ids)
         return envelopes
 
     def _stored_batch(self, stream: str, events: Sequence[Pending]) -> list[Envelope] | None:
@@ -557,6 +600,24 @@ class SQLiteStore:
         if envelope.position != position:
             raise CorruptLog(self.path, position, f"it says it is at {envelope.position}")
         return envelope
+
+
+class _Known:
+    """The log as a group's transaction has it so far: each of the group's streams' version,
+    which of its event ids are stored, and the last position."""
+
+    __slots__ = ("last", "stored", "versions")
+
+    def __init__(self, versions: dict[str, int], stored: set[str], last: int) -> None:
+        self.versions = versions
+        self.stored = stored
+        self.last = last
+
+
+@functools.cache
+def _insert_rows(count: int) -> str:
+    marks = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * count)
+    return f"INSERT INTO events ({_COLUMNS}) VALUES {marks}"
 
 
 class _Append:
