@@ -216,7 +216,7 @@ class Session(pykka.Actor):
         # A log that refuses an append explains itself; anything else is a bug to trace.
         trace = None if isinstance(error, LogError) else error
         logger.warning("session %s failed: %s", self._stream, error, exc_info=trace)
-        self._failed = True
+        self._failed, self._writing = True, None
         if not isinstance(message, SessionRestarted):
             self._kept.appendleft(message)
         self._view, self._pending, self._effects = self._durable, [], []
