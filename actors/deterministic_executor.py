@@ -172,6 +172,11 @@ class DeterministicExecutor:
     def random(self) -> random.Random:
         return self._random
 
+    @property
+    def journal(self) -> None:
+        """None: appends stay inline, in the turn, so a seed gives the same schedule."""
+        return None
+
     def spawn(self, actor_class: type[A], *args: Any, **kwargs: Any) -> pykka.ActorRef[A]:
         runtime_class = self._classes.get(actor_class)
         if runtime_class is None:
@@ -323,6 +328,10 @@ class Process:
     @property
     def random(self) -> random.Random:
         return self._executor.random
+
+    @property
+    def journal(self) -> None:
+        return None
 
     def spawn(self, actor_class: type[A], *args: Any, **kwargs: Any) -> pykka.ActorRef[A]:
         ref = self._executor.spawn(actor_class, *args, **kwargs)

@@ -19,6 +19,8 @@ import pykka
 if TYPE_CHECKING:
     from pykka._envelope import Envelope
 
+    from actors.journal import Journal
+
 logger = logging.getLogger(__name__)
 
 A = TypeVar("A", bound=pykka.Actor)
@@ -52,6 +54,12 @@ class Executor(Protocol):
         ...
 
     def spawn(self, actor_class: type[A], *args: Any, **kwargs: Any) -> pykka.ActorRef[A]: ...
+
+    @property
+    def journal(self) -> Journal | None:
+        """Where sessions hand their appends, so that no actor's thread waits for a write;
+        `None`: sessions append inline (one thread, no thread to hand them to)."""
+        ...
 
     def now_ms(self) -> int: ...
 

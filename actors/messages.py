@@ -11,6 +11,7 @@ import pykka
 from actors.acknowledgement import Acknowledgement
 from actors.connector import JoinRequest
 from events.catalog import GlassesConnected, GlassesDisconnected
+from events.log import Outcome
 from events.projection import SessionView
 
 GlassesInput = GlassesConnected | GlassesDisconnected
@@ -36,6 +37,13 @@ class SessionFailed(msgspec.Struct, frozen=True, kw_only=True):
     user: str
     stream: str
     error: str
+
+
+class Persisted(msgspec.Struct, frozen=True, kw_only=True):
+    """The journal wrote a session's batch (`outcome`: its envelopes as stored) or refused it
+    (`outcome`: the error `append` would have raised)."""
+
+    outcome: Outcome
 
 
 class RestartSession(msgspec.Struct, frozen=True, kw_only=True):

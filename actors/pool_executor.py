@@ -1,6 +1,7 @@
-"""Production executor: every actor on a fixed pool of worker threads, plus one timer thread.
+"""Production executor: every actor on a fixed pool of worker threads, a timer thread, and the
+journal's writer thread.
 
-The process holds `workers + 1` threads of this executor however many actors it runs (5 with
+The process holds `workers + 2` threads of this executor however many actors it runs (6 with
 the default of 4 workers). An actor with mail sits once in a FIFO run queue; a worker takes it,
 handles at most `TURN` of its messages, and puts it back at the end of the queue if it still
 has mail. So an actor handles one message at a time and never on two workers at once, its
@@ -14,8 +15,10 @@ removals scan a list; the executor keeps its own index of live actors by URN, so
 stopping cost O(1) whatever the number of actors.
 
 Where the time goes, and what that asks of the code that runs here:
-- An actor that blocks (a Session's append to SQLite waits for an fsync, typically 0.3 ms)
-  blocks its worker, and only its worker: the other workers go on with the other actors.
+- An actor that blocks blocks its worker, and only its worker: the other workers go on with
+  the other actors. Sessions do not block on the log: they hand their appends to the executor's
+  `Journal`, whose one writer thread commits every batch queued meanwhile in one transaction
+  (one fsync), and hear back by message.
 - The audio sink is called by the worker running the Bridge's turn: any worker of the pool,
   not always the same one for one user. It must be thread-safe and return quickly: while it
   runs, that worker serves nobody else.
@@ -26,8 +29,8 @@ Where the time goes, and what that asks of the code that runs here:
   both messages).
 - Timer callbacks run on the timer thread, one after another: they should only tell actors.
 
-Workers and the timer thread are daemons: a process that exits without `shutdown()` does not
-wait for them, and its actors' `on_stop` hooks do not run.
+Workers, the timer thread and the journal's thread are daemons: a process that exits without
+`shutdown()` does not wait for them, and its actors' `on_stop` hooks do not run.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import pykka
 from pykka._envelope import Envelope as PykkaEnvelope
 
 from actors.executor import Deadline, deliver
+from actors.journal import Journal
 
 A = TypeVar("A", bound=pykka.Actor)
 T = TypeVar("T")
@@ -142,7 +146,7 @@ class _Pooled(pykka.Actor):
 
 
 class PoolExecutor:
-    """Actors on `workers` threads, the real clocks, and a single timer thread."""
+    """Actors on `workers` threads, the real clocks, a single timer thread, and a journal."""
 
     def __init__(self, workers: int = 4) -> None:
         if workers < 1:
@@ -166,10 +170,15 @@ class PoolExecutor:
         self._timers = threading.Thread(target=self._run_timers, name="rejoin-timers", daemon=True)
         for thread in [*self._workers, self._timers]:
             thread.start()
+        self._journal = Journal()
 
     @property
     def random(self) -> random.Random:
         return self._random
+
+    @property
+    def journal(self) -> Journal:
+        return self._journal
 
     def spawn(self, actor_class: type[A], *args: Any, **kwargs: Any) -> pykka.ActorRef[A]:
         if self._closed:
@@ -234,8 +243,9 @@ class PoolExecutor:
         return future.get(timeout=timeout_s)
 
     def shutdown(self) -> None:
-        """Stop every actor (each runs `on_stop`), then end the workers and the timer thread,
-        within `SHUTDOWN_S` in all; an actor stuck in a turn is left behind on its daemon."""
+        """Stop every actor (each runs `on_stop`), then end the journal (once what it holds is
+        written), the workers and the timer thread, within `SHUTDOWN_S` in all; an actor stuck
+        in a turn is left behind on its daemon."""
         deadline = time.monotonic() + SHUTDOWN_S
         # A stopping actor may start another one (a supervisor's last turn): go round again.
         while not self._closed and time.monotonic() < deadline and (stopping := self._stop_all()):
@@ -247,6 +257,7 @@ class PoolExecutor:
         if self.live_actors():
             logger.warning("actors still running after %g s; leaving them", SHUTDOWN_S)
         self._closed = True
+        self._journal.close(timeout_s=max(0.0, deadline - time.monotonic()))
         with self._condition:
             self._heap.clear()
             self._condition.notify()

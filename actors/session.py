@@ -1,16 +1,23 @@
 """The Session actor: one user's state on one server, and every decision about its bridge.
 
 Each input is handled in one turn: decide, append the input with its decisions to the log as one
-atomic batch, then act (tell the supervisor, arm timers, ask the bridge). Nothing acts on an input
-before it is durable, and the session's state changes only by applying the events it appended.
-Every time in an event, deadlines included, is wall-clock: a process that restarts from the log
-honours the deadlines its predecessor set.
+atomic batch, then, once it is durable, act (tell the supervisor, arm timers, ask the bridge) and
+acknowledge it. Nothing acts on an input before it is durable, and the session's state changes
+only by applying the events it appended. Every time in an event, deadlines included, is
+wall-clock: a process that restarts from the log honours the deadlines its predecessor set.
 
-A turn that fails (a failed append, or any other error) leaves nothing behind: the session drops
-its state, keeps the input at the head of its mailbox with every message that arrives after it,
-and reports to the supervisor, which restarts it under a restart budget. A restart rebuilds the
-state from the session's own stream, records `SessionRestarted`, and goes on with the kept
-messages in order. The actor, its address and its bridge stay what they were.
+Where the executor has a journal (the pool), the append holds no thread: the session hands the
+batch to the journal and keeps every message that arrives until the journal's `Persisted`
+answer; then it acts, acknowledges, and handles the kept messages in order. Queries for its view
+are answered meanwhile, with the durable view. Where it has none (the deterministic executor,
+one thread) the session appends inline, within the turn. A session stopped while its append is
+in flight neither acts on that input nor acknowledges it, durable or not.
+
+A turn that fails (a refused append, or any other error) leaves nothing behind: the session
+drops its state, keeps the input at the head of its mailbox with every message that arrives
+after it, and reports to the supervisor, which restarts it under a restart budget. A restart
+rebuilds the state from the session's own stream, records `SessionRestarted`, and goes on with
+the kept messages in order. The actor, its address and its bridge stay what they were.
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import pykka
 
+from actors.acknowledgement import Acknowledgement
 from actors.bridge import AudioWatch
 from actors.connector import (
     Deadlines,
@@ -40,6 +48,7 @@ from actors.messages import (
     BridgeAttached,
     ForUser,
     GateAudio,
+    Persisted,
     RestartSession,
     SessionEnded,
     SessionFailed,
@@ -91,8 +100,8 @@ from events.catalog import (
     TimerFired,
     TimerKind,
 )
-from events.envelope import Pending
-from events.log import EventStore, LogError
+from events.envelope import Envelope, Pending
+from events.log import Batch, EventStore, LogError
 from events.projection import SessionView, apply, health_of, replay_stream
 
 logger = logging.getLogger(__name__)
@@ -101,6 +110,17 @@ STALL_RESTARTS = 2
 """Restarts for stalls in a row that bring no audio back, before the session stops restarting
 for silence: a phone that stopped sending (its user left without the server noticing yet) is
 not fixed by a third bridge, and churn is a failure of its own (a recovery storm)."""
+
+
+class _Turn(NamedTuple):
+    """A turn whose batch is on its way to the log: what to do once it is durable, or failed."""
+
+    message: object
+    """What the turn handled: kept at the head of the mailbox if the append fails."""
+    view: SessionView | None
+    events: int
+    effects: list[Callable[[], object]]
+    ack: Acknowledgement | None
 
 
 class Session(pykka.Actor):
@@ -152,17 +172,23 @@ class Session(pykka.Actor):
         """The wall-clock time of the turn in progress."""
         self._pending: list[Pending] = []
         self._effects: list[Callable[[], object]] = []
+        self._journal = executor.journal
+        self._writing: _Turn | None = None
+        """The turn the journal is writing; until it answers, messages wait in `_kept`."""
         self._kept: collections.deque[object] = collections.deque()
-        """Messages kept while the session waits to be restarted, the failed one first."""
+        """Messages kept, in order, while the session waits for its append or its restart (the
+        failed one first)."""
         self._failed = False
 
     def on_receive(self, message: object) -> object:
         match message:
             case ViewQuery():
                 return self._durable
+            case Persisted():
+                self._persisted(message)
             case RestartSession() if self._failed:
                 self._restart(message)
-            case _ if self._failed:
+            case _ if self._failed or self._writing is not None:
                 self._kept.append(message)
             case _:
                 self._receive(message)
@@ -174,20 +200,23 @@ class Session(pykka.Actor):
             match message:
                 case BridgeAttached():
                     self._attach(message)
-                case ForUser(event=event, ack=ack):
-                    position = self._handle(event, routed=message)
-                    if ack is not None and position is not None:
-                        ack.durable(position)
+                case ForUser(event=event):
+                    self._handle(event, routed=message)
                 case Input():
                     self._handle(message)
         except Exception as error:
             self._fail(message, error)
 
+    def _go_on(self) -> None:
+        """Handle the kept messages in order, until one's append is in flight or fails."""
+        while self._kept and not self._failed and self._writing is None:
+            self._receive(self._kept.popleft())
+
     def _fail(self, message: object, error: Exception) -> None:
         # A log that refuses an append explains itself; anything else is a bug to trace.
         trace = None if isinstance(error, LogError) else error
         logger.warning("session %s failed: %s", self._stream, error, exc_info=trace)
-        self._failed = True
+        self._failed, self._writing = True, None
         if not isinstance(message, SessionRestarted):
             self._kept.appendleft(message)
         self._view, self._pending, self._effects = self._durable, [], []
@@ -207,8 +236,7 @@ class Session(pykka.Actor):
         self._bridge = live[1] if current and live is not None else None
         self._failed = False
         self._receive(SessionRestarted(error=restart.error, restarts=restart.restarts))
-        while self._kept and not self._failed:
-            self._receive(self._kept.popleft())
+        self._go_on()
 
     def _attach(self, attached: BridgeAttached) -> None:
         if self._view is not None and attached.generation == self._view.generation:
@@ -223,13 +251,13 @@ class Session(pykka.Actor):
         assert self._view is not None, "a session has a view once opened"
         return self._view
 
-    def _handle(self, event: Input, *, routed: ForUser | None = None) -> int | None:
-        """Record `event` and the decisions it leads to, then act; its position in the log, or
-        `None` if it reached a disposed session (a routed input goes back for a new one)."""
+    def _handle(self, event: Input, *, routed: ForUser | None = None) -> None:
+        """Record `event` and the decisions it leads to, then act once they are durable; an
+        input that reached a disposed session goes back to the supervisor, for a new one."""
         if self._view is not None and self._view.state == "DISPOSED":
             if routed is not None:
                 tell(self._supervisor, routed)
-            return None
+            return
         self._before = self._view
         # A turn happens at one instant: every event and every deadline of it uses this time,
         # so that a deadline in the log and the timer armed for it are the same number.
@@ -238,7 +266,7 @@ class Session(pykka.Actor):
         self._record(event, self._cause)
         self._decide(event)
         self._tell_health()
-        return self._commit()
+        self._commit(routed or event, routed.ack if routed is not None else None)
 
     def _record(self, event: Event, event_id: str) -> None:
         pending = Pending(
@@ -259,16 +287,50 @@ class Session(pykka.Actor):
     def _then(self, effect: Callable[[], object]) -> None:
         self._effects.append(effect)
 
-    def _commit(self) -> int:
-        """Append the turn's events as one batch, then act; the position of its input."""
-        pending, effects = self._pending, self._effects
+    def _commit(self, message: object, ack: Acknowledgement | None) -> None:
+        """Append the turn's events as one batch; once it is durable, act and acknowledge."""
+        pending = self._pending
+        turn = _Turn(message, self._view, len(pending), self._effects, ack)
         self._pending, self._effects = [], []
-        stored = self._store.append(self._stream, self._version, pending)
-        self._version += len(pending)
-        self._durable = self._view
-        for effect in effects:
+        if self._journal is None:
+            self._settle(turn, self._store.append(self._stream, self._version, pending))
+            return
+        self._writing = turn
+        me = self.actor_ref
+
+        def reply(outcome: list[Envelope] | Exception) -> None:
+            # On the journal's thread: the answer reaches the session as mail, so that only
+            # the session's own turns touch its state.
+            tell(me, Persisted(outcome=outcome))
+
+        self._journal.append(self._store, Batch(self._stream, self._version, pending), reply)
+
+    def _persisted(self, persisted: Persisted) -> None:
+        """The journal's answer for the turn in flight: settle or fail it, then go on."""
+        turn, self._writing = self._writing, None
+        if turn is None:
+            logger.warning("session %s: an append's answer with no append in flight", self._stream)
+            return
+        outcome = persisted.outcome
+        if isinstance(outcome, Exception):
+            self._fail(turn.message, outcome)
+            return
+        try:
+            self._settle(turn, outcome)
+        except Exception as error:
+            self._fail(turn.message, error)
+            return
+        self._go_on()
+
+    def _settle(self, turn: _Turn, stored: list[Envelope]) -> None:
+        """The turn's batch is durable: the view is the log's, its effects run, its input is
+        acknowledged with its position."""
+        self._version += turn.events
+        self._durable = turn.view
+        for effect in turn.effects:
             effect()
-        return stored[0].position
+        if turn.ack is not None:
+            turn.ack.durable(stored[0].position)
 
     def _decide(self, event: Input) -> None:
         match event:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from events.envelope import Envelope, Pending
-from events.log import EventStore
+from events.log import Batch, EventStore, Outcome
 
 __all__ = ["ForwardingStore"]
 
@@ -19,6 +19,9 @@ class ForwardingStore:
         self, stream: str, expected_version: int, events: Sequence[Pending]
     ) -> list[Envelope]:
         return self.inner.append(stream, expected_version, events)
+
+    def append_group(self, batches: Sequence[Batch]) -> list[Outcome]:
+        return self.inner.append_group(batches)
 
     def read_all(self, from_position: int = 1) -> Iterator[Envelope]:
         return self.inner.read_all(from_position)

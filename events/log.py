@@ -4,7 +4,9 @@
 version, is idempotent on event id (the same batch appended twice is stored once), and assigns
 gap-free global positions starting at 1. A stream's versions start at 1; an empty stream is at 0.
 Appends from many threads at once each keep this contract, and each refusal is raised to its
-own caller only.
+own caller only. `append_group(batches)` appends several batches as `append` would, one after
+another, each keeping that contract, and reports each batch's envelopes or refusal to that batch
+alone: a store that can (SQLite) commits them together, so that they share one fsync.
 
 Every store also keeps an index of sessions, updated by the same atomic append: which streams
 a `SessionOpened` opened and no `SessionDisposed` has closed yet, and each user's latest
@@ -15,7 +17,7 @@ length of the history behind them.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeAlias
 
 from events.catalog import HealthState, SessionDisposed, SessionOpened
 from events.envelope import Envelope, Pending, stream_name
@@ -52,6 +54,19 @@ class UnreadableLog(LogError):
     """A file that is not an event log at all."""
 
 
+class Batch(NamedTuple):
+    """One append's arguments, for `append_group`."""
+
+    stream: str
+    expected_version: int
+    events: Sequence[Pending]
+
+
+Outcome: TypeAlias = list[Envelope] | Exception
+"""What became of one batch of a group: its envelopes as stored, or the error `append` would
+have raised for it."""
+
+
 class EventStore(Protocol):
     """Where events live. `read_all` yields in global order and raises `CorruptLog` at the
     first bad record, after yielding every good one before it."""
@@ -59,6 +74,10 @@ class EventStore(Protocol):
     def append(
         self, stream: str, expected_version: int, events: Sequence[Pending]
     ) -> list[Envelope]: ...
+
+    def append_group(self, batches: Sequence[Batch]) -> list[Outcome]:
+        """Append each batch in order as `append` would; each one's outcome, in that order."""
+        ...
 
     def read_all(self, from_position: int = 1) -> Iterator[Envelope]: ...
 

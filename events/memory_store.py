@@ -6,7 +6,14 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from events.envelope import Envelope, Pending
-from events.log import DuplicateEventId, WrongExpectedVersion, check_batch, session_change
+from events.log import (
+    Batch,
+    DuplicateEventId,
+    Outcome,
+    WrongExpectedVersion,
+    check_batch,
+    session_change,
+)
 
 
 class MemoryStore:
@@ -48,6 +55,16 @@ class MemoryStore:
                 appended.append(envelope)
                 self._index(stream, pending)
             return appended
+
+    def append_group(self, batches: Sequence[Batch]) -> list[Outcome]:
+        """Each batch appended on its own: there is no fsync here to share."""
+        outcomes: list[Outcome] = []
+        for batch in batches:
+            try:
+                outcomes.append(self.append(batch.stream, batch.expected_version, batch.events))
+            except Exception as error:
+                outcomes.append(error)
+        return outcomes
 
     def _index(self, stream: str, pending: Pending) -> None:
         change = session_change(pending)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from events.envelope import Envelope, Pending
 from events.forwarding_store import ForwardingStore
-from events.log import EventStore
+from events.log import Batch, EventStore, Outcome
 
 __all__ = ["AppendObserver", "ObservedStore"]
 
@@ -36,10 +36,22 @@ class ObservedStore(ForwardingStore):
     ) -> list[Envelope]:
         began = time.perf_counter()
         stored = self.inner.append(stream, expected_version, events)
+        self._tell(stored, time.perf_counter() - began)
+        return stored
+
+    def append_group(self, batches: Sequence[Batch]) -> list[Outcome]:
+        began = time.perf_counter()
+        outcomes = self.inner.append_group(batches)
+        # Each batch of a group waited for the whole group's commit.
         seconds = time.perf_counter() - began
+        for outcome in outcomes:
+            if not isinstance(outcome, Exception):
+                self._tell(outcome, seconds)
+        return outcomes
+
+    def _tell(self, stored: list[Envelope], seconds: float) -> None:
         for observer in self._observers:
             try:
                 observer(stored, seconds)
             except Exception:
-                logger.exception("an observer of the log failed on stream %s", stream)
-        return stored
+                logger.exception("an observer of the log failed on stream %s", stored[0].stream)

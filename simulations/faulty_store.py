@@ -6,11 +6,12 @@ from collections.abc import Callable, Sequence
 
 from events.envelope import Envelope, Pending
 from events.forwarding_store import ForwardingStore
-from events.log import EventStore, LogError
+from events.log import Batch, EventStore, LogError, Outcome
 
 
 class FaultyStore(ForwardingStore):
-    """Wraps a store; while a fault is on, appends raise `LogError` and write nothing.
+    """Wraps a store; while a fault is on, appends raise `LogError` (a group's are each refused
+    with one) and write nothing.
 
     `clock` gives the time faults are measured on (the world's, or the monotonic clock).
     """
@@ -20,7 +21,7 @@ class FaultyStore(ForwardingStore):
         self._clock = clock
         self._failing_until_ms = -1
         self.refused = 0
-        """Appends refused so far."""
+        """Appends refused so far, each batch of a group counted."""
 
     def fail_for(self, duration_ms: int) -> None:
         self._failing_until_ms = max(self._failing_until_ms, self._clock() + duration_ms)
@@ -30,6 +31,15 @@ class FaultyStore(ForwardingStore):
     ) -> list[Envelope]:
         if self._clock() < self._failing_until_ms:
             self.refused += 1
-            msg = f"stream {stream}: disk I/O error"
-            raise LogError(msg)
+            raise _refusal(stream)
         return self.inner.append(stream, expected_version, events)
+
+    def append_group(self, batches: Sequence[Batch]) -> list[Outcome]:
+        if self._clock() < self._failing_until_ms:
+            self.refused += len(batches)
+            return [_refusal(batch.stream) for batch in batches]
+        return self.inner.append_group(batches)
+
+
+def _refusal(stream: str) -> LogError:
+    return LogError(f"stream {stream}: disk I/O error")

@@ -140,6 +140,8 @@ class ConnectScale(msgspec.Struct, frozen=True, kw_only=True):
 
     executor: str
     users: int
+    collector: str
+    """`default`, or `frozen`: see `durable_connects`."""
     offered_per_s: int | None
     """The rate the inputs were offered at; `None`: as fast as one thread could."""
     connects_per_s: float
@@ -158,11 +160,21 @@ class ConnectScale(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def durable_connects(
-    executor: Executor, folder: Path, users: int, offered_per_s: int | None
+    executor: Executor,
+    folder: Path,
+    users: int,
+    offered_per_s: int | None,
+    *,
+    frozen: bool = False,
 ) -> ConnectScale:
     """`users` glasses connect to one runtime on `executor`, with a durable SQLite log
     (`synchronous=FULL`) and `InstantRooms` with muted phones, at `offered_per_s` inputs a
-    second."""
+    second.
+
+    `frozen`: `gc.freeze()` after every 1,000 connects, as `simulated` can: with the default
+    collector, each full collection walks every session and bridge so far (about 57 objects a
+    user) while holding the GIL, a pause of 0.1-0.8 s at 10,000 users that every input
+    arriving meanwhile waits out."""
     store = SQLiteStore(folder / "connects.db")
     gc.collect()
     before = rss_bytes()
@@ -187,6 +199,8 @@ def durable_connects(
             while (ahead := due - time.perf_counter()) > 0:
                 time.sleep(ahead)
         inputs.put((time.perf_counter(), runtime.glasses_connected(f"u{number}@example.com")))
+        if frozen and number % 1_000 == 999:
+            gc.freeze()
     inputs.put(None)
     collector.join()
     seconds = time.perf_counter() - began
@@ -197,6 +211,7 @@ def durable_connects(
     figures = ConnectScale(
         executor=type(executor).__name__,
         users=users,
+        collector="frozen" if frozen else "default",
         offered_per_s=offered_per_s,
         connects_per_s=round(users / seconds),
         inputs_per_s=round(store.grouped / seconds),
@@ -208,6 +223,7 @@ def durable_connects(
     )
     runtime.stop()
     store.close()
+    gc.unfreeze()
     return figures
 
 

@@ -231,7 +231,7 @@ def test_the_threads_stay_as_many_with_two_thousand_actors() -> None:
     before = threading.active_count()
     executor = PoolExecutor()
     started = threading.active_count()
-    assert started - before == 5, "four workers and the timer thread"
+    assert started - before == 6, "four workers, the timer thread and the journal's"
     try:
         refs = [executor.spawn(Counter) for _ in range(2_000)]
         for ref in refs:

@@ -5,7 +5,7 @@ import pytest
 
 from events.catalog import GlassesConnected
 from events.envelope import Envelope, Pending
-from events.log import WrongExpectedVersion
+from events.log import Batch, WrongExpectedVersion
 from events.memory_store import MemoryStore
 from events.observed_store import ObservedStore
 
@@ -43,3 +43,19 @@ def test_a_failing_observer_never_fails_the_append_nor_the_others() -> None:
     store = ObservedStore(MemoryStore(), [fails, lambda batch, _s: heard.append(len(batch))])
     assert [e.position for e in store.append("s", 0, [pending("a")])] == [1]
     assert heard == [1]
+
+
+def test_observers_of_a_group_see_each_durable_batch_and_no_refused_one() -> None:
+    seen: list[list[int]] = []
+    store = ObservedStore(
+        MemoryStore(), [lambda batch, _s: seen.append([e.position for e in batch])]
+    )
+    outcomes = store.append_group(
+        [
+            Batch("s", 0, [pending("a")]),
+            Batch("s", 0, [pending("b")]),
+            Batch("t", 0, [pending("c")]),
+        ]
+    )
+    assert isinstance(outcomes[1], WrongExpectedVersion)
+    assert seen == [[1], [2]]

@@ -13,6 +13,7 @@ import pytest
 from events.catalog import GlassesConnected, SessionOpened
 from events.envelope import Envelope, Pending
 from events.log import (
+    Batch,
     CorruptLog,
     DuplicateEventId,
     LogError,
@@ -384,6 +385,63 @@ def test_max_group_bounds_the_batches_of_one_commit(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(ValueError, match="at least one append"):
         SQLiteStore(tmp_path / "other.db", max_group=0)
+
+
+def test_a_group_handed_over_at_once_commits_in_groups_of_max_group(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "log.db", max_group=4)
+    outcomes = store.append_group(
+        [Batch(f"prod/u{n}/1", 0, [connected(f"u{n}", 1, f"u{n}")]) for n in range(10)]
+    )
+    assert all(isinstance(outcome, list) for outcome in outcomes)
+    assert (store.commits, store.grouped) == (3, 10), "4, 4 and 2 batches, one fsync each"
+    assert [e.position for e in store.read_all()] == list(range(1, 11))
+    store.close()
+
+
+def test_a_group_is_checked_with_three_queries_and_a_batch_written_with_one_insert(
+    tmp_path: Path,
+) -> None:
+    """Each statement gives up the GIL, and the writer may wait up to a switch interval to get
+    it back: a group's statements do not grow with its batches' checks or their events."""
+    store = SQLiteStore(tmp_path / "log.db")
+    store.append("prod/u0/1", 0, [connected("first", 1, "u0")])
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    outcomes = store.append_group(
+        [
+            Batch(
+                f"prod/u{n}/1", int(n == 0), [connected(f"u{n}-{e}", 1, f"u{n}") for e in range(3)]
+            )
+            for n in range(10)
+        ]
+    )
+    store._db.set_trace_callback(None)
+    assert all(isinstance(outcome, list) for outcome in outcomes)
+    assert sum(statement.startswith("SELECT") for statement in statements) == 3
+    assert sum(statement.startswith("INSERT INTO events") for statement in statements) == 10
+    assert [e.version for e in store.read_stream("prod/u0/1")] == [1, 2, 3, 4]
+    store.close()
+
+
+def test_a_failed_commit_fails_every_batch_of_a_group_handed_over(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "log.db")
+    store._db.set_authorizer(deny_commit)
+    outcomes = store.append_group(
+        [Batch(f"prod/u{n}/1", 0, [connected(f"u{n}", 1, f"u{n}")]) for n in range(3)]
+    )
+    assert all(isinstance(outcome, LogError) for outcome in outcomes)
+    store._db.set_authorizer(None)
+    assert list(store.read_all()) == []
+    store.close()
+
+
+def test_a_reader_refuses_a_group(tmp_path: Path) -> None:
+    fill(tmp_path / "log.db", 1)
+    reader = SQLiteStore(tmp_path / "log.db", read_only=True)
+    (refused,) = reader.append_group([Batch("prod/a/1", 1, [connected("e9", 9)])])
+    assert isinstance(refused, LogError)
+    assert "read-only" in str(refused)
+    reader.close()
 
 
 def deny_commit(action: int, arg1: str | None, *_: str | None) -> int:

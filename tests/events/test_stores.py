@@ -8,20 +8,23 @@ from pathlib import Path
 import pytest
 
 from events.catalog import GlassesConnected, GlassesDisconnected, SessionDisposed, SessionOpened
-from events.envelope import Pending
-from events.log import DuplicateEventId, EventStore, LogError, WrongExpectedVersion
+from events.envelope import Envelope, Pending
+from events.log import Batch, DuplicateEventId, EventStore, LogError, WrongExpectedVersion
 from events.memory_store import MemoryStore
 from events.observed_store import ObservedStore
 from events.sqlite_store import SQLiteStore
+from simulations.faulty_store import FaultyStore
 
 
-@pytest.fixture(params=["memory", "sqlite", "observed"])
+@pytest.fixture(params=["memory", "sqlite", "faulty", "observed"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
     made: EventStore
     if request.param == "memory":
         made = MemoryStore()
     elif request.param == "sqlite":
         made = SQLiteStore(tmp_path / "log.db")
+    elif request.param == "faulty":
+        made = FaultyStore(SQLiteStore(tmp_path / "log.db"), lambda: 0)  # no fault on
     else:
         made = ObservedStore(SQLiteStore(tmp_path / "log.db"), [lambda _batch, _s: None])
     yield made
@@ -223,3 +226,70 @@ def test_concurrent_appends_keep_each_batchs_contract(store: EventStore) -> None
         assert len(refusals[thread]) - len(wrongs) == sum(
             number % 5 == thread % 5 for number in range(rounds)
         ), "the rest are the reused ids, each refused as a DuplicateEventId"
+
+
+def ids(outcome: list[Envelope] | Exception) -> list[str]:
+    assert isinstance(outcome, list), f"refused: {outcome!r}"
+    return [e.event_id for e in outcome]
+
+
+def test_a_group_appends_each_batch_as_append_would(store: EventStore) -> None:
+    store.append("prod/a/1", 0, [pending("a1")])
+    outcomes = store.append_group(
+        [
+            Batch("prod/a/1", 1, [pending("a2"), pending("a3")]),
+            Batch("prod/b/1", 0, [pending("b1")]),
+            Batch("prod/a/1", 3, [pending("a4")]),
+        ]
+    )
+    assert [ids(outcome) for outcome in outcomes] == [["a2", "a3"], ["b1"], ["a4"]]
+    assert [(e.position, e.version) for e in store.read_stream("prod/a/1")] == [
+        (1, 1),
+        (2, 2),
+        (3, 3),
+        (5, 4),
+    ]
+    assert [e.event_id for e in store.read_all()] == ["a1", "a2", "a3", "b1", "a4"]
+
+
+def test_a_refused_batch_of_a_group_is_reported_to_it_alone(store: EventStore) -> None:
+    store.append("prod/a/1", 0, [opened("prod/a/1", "a", 1, "a1")])
+    outcomes = store.append_group(
+        [
+            Batch("prod/a/1", 0, [disposed("prod/a/1", "a", "a-stale")]),
+            Batch("prod/b/1", 0, [opened("prod/b/1", "b", 1, "b1")]),
+            Batch("prod/c/1", 0, []),
+            Batch("prod/d/1", 0, [pending("a1")]),
+            Batch("prod/e/1", 0, [pending("e1"), pending("e1")]),
+            Batch("prod/a/1", 1, [pending("a2")]),
+        ]
+    )
+    wrong, opened_b, empty, reused, repeated, later = outcomes
+    assert isinstance(wrong, WrongExpectedVersion)
+    assert isinstance(empty, LogError)
+    assert isinstance(reused, DuplicateEventId)
+    assert isinstance(repeated, DuplicateEventId)
+    assert (ids(opened_b), ids(later)) == (["b1"], ["a2"])
+    assert [e.event_id for e in store.read_all()] == ["a1", "b1", "a2"]
+    assert store.open_streams("prod") == ["prod/a/1", "prod/b/1"], "the index as appends left it"
+
+
+def test_a_batch_a_group_repeats_is_stored_once(store: EventStore) -> None:
+    batch = [pending("a1"), pending("a2")]
+    first = store.append("prod/a/1", 0, batch)
+    again, twice = store.append_group([Batch("prod/a/1", 0, batch), Batch("prod/a/1", 0, batch)])
+    assert again == first
+    assert twice == first
+    assert len(list(store.read_all())) == 2
+
+
+def test_a_failing_disk_refuses_every_batch_of_a_group_and_writes_nothing() -> None:
+    now = 0
+    log = FaultyStore(MemoryStore(), lambda: now)
+    log.fail_for(1_000)
+    outcomes = log.append_group([Batch("prod/a/1", 0, [pending("a1")]), Batch("prod/b/1", 0, [])])
+    assert all(isinstance(outcome, LogError) for outcome in outcomes)
+    assert (log.refused, list(log.read_all())) == (2, [])
+    now = 1_000
+    (stored,) = log.append_group([Batch("prod/a/1", 0, [pending("a1")])])
+    assert ids(stored) == ["a1"]
