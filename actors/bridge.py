@@ -114,7 +114,6 @@ class Bridge(pykka.Actor):
         *,
         stream: str,
         request: JoinRequest,
-        user: str,
         session: pykka.ActorRef[Any],
         supervisor: pykka.ActorRef[Any],
         connector: RoomConnector,
@@ -127,7 +126,6 @@ class Bridge(pykka.Actor):
         super().__init__()
         self._stream = stream
         self._request = request
-        self._user = user
         self._session = session
         self._supervisor = supervisor
         self._connector = connector
@@ -330,7 +328,7 @@ class Bridge(pykka.Actor):
             self._sink(
                 AudioChunk(
                     server=self._request.server,
-                    user=self._user,
+                    user=self._request.room,  # each user has a room of their own
                     generation=self.generation,
                     sequence=sequence,
                     pcm=payload[1:],

@@ -749,7 +749,6 @@ class Session(pykka.Actor):
         )
         start = StartBridge(
             stream=self._stream,
-            user=self._user,
             request=request,
             session=self.actor_ref,
             audio_open=self._audio_open(),

@@ -258,7 +258,6 @@ class Supervisor(pykka.Actor):
             Bridge,
             stream=start.stream,
             request=start.request,
-            user=start.user,
             session=start.session,
             supervisor=self.actor_ref,
             connector=self._connector,

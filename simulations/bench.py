@@ -133,7 +133,6 @@ def chunk_cpu_us(chunks: int = 20_000, repeats: int = 3) -> float:
         Bridge,
         stream="prod/u/1",
         request=request,
-        user="u",
         session=session,
         supervisor=session,
         connector=connector,
