@@ -12,6 +12,7 @@ at all: the phone sends chunks of silent PCM when nobody speaks, so quiet speech
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal
@@ -165,8 +166,10 @@ class Bridge(pykka.Actor):
         generation = self.generation
         match message:
             case _Join():
-                me = self.actor_ref
-                self._handle = self._connector.join(self._request, lambda event: tell(me, event))
+                # A partial, not a closure: the room keeps it as long as the bridge lives, and
+                # a closure is three objects (function, cell, tuple) for the collector to walk.
+                forward = functools.partial(tell, self.actor_ref)
+                self._handle = self._connector.join(self._request, forward)
             case RoomData(payload=payload):
                 self._on_audio(payload)
             case RoomJoined(
