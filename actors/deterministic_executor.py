@@ -24,6 +24,7 @@ import random
 import sys
 import threading
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -94,6 +95,28 @@ class _StoppedFlag:
         return cast("threading.Event", actor.actor_inbox)
 
 
+class _WeakActor:
+    """`ref._actor_weakref` on this executor, made when asked for (pykka's proxies ask): a weak
+    reference kept per actor would be one more object for the collector to walk, and the
+    actor's mailbox holds the actor anyway, until the executor forgets it."""
+
+    def __get__(self, ref: _Ref[Any], owner: type[_Ref[Any]]) -> weakref.ref[Any]:
+        return weakref.ref(ref._actor)
+
+
+class _Ref(pykka.ActorRef[A]):
+    """`pykka.ActorRef` without the weak reference it keeps."""
+
+    _actor_weakref = _WeakActor()
+
+    def __init__(self, actor: A) -> None:  # no `super().__init__()`: that makes the reference
+        self.actor_class = actor.__class__
+        self.actor_urn = actor.actor_urn
+        self.actor_inbox = actor.actor_inbox
+        self.actor_stopped = actor.actor_stopped
+        self._actor = actor
+
+
 class _Future(pykka.Future[T]):
     """A future whose `get()` runs the simulation until the reply arrives.
 
@@ -157,7 +180,7 @@ class _Runnable(pykka.Actor):
         # that lives in the mailbox here (a condition, a lock and a deque, then garbage).
         self.actor_urn = uuid.uuid4().urn
         self.actor_inbox = self._create_actor_inbox()
-        self._actor_ref = pykka.ActorRef(self)
+        self._actor_ref = _Ref(self)
 
     def _start_actor_loop(self) -> None:
         mailbox = cast("_Mailbox", self.actor_inbox)
