@@ -10,7 +10,9 @@ and failure semantics behave as on threads. They are not entered in pykka's proc
 `ActorRegistry`, whose removals scan a list: the executor keeps its own index of live actors.
 
 Every operation costs O(1) or O(log n) in the number of actors, so that a run of 100,000 users
-costs per user what a run of 100 does. Schedule version 2: an actor leaves the list of actors
+costs per user what a run of 100 does. CPython's full collections walk every tracked object, so
+an idle actor is three (itself, its mailbox, its reference) and a timer none once cancelled.
+Schedule version 2: an actor leaves the list of actors
 with mail by swapping places with the last one (version 1 shifted the rest down), so a seed
 gives another interleaving than it did before that change, and still the same one every time.
 """
@@ -98,14 +100,15 @@ class _StoppedFlag:
 class _WeakActor:
     """`ref._actor_weakref` on this executor, made when asked for (pykka's proxies ask): a weak
     reference kept per actor would be one more object for the collector to walk, and the
-    actor's mailbox holds the actor anyway, until the executor forgets it."""
+    reference holds the actor's mailbox, which holds the actor anyway."""
 
     def __get__(self, ref: _Ref[Any], owner: type[_Ref[Any]]) -> weakref.ref[Any]:
         return weakref.ref(ref._actor)
 
 
 class _Ref(pykka.ActorRef[A]):
-    """`pykka.ActorRef` without the weak reference it keeps."""
+    """`pykka.ActorRef` holding its actor, as the actor's mailbox does, instead of a weak
+    reference to it."""
 
     _actor_weakref = _WeakActor()
 

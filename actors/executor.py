@@ -30,7 +30,7 @@ class TimerHandle(Protocol):
 
 
 class Deadline:
-    """A callback due at some time; both executors keep these in a heap."""
+    """A callback due at some time, in the pool executor's heap."""
 
     __slots__ = ("callback",)
 
