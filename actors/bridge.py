@@ -12,6 +12,7 @@ at all: the phone sends chunks of silent PCM when nobody speaks, so quiet speech
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Literal
@@ -114,7 +115,6 @@ class Bridge(pykka.Actor):
         *,
         stream: str,
         request: JoinRequest,
-        user: str,
         session: pykka.ActorRef[Any],
         supervisor: pykka.ActorRef[Any],
         connector: RoomConnector,
@@ -127,7 +127,6 @@ class Bridge(pykka.Actor):
         super().__init__()
         self._stream = stream
         self._request = request
-        self._user = user
         self._session = session
         self._supervisor = supervisor
         self._connector = connector
@@ -167,8 +166,10 @@ class Bridge(pykka.Actor):
         generation = self.generation
         match message:
             case _Join():
-                me = self.actor_ref
-                self._handle = self._connector.join(self._request, lambda event: tell(me, event))
+                # A partial, not a closure: the room keeps it as long as the bridge lives, and
+                # a closure is three objects (function, cell, tuple) for the collector to walk.
+                forward = functools.partial(tell, self.actor_ref)
+                self._handle = self._connector.join(self._request, forward)
             case RoomData(payload=payload):
                 self._on_audio(payload)
             case RoomJoined(
@@ -330,7 +331,7 @@ class Bridge(pykka.Actor):
             self._sink(
                 AudioChunk(
                     server=self._request.server,
-                    user=self._user,
+                    user=self._request.room,  # each user has a room of their own
                     generation=self.generation,
                     sequence=sequence,
                     pcm=payload[1:],

@@ -10,7 +10,9 @@ and failure semantics behave as on threads. They are not entered in pykka's proc
 `ActorRegistry`, whose removals scan a list: the executor keeps its own index of live actors.
 
 Every operation costs O(1) or O(log n) in the number of actors, so that a run of 100,000 users
-costs per user what a run of 100 does. Schedule version 2: an actor leaves the list of actors
+costs per user what a run of 100 does. CPython's full collections walk every tracked object, so
+an idle actor is three (itself, its mailbox, its reference) and a timer none once cancelled.
+Schedule version 2: an actor leaves the list of actors
 with mail by swapping places with the last one (version 1 shifted the rest down), so a seed
 gives another interleaving than it did before that change, and still the same one every time.
 """
@@ -24,13 +26,14 @@ import random
 import sys
 import threading
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import pykka
 from pykka._envelope import Envelope as PykkaEnvelope
 
-from actors.executor import Deadline, deliver
+from actors.executor import TimerHandle, deliver
 
 A = TypeVar("A", bound=pykka.Actor)
 T = TypeVar("T")
@@ -43,24 +46,77 @@ class Livelock(RuntimeError):
     """The actors kept messaging each other without the clock ever needing to move."""
 
 
-class _Inbox:
-    """A FIFO mailbox that tells its executor when it has mail."""
+class _Mailbox(collections.deque[PykkaEnvelope[Any]]):
+    """An actor's runtime state in one object: its FIFO mailbox, whether it has started and is
+    in its executor's list of actors with mail, and its stopped flag (the part of
+    `threading.Event` pykka uses). One gc-tracked object per actor instead of four (an inbox,
+    its deque, a stopped flag, and the `__dict__` CPython makes for an actor with 30
+    attributes or more), so a full collection has less to walk as the number of actors
+    grows."""
+
+    __slots__ = ("_executor", "owner", "ready", "started", "stopped")
 
     def __init__(self, executor: DeterministicExecutor) -> None:
+        super().__init__()
         self._executor = executor
-        self._queue: collections.deque[PykkaEnvelope[Any]] = collections.deque()
         self.owner: _Runnable | None = None
+        self.started = False
+        self.ready = False
+        """In its executor's list of actors with mail."""
+        self.stopped = False
 
     def put(self, envelope: PykkaEnvelope[Any], /) -> None:
-        self._queue.append(envelope)
+        self.append(envelope)
         if self.owner is not None:
-            self._executor._mark_ready(self.owner)
+            self._executor._mark_ready(self)
 
     def get(self) -> PykkaEnvelope[Any]:
-        return self._queue.popleft()
+        return self.popleft()
 
     def empty(self) -> bool:
-        return not self._queue
+        return not self
+
+    def is_set(self) -> bool:
+        return self.stopped
+
+    def set(self) -> None:
+        self.stopped = True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.stopped
+
+
+class _StoppedFlag:
+    """`actor.actor_stopped` on this executor: the actor's mailbox, read from the class rather
+    than stored in each actor, which keeps a Session's attributes few enough for CPython to
+    keep them inline instead of in a `__dict__` of their own (a table per actor)."""
+
+    def __get__(self, actor: _Runnable, owner: type[_Runnable]) -> threading.Event:
+        # pykka only calls `is_set`, `set` and `wait` on it, which the mailbox has.
+        return cast("threading.Event", actor.actor_inbox)
+
+
+class _WeakActor:
+    """`ref._actor_weakref` on this executor, made when asked for (pykka's proxies ask): a weak
+    reference kept per actor would be one more object for the collector to walk, and the
+    reference holds the actor's mailbox, which holds the actor anyway."""
+
+    def __get__(self, ref: _Ref[Any], owner: type[_Ref[Any]]) -> weakref.ref[Any]:
+        return weakref.ref(ref._actor)
+
+
+class _Ref(pykka.ActorRef[A]):
+    """`pykka.ActorRef` holding its actor, as the actor's mailbox does, instead of a weak
+    reference to it."""
+
+    _actor_weakref = _WeakActor()
+
+    def __init__(self, actor: A) -> None:  # no `super().__init__()`: that makes the reference
+        self.actor_class = actor.__class__
+        self.actor_urn = actor.actor_urn
+        self.actor_inbox = actor.actor_inbox
+        self.actor_stopped = actor.actor_stopped
+        self._actor = actor
 
 
 class _Future(pykka.Future[T]):
@@ -101,24 +157,17 @@ class _Future(pykka.Future[T]):
         self._done = True
 
 
-class _Stopped(threading.Event):
-    """An actor's stopped flag on one thread: a `threading.Event` carries a condition, a lock
-    and a deque, eight objects per actor for the cyclic collector to visit on every pass."""
+class _Timer:
+    """A pending callback's handle: cancelling it drops the callback from its executor."""
 
-    def __init__(self) -> None:  # no `super().__init__()`: that makes the condition
-        self._set = False
+    __slots__ = ("_callbacks", "_sequence")
 
-    def is_set(self) -> bool:
-        return self._set
+    def __init__(self, callbacks: dict[int, Callable[[], object]], sequence: int) -> None:
+        self._callbacks = callbacks
+        self._sequence = sequence
 
-    def set(self) -> None:
-        self._set = True
-
-    def clear(self) -> None:
-        self._set = False
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._set
+    def cancel(self) -> None:
+        self._callbacks.pop(self._sequence, None)
 
 
 class _Runnable(pykka.Actor):
@@ -126,26 +175,28 @@ class _Runnable(pykka.Actor):
     name of its own: actors keep the executor they were given as `_executor`."""
 
     _scheduler: DeterministicExecutor
-    _started: bool = False
+    actor_stopped = _StoppedFlag()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.actor_stopped = _Stopped()
-        self.actor_ref.actor_stopped = self.actor_stopped  # the ref pykka made holds the old one
+        # What `pykka.Actor.__init__` does, without the `threading.Event` it makes for a flag
+        # that lives in the mailbox here (a condition, a lock and a deque, then garbage).
+        self.actor_urn = uuid.uuid4().urn
+        self.actor_inbox = self._create_actor_inbox()
+        self._actor_ref = _Ref(self)
 
     def _start_actor_loop(self) -> None:
-        inbox = cast("_Inbox", self.actor_inbox)
-        inbox.owner = self
-        self._scheduler._mark_ready(self)
+        mailbox = cast("_Mailbox", self.actor_inbox)
+        mailbox.owner = self
+        self._scheduler._mark_ready(mailbox)
 
-    def _run_one(self) -> None:
+    def _run_one(self, mailbox: _Mailbox) -> None:
         """Run `on_start` if it has not run yet, else handle the next message."""
-        if not self._started:
-            self._started = True
+        if not mailbox.started:
+            mailbox.started = True
             self._actor_loop_setup()
-        elif not self.actor_inbox.empty():
-            deliver(self, self.actor_inbox.get())
-        if self.actor_stopped.is_set():
+        elif mailbox:
+            deliver(self, mailbox.popleft())
+        if mailbox.stopped:
             self._actor_loop_teardown()
             self._scheduler._forget(self)
 
@@ -157,9 +208,14 @@ class DeterministicExecutor:
         self.seed = seed
         self._random = random.Random(seed)
         self._now_ms = 0
-        self._ready: list[_Runnable] = []
-        self._ready_set: set[int] = set()
-        self._heap: list[tuple[int, int, Deadline]] = []
+        self._ready: list[_Mailbox] = []
+        """The mailboxes of the actors with mail (or yet to start), each once."""
+        self._heap: list[tuple[int, int]] = []
+        """`(deadline, sequence)` of every timer: pairs of ints, which the cyclic collector
+        stops tracking, so a cancelled timer that waits in the heap until it is due (a join's,
+        15 s) costs it nothing."""
+        self._callbacks: dict[int, Callable[[], object]] = {}
+        """The callbacks of the timers neither fired nor cancelled, by sequence."""
         self._sequence = itertools.count()
         self._classes: dict[type[pykka.Actor], type[pykka.Actor]] = {}
         self._live: dict[str, pykka.ActorRef[Any]] = {}
@@ -185,7 +241,7 @@ class DeterministicExecutor:
                 (actor_class, _Runnable),
                 {
                     "_scheduler": self,
-                    "_create_actor_inbox": staticmethod(lambda: _Inbox(self)),
+                    "_create_actor_inbox": staticmethod(lambda: _Mailbox(self)),
                     "_create_future": staticmethod(self._future_class),
                 },
             )
@@ -203,10 +259,11 @@ class DeterministicExecutor:
     def wall_ms(self) -> int:
         return WALL_CLOCK_ORIGIN_MS + self._now_ms
 
-    def call_at(self, deadline_ms: int, callback: Callable[[], object]) -> Deadline:
-        timer = Deadline(callback)
-        heapq.heappush(self._heap, (max(deadline_ms, self._now_ms), next(self._sequence), timer))
-        return timer
+    def call_at(self, deadline_ms: int, callback: Callable[[], object]) -> TimerHandle:
+        sequence = next(self._sequence)
+        heapq.heappush(self._heap, (max(deadline_ms, self._now_ms), sequence))
+        self._callbacks[sequence] = callback
+        return _Timer(self._callbacks, sequence)
 
     def new_id(self) -> str:
         return str(uuid.UUID(int=self._random.getrandbits(128), version=4))
@@ -241,26 +298,27 @@ class DeterministicExecutor:
             ref.stop(block=False)
         self.run_until_idle()
         self._heap.clear()
+        self._callbacks.clear()
 
-    def _mark_ready(self, actor: _Runnable) -> None:
-        if id(actor) not in self._ready_set:
-            self._ready_set.add(id(actor))
-            self._ready.append(actor)
+    def _mark_ready(self, mailbox: _Mailbox) -> None:
+        if not mailbox.ready:
+            mailbox.ready = True
+            self._ready.append(mailbox)
 
     def step(self) -> bool:
         """Deliver one message to one seed-chosen actor; `False` when no actor has mail."""
         while self._ready:
             index = self._random.randrange(len(self._ready)) if len(self._ready) > 1 else 0
-            actor = self._ready[index]
-            if actor._started and (actor.actor_inbox.empty() or actor.actor_stopped.is_set()):
+            mailbox = self._ready[index]
+            if mailbox.started and (not mailbox or mailbox.stopped):
                 # Swap with the last one: O(1) (schedule version 2, see the module's docstring).
                 last = self._ready.pop()
                 if index < len(self._ready):
                     self._ready[index] = last
-                self._ready_set.discard(id(actor))
+                mailbox.ready = False
                 continue
             self.steps += 1
-            actor._run_one()
+            cast("_Runnable", mailbox.owner)._run_one(mailbox)
             return True
         return False
 
@@ -275,14 +333,15 @@ class DeterministicExecutor:
     def _fire_next(self, horizon_ms: int | None) -> bool:
         """Jump to the next live deadline within the horizon and run its callback."""
         while self._heap:
-            deadline, _, timer = self._heap[0]
+            deadline, sequence = self._heap[0]
             if horizon_ms is not None and deadline > horizon_ms:
                 return False
             heapq.heappop(self._heap)
-            if timer.cancelled:
+            callback = self._callbacks.pop(sequence, None)
+            if callback is None:  # cancelled
                 continue
             self._now_ms = max(self._now_ms, deadline)
-            timer.callback()
+            callback()
             return True
         return False
 
@@ -348,7 +407,7 @@ class Process:
     def wall_ms(self) -> int:
         return self._executor.wall_ms()
 
-    def call_at(self, deadline_ms: int, callback: Callable[[], object]) -> Deadline:
+    def call_at(self, deadline_ms: int, callback: Callable[[], object]) -> TimerHandle:
         return self._executor.call_at(deadline_ms + self._origin_ms, callback)
 
     def new_id(self) -> str:

@@ -56,7 +56,6 @@ class RestartSession(msgspec.Struct, frozen=True, kw_only=True):
 
 class StartBridge(msgspec.Struct, frozen=True, kw_only=True):
     stream: str
-    user: str
     request: JoinRequest
     session: pykka.ActorRef[Any]
     audio_open: bool

@@ -281,9 +281,10 @@ class PoolExecutor:
                 if self._closed:
                     return
                 _, _, timer = heapq.heappop(self._heap)
-            if not timer.cancelled:
+            callback = timer.callback  # read once: another thread may cancel it meanwhile
+            if callback is not None:
                 try:
-                    timer.callback()
+                    callback()
                 except Exception:
                     # One bad callback must not take every later deadline down with it.
                     logger.exception("timer callback failed")

@@ -136,7 +136,10 @@ class Runtime:
         session = self._ask(self._supervisor, SessionQuery(user=user))
         if session is None:
             return None
-        view: SessionView | None = self._ask(session, ViewQuery())
+        try:
+            view: SessionView | None = self._ask(session, ViewQuery())
+        except pykka.ActorDeadError:
+            return None  # it ended between the two questions
         return view
 
     def status(self, user: str) -> Status | None:
@@ -159,7 +162,10 @@ class Runtime:
         tree: Tree = self._ask(self._supervisor, TreeQuery())
         views = dict(tree.ended)
         for session in tree.sessions.values():
-            view: SessionView | None = self._ask(session, ViewQuery())
+            try:
+                view: SessionView | None = self._ask(session, ViewQuery())
+            except pykka.ActorDeadError:
+                continue  # it ended, and left memory, between the two questions
             if view is not None:
                 views[view.stream] = view
         return views

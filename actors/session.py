@@ -130,7 +130,6 @@ class Session(pykka.Actor):
         server: str,
         user: str,
         stream: str,
-        incarnation: int,
         store: EventStore,
         executor: Executor,
         policy: Policy,
@@ -148,7 +147,6 @@ class Session(pykka.Actor):
         self._server = server
         self._user = user
         self._stream = stream
-        self._incarnation = incarnation
         self._store = store
         self._executor = executor
         self._policy = policy
@@ -172,7 +170,6 @@ class Session(pykka.Actor):
         """The wall-clock time of the turn in progress."""
         self._pending: list[Pending] = []
         self._effects: list[Callable[[], object]] = []
-        self._journal = executor.journal
         self._writing: _Turn | None = None
         """The turn the journal is writing; until it answers, messages wait in `_kept`."""
         self._kept: collections.deque[object] = collections.deque()
@@ -292,7 +289,10 @@ class Session(pykka.Actor):
         pending = self._pending
         turn = _Turn(message, self._view, len(pending), self._effects, ack)
         self._pending, self._effects = [], []
-        if self._journal is None:
+        # Read from the executor each time: one attribute more and CPython would give every
+        # session a dict of its own, one more object per user for the cyclic collector.
+        journal = self._executor.journal
+        if journal is None:
             self._settle(turn, self._store.append(self._stream, self._version, pending))
             return
         self._writing = turn
@@ -303,7 +303,7 @@ class Session(pykka.Actor):
             # the session's own turns touch its state.
             tell(me, Persisted(outcome=outcome))
 
-        self._journal.append(self._store, Batch(self._stream, self._version, pending), reply)
+        journal.append(self._store, Batch(self._stream, self._version, pending), reply)
 
     def _persisted(self, persisted: Persisted) -> None:
         """The journal's answer for the turn in flight: settle or fail it, then go on."""
@@ -387,7 +387,8 @@ class Session(pykka.Actor):
                 SessionOpened(
                     cause=self._cause,
                     why=f"first connection of the glasses to {self._server}",
-                    incarnation=self._incarnation,
+                    # The stream's last part: one attribute less per session (see `_commit`).
+                    incarnation=int(self._stream.rsplit("/", 1)[1]),
                     epoch=epoch,
                 )
             )
@@ -811,7 +812,6 @@ class Session(pykka.Actor):
         )
         start = StartBridge(
             stream=self._stream,
-            user=self._user,
             request=request,
             session=self.actor_ref,
             audio_open=self._audio_open(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from array import array
 from collections.abc import Iterator, Sequence
 
 from events.envelope import Envelope, Pending
@@ -22,7 +23,9 @@ class MemoryStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._envelopes: list[Envelope] = []
-        self._streams: dict[str, list[int]] = {}
+        self._streams: dict[str, array[int]] = {}
+        """Each stream's positions, unboxed: not a list of int objects for the cyclic
+        collector to walk on every full pass, one per event of the run."""
         self._positions_by_id: dict[str, int] = {}
         self._open: dict[str, dict[str, int]] = {}
         """Per server, the streams of open sessions and their incarnations."""
@@ -39,7 +42,7 @@ class MemoryStore:
             if any(pending.event_id in self._positions_by_id for pending in events):
                 msg = f"stream {stream}: a batch mixes stored and new event ids"
                 raise DuplicateEventId(msg)
-            positions = self._streams.setdefault(stream, [])
+            positions = self._streams.setdefault(stream, array("q"))
             if len(positions) != expected_version:
                 raise WrongExpectedVersion(stream, expected_version, len(positions))
             appended = []

@@ -65,7 +65,6 @@ def start() -> tuple[DeterministicExecutor, Any, ManualConnector, list[Any], lis
         Bridge,
         stream="prod/ada/1",
         request=request,
-        user="ada",
         session=session,
         supervisor=session,
         connector=connector,

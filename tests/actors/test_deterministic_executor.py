@@ -1,6 +1,8 @@
 """The deterministic executor: a seed-chosen interleaving, FIFO per actor, a virtual clock that
 jumps to the next deadline, futures that run the simulation, pykka's failure semantics."""
 
+import gc
+import weakref
 from typing import Any
 
 import pykka
@@ -78,6 +80,38 @@ def test_a_cancelled_deadline_never_fires() -> None:
     executor.call_at(10, lambda: fired.append(1)).cancel()
     executor.advance(100)
     assert fired == []
+
+
+class Token:
+    """Something a timer's callback holds, to see when it is let go."""
+
+
+def test_cancelling_a_deadline_lets_go_of_its_callback_at_once() -> None:
+    """A cancelled deadline waits in the heap until due; what its callback held must not wait
+    with it, for the cyclic collector to find in its oldest generation."""
+    executor = DeterministicExecutor(0)
+
+    def arm_and_cancel() -> weakref.ref[Token]:
+        token = Token()
+        executor.call_at(15_000, lambda: token).cancel()
+        return weakref.ref(token)
+
+    assert arm_and_cancel()() is None
+
+
+def test_an_idle_actor_is_three_objects_for_the_cyclic_collector() -> None:
+    """The actor, its mailbox (which is its stopped flag too) and its reference: a full
+    collection walks every idle actor of a run."""
+    executor = DeterministicExecutor(0)
+    trace: list[str] = []
+    executor.spawn(Recorder, "a", trace)  # makes the runtime class, once
+    executor.run_until_idle()
+    gc.collect()
+    before = len(gc.get_objects())
+    refs = [executor.spawn(Recorder, "a", trace) for _ in range(100)]
+    executor.run_until_idle()
+    gc.collect()
+    assert len(gc.get_objects()) - before <= 3 * len(refs) + 1  # the list of refs
 
 
 def test_waiting_on_a_future_runs_the_simulation_until_the_reply() -> None:
