@@ -55,6 +55,15 @@ def encode_envelope(envelope: Envelope) -> bytes:
     return _encoder.encode(envelope)
 
 
+def decode_current_lines(records: bytes) -> list[Envelope]:
+    """Decode envelope records of the current schema, one a line, in one call: a record that is
+    of another schema decodes as if it were current, so the caller checks each `schema`."""
+    try:
+        return _envelope_decoder.decode_lines(records)
+    except msgspec.DecodeError as error:
+        raise UndecodableEvent(str(error)) from error
+
+
 def decode_envelope(schema: int, record: bytes) -> Envelope:
     """Decode an envelope record whose event was written with `schema`, upcasting the event."""
     if schema == SCHEMA_VERSION:

@@ -6,8 +6,8 @@ view rebuilt from the log by `replay` equals the live state at every point.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -23,6 +23,7 @@ from events.catalog import (
     BridgeStatusRequested,
     BridgeStopped,
     DisconnectReason,
+    Event,
     FirstAudio,
     GraceStarted,
     HealthChanged,
@@ -116,193 +117,322 @@ class SessionView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
     """The view after `envelope`; `None` until the stream's `SessionOpened`."""
-    event = envelope.event
     if view is None:
-        if not isinstance(event, SessionOpened):
-            return None
-        return SessionView(
-            stream=envelope.stream,
-            server=envelope.server,
-            user=envelope.user,
-            incarnation=event.incarnation,
-            version=envelope.version,
-            state="ACTIVE",
-            epoch=event.epoch,
-            time_ms=envelope.time_ms,
-        )
-    view = msgspec.structs.replace(view, version=envelope.version, time_ms=envelope.time_ms)
-    current = getattr(event, "generation", None) == view.generation
-    replace = msgspec.structs.replace
-    match event:
-        case SessionResumed(epoch=epoch):
-            return replace(
-                view,
-                state="ACTIVE",
-                epoch=epoch,
-                grace_deadline_ms=None,
-                audio_held=False,
-                stalls_without_audio=0,
-            )
-        case GraceStarted(deadline_ms=deadline, audio_held=held):
-            return replace(
-                view,
-                state="GRACE",
-                grace_deadline_ms=deadline,
-                audio_held=held,
-                phone_due_ms=None,
-                phone_absent=False,
-                health=None,
-                # The bridge watches only while the glasses are here; it starts afresh on
-                # their return.
-                stalled_ms=None,
-            )
-        case SessionDisposed():
-            return replace(
-                view,
-                state="DISPOSED",
-                health=None,
-                phone_due_ms=None,
-                bridge="down",
-                grace_deadline_ms=None,
-                backoff_due_ms=None,
-                escalated_until_ms=None,
-                join_deadline_ms=None,
-                lookup_deadline_ms=None,
-                lookup_retry_due_ms=None,
-            )
-        case BridgeStarted(generation=generation, identity=identity, join_deadline_ms=deadline):
-            return replace(
-                view,
-                generation=generation,
-                identity=identity,
-                bridge="joining",
-                last_start_ms=envelope.time_ms,
-                awaiting_status=False,
-                backoff_due_ms=None,
-                escalated_until_ms=None,
-                audio_since_join=False,
-                join_deadline_ms=deadline,
-                lookup_retry_due_ms=None,
-                stalled_ms=None,
-            )
-        case BridgeJoined(phone_present=phone, phone_muted=muted) if current:
-            return _phone(
-                replace(view, bridge="up", join_deadline_ms=None, unavailable=None),
-                present=phone,
-                muted=muted and phone,
-            )
-        case BridgeJoinFailed() if current:
-            return replace(
-                view,
-                bridge="down",
-                last_disconnect_reason="JOIN_FAILURE",
-                awaiting_status=False,
-                join_deadline_ms=None,
-                stalled_ms=None,
-            )
-        case BridgeDisconnected(reason=reason) if current:
-            return replace(
-                view,
-                bridge="down",
-                last_disconnect_reason=reason,
-                awaiting_status=False,
-                join_deadline_ms=None,
-                stalled_ms=None,
-            )
-        case AudioStalled() if current:
-            return replace(
-                view,
-                stalled_ms=envelope.time_ms,
-                stalls_without_audio=view.stalls_without_audio + 1,
-            )
-        case AudioResumed() if current:
-            return replace(view, stalled_ms=None, stalls_without_audio=0)
-        case PhonePresenceObserved(present=present, muted=muted) if current:
-            return _phone(view, present=present, muted=muted)
-        case PhoneAwaited(deadline_ms=deadline):
-            return replace(view, phone_due_ms=deadline)
-        case PhoneAbsent():
-            return replace(view, phone_absent=True)
-        case HealthChanged(state=state, reason=reason, retry_at_ms=retry_at):
-            return replace(view, health=Health(state=state, reason=reason, retry_at_ms=retry_at))
-        case BridgeStatusRequested():
-            return replace(view, awaiting_status=True)
-        case BridgeStatusObserved() if current:
-            return replace(view, awaiting_status=False)
-        case BridgeStopped() if current:
-            return replace(view, bridge="down", join_deadline_ms=None, stalled_ms=None)
-        case IdentityHolderRequested(deadline_ms=deadline):
-            return replace(view, lookup_deadline_ms=deadline, lookup_retry_due_ms=None)
-        case IdentityHolderObserved(error=None):
-            return replace(view, lookup_deadline_ms=None, lookup_failures=0, unavailable=None)
-        case IdentityHolderObserved():
-            return replace(view, lookup_deadline_ms=None, lookup_failures=view.lookup_failures + 1)
-        case LookupRetryDecided(delay_ms=delay):
-            return replace(view, lookup_retry_due_ms=envelope.time_ms + delay)
-        case RetriesStopped(retry_at_ms=retry_at, why=why):
-            return replace(view, escalated_until_ms=retry_at, unavailable=why)
-        case FirstAudio() if current:
-            return replace(
-                view,
-                audio_since_join=True,
-                failure_streak=0,
-                stalled_ms=None,
-                stalls_without_audio=0,
-            )
-        case ProcessRestarted():
-            # The process that armed these deadlines is gone, and the glasses connection with
-            # it: the next connection decides afresh.
-            return replace(
-                view,
-                bridge="down",
-                backoff_due_ms=None,
-                join_deadline_ms=None,
-                lookup_deadline_ms=None,
-                lookup_retry_due_ms=None,
-                awaiting_status=False,
-                stalled_ms=None,
-                phone_due_ms=None,
-            )
-        case RejoinDecided(delay_ms=delay, failure=True):
-            return replace(
-                view,
-                backoff_due_ms=envelope.time_ms + delay if delay else None,
-                failure_restarts_ms=(*view.failure_restarts_ms, envelope.time_ms)[
-                    -RESTART_HISTORY:
-                ],
-                failure_streak=view.failure_streak + 1,
-            )
-        case RejoinDecided(delay_ms=delay):
-            return replace(view, backoff_due_ms=envelope.time_ms + delay if delay else None)
-        case JoinPaced(delay_ms=delay):
-            # A start waiting for its turn is due like one waiting out a backoff.
-            return replace(view, backoff_due_ms=envelope.time_ms + delay)
-        case RestartBudgetExhausted(retry_at_ms=retry_at):
-            return replace(view, escalated_until_ms=retry_at)
-        # A deadline changes the view only if it is the one the view holds: one that fired
-        # while it was being re-armed is stale.
-        case TimerFired(timer="backoff" | "pace", deadline_ms=due) if due == view.backoff_due_ms:
-            return replace(view, backoff_due_ms=None)
-        case TimerFired(timer="join", deadline_ms=due) if due == view.join_deadline_ms:
-            return replace(view, join_deadline_ms=None)
-        case TimerFired(timer="lookup", deadline_ms=due) if due == view.lookup_deadline_ms:
-            return replace(view, lookup_deadline_ms=None, lookup_failures=view.lookup_failures + 1)
-        case TimerFired(timer="lookup_retry", deadline_ms=due) if due == view.lookup_retry_due_ms:
-            return replace(view, lookup_retry_due_ms=None)
-        case TimerFired(timer="phone", deadline_ms=due) if due == view.phone_due_ms:
-            return replace(view, phone_due_ms=None)
-        case TimerFired(timer="cooldown"):
-            # The cool-down gives the budget back even if a reconnect retried meanwhile.
-            return replace(view, escalated_until_ms=None, failure_restarts_ms=(), failure_streak=0)
+        return _opened(envelope)
+    change = _CHANGES.get(type(envelope.event))
+    if change is not None:
+        view = change(view, envelope.event, envelope.time_ms)
+    return _replace(view, version=envelope.version, time_ms=envelope.time_ms)
+
+
+def _opened(envelope: Envelope) -> SessionView | None:
+    """The view `envelope` opens, if it is a `SessionOpened`."""
+    event = envelope.event
+    if not isinstance(event, SessionOpened):
+        return None
+    return SessionView(
+        stream=envelope.stream,
+        server=envelope.server,
+        user=envelope.user,
+        incarnation=event.incarnation,
+        version=envelope.version,
+        state="ACTIVE",
+        epoch=event.epoch,
+        time_ms=envelope.time_ms,
+    )
+
+
+_replace = msgspec.structs.replace
+
+Change = Callable[[SessionView, Any, int], SessionView]
+"""What one type of event does to an open view: `change(view, event, time_ms)`, with the time
+of the event's envelope; the view itself when the event changes nothing.
+
+A change never reads the view's `version` or `time_ms`: every event sets those two, after its
+change, so `replay` can set them once per stream rather than copy the view for each event."""
+
+_CHANGES: dict[type[Event], Change] = {}
+"""The change of each type of event; a type that is absent changes nothing. A lookup by type
+picks it at once where a `match` would try the cases one by one."""
+
+E = TypeVar("E", bound=Event)
+
+
+def _changes(kind: type[E]) -> Callable[[Callable[[SessionView, E, int], SessionView]], Change]:
+    """Register the decorated function as the change of events of type `kind`."""
+
+    def register(change: Callable[[SessionView, E, int], SessionView]) -> Change:
+        _CHANGES[kind] = change
+        return change
+
+    return register
+
+
+@_changes(SessionResumed)
+def _resumed(view: SessionView, event: SessionResumed, time_ms: int) -> SessionView:
+    return _replace(
+        view,
+        state="ACTIVE",
+        epoch=event.epoch,
+        grace_deadline_ms=None,
+        audio_held=False,
+        stalls_without_audio=0,
+    )
+
+
+@_changes(GraceStarted)
+def _grace(view: SessionView, event: GraceStarted, time_ms: int) -> SessionView:
+    return _replace(
+        view,
+        state="GRACE",
+        grace_deadline_ms=event.deadline_ms,
+        audio_held=event.audio_held,
+        phone_due_ms=None,
+        phone_absent=False,
+        health=None,
+        # The bridge watches only while the glasses are here; it starts afresh on their return.
+        stalled_ms=None,
+    )
+
+
+@_changes(SessionDisposed)
+def _disposed(view: SessionView, event: SessionDisposed, time_ms: int) -> SessionView:
+    return _replace(
+        view,
+        state="DISPOSED",
+        health=None,
+        phone_due_ms=None,
+        bridge="down",
+        grace_deadline_ms=None,
+        backoff_due_ms=None,
+        escalated_until_ms=None,
+        join_deadline_ms=None,
+        lookup_deadline_ms=None,
+        lookup_retry_due_ms=None,
+    )
+
+
+@_changes(BridgeStarted)
+def _started(view: SessionView, event: BridgeStarted, time_ms: int) -> SessionView:
+    return _replace(
+        view,
+        generation=event.generation,
+        identity=event.identity,
+        bridge="joining",
+        last_start_ms=time_ms,
+        awaiting_status=False,
+        backoff_due_ms=None,
+        escalated_until_ms=None,
+        audio_since_join=False,
+        join_deadline_ms=event.join_deadline_ms,
+        lookup_retry_due_ms=None,
+        stalled_ms=None,
+    )
+
+
+# The changes below that compare generations apply to the current bridge only: an event of a
+# bridge the session has replaced since changes nothing.
+
+
+@_changes(BridgeJoined)
+def _joined(view: SessionView, event: BridgeJoined, time_ms: int) -> SessionView:
+    if event.generation != view.generation:
+        return view
+    phone = _phone(present=event.phone_present, muted=event.phone_muted and event.phone_present)
+    return _replace(view, bridge="up", join_deadline_ms=None, unavailable=None, **phone)
+
+
+@_changes(BridgeJoinFailed)
+def _join_failed(view: SessionView, event: BridgeJoinFailed, time_ms: int) -> SessionView:
+    if event.generation != view.generation:
+        return view
+    return _replace(
+        view,
+        bridge="down",
+        last_disconnect_reason="JOIN_FAILURE",
+        awaiting_status=False,
+        join_deadline_ms=None,
+        stalled_ms=None,
+    )
+
+
+@_changes(BridgeDisconnected)
+def _disconnected(view: SessionView, event: BridgeDisconnected, time_ms: int) -> SessionView:
+    if event.generation != view.generation:
+        return view
+    return _replace(
+        view,
+        bridge="down",
+        last_disconnect_reason=event.reason,
+        awaiting_status=False,
+        join_deadline_ms=None,
+        stalled_ms=None,
+    )
+
+
+@_changes(AudioStalled)
+def _stalled(view: SessionView, event: AudioStalled, time_ms: int) -> SessionView:
+    if event.generation != view.generation:
+        return view
+    return _replace(view, stalled_ms=time_ms, stalls_without_audio=view.stalls_without_audio + 1)
+
+
+@_changes(AudioResumed)
+def _resumed_audio(view: SessionView, event: AudioResumed, time_ms: int) -> SessionView:
+    if event.generation != view.generation:
+        return view
+    return _replace(view, stalled_ms=None, stalls_without_audio=0)
+
+
+@_changes(PhonePresenceObserved)
+def _presence(view: SessionView, event: PhonePresenceObserved, time_ms: int) -> SessionView:
+    if event.generation != view.generation:
+        return view
+    return _replace(view, **_phone(present=event.present, muted=event.muted))
+
+
+@_changes(BridgeStatusObserved)
+def _status(view: SessionView, event: BridgeStatusObserved, time_ms: int) -> SessionView:
+    if event.generation != view.generation:
+        return view
+    return _replace(view, awaiting_status=False)
+
+
+@_changes(BridgeStopped)
+def _stopped(view: SessionView, event: BridgeStopped, time_ms: int) -> SessionView:
+    if event.generation != view.generation:
+        return view
+    return _replace(view, bridge="down", join_deadline_ms=None, stalled_ms=None)
+
+
+@_changes(FirstAudio)
+def _first_audio(view: SessionView, event: FirstAudio, time_ms: int) -> SessionView:
+    if event.generation != view.generation:
+        return view
+    return _replace(
+        view, audio_since_join=True, failure_streak=0, stalled_ms=None, stalls_without_audio=0
+    )
+
+
+@_changes(PhoneAwaited)
+def _phone_awaited(view: SessionView, event: PhoneAwaited, time_ms: int) -> SessionView:
+    return _replace(view, phone_due_ms=event.deadline_ms)
+
+
+@_changes(PhoneAbsent)
+def _phone_absent(view: SessionView, event: PhoneAbsent, time_ms: int) -> SessionView:
+    return _replace(view, phone_absent=True)
+
+
+@_changes(HealthChanged)
+def _health(view: SessionView, event: HealthChanged, time_ms: int) -> SessionView:
+    health = Health(state=event.state, reason=event.reason, retry_at_ms=event.retry_at_ms)
+    return _replace(view, health=health)
+
+
+@_changes(BridgeStatusRequested)
+def _status_requested(view: SessionView, event: BridgeStatusRequested, time_ms: int) -> SessionView:
+    return _replace(view, awaiting_status=True)
+
+
+@_changes(IdentityHolderRequested)
+def _lookup(view: SessionView, event: IdentityHolderRequested, time_ms: int) -> SessionView:
+    return _replace(view, lookup_deadline_ms=event.deadline_ms, lookup_retry_due_ms=None)
+
+
+@_changes(IdentityHolderObserved)
+def _holder(view: SessionView, event: IdentityHolderObserved, time_ms: int) -> SessionView:
+    if event.error is None:
+        return _replace(view, lookup_deadline_ms=None, lookup_failures=0, unavailable=None)
+    return _replace(view, lookup_deadline_ms=None, lookup_failures=view.lookup_failures + 1)
+
+
+@_changes(LookupRetryDecided)
+def _lookup_retry(view: SessionView, event: LookupRetryDecided, time_ms: int) -> SessionView:
+    return _replace(view, lookup_retry_due_ms=time_ms + event.delay_ms)
+
+
+@_changes(RetriesStopped)
+def _retries_stopped(view: SessionView, event: RetriesStopped, time_ms: int) -> SessionView:
+    return _replace(view, escalated_until_ms=event.retry_at_ms, unavailable=event.why)
+
+
+@_changes(ProcessRestarted)
+def _process_restarted(view: SessionView, event: ProcessRestarted, time_ms: int) -> SessionView:
+    # The process that armed these deadlines is gone, and the glasses connection with it: the
+    # next connection decides afresh.
+    return _replace(
+        view,
+        bridge="down",
+        backoff_due_ms=None,
+        join_deadline_ms=None,
+        lookup_deadline_ms=None,
+        lookup_retry_due_ms=None,
+        awaiting_status=False,
+        stalled_ms=None,
+        phone_due_ms=None,
+    )
+
+
+@_changes(RejoinDecided)
+def _rejoin(view: SessionView, event: RejoinDecided, time_ms: int) -> SessionView:
+    due = time_ms + event.delay_ms if event.delay_ms else None
+    if not event.failure:
+        return _replace(view, backoff_due_ms=due)
+    return _replace(
+        view,
+        backoff_due_ms=due,
+        failure_restarts_ms=(*view.failure_restarts_ms, time_ms)[-RESTART_HISTORY:],
+        failure_streak=view.failure_streak + 1,
+    )
+
+
+@_changes(JoinPaced)
+def _paced(view: SessionView, event: JoinPaced, time_ms: int) -> SessionView:
+    # A start waiting for its turn is due like one waiting out a backoff.
+    return _replace(view, backoff_due_ms=time_ms + event.delay_ms)
+
+
+@_changes(RestartBudgetExhausted)
+def _budget_spent(view: SessionView, event: RestartBudgetExhausted, time_ms: int) -> SessionView:
+    return _replace(view, escalated_until_ms=event.retry_at_ms)
+
+
+@_changes(TimerFired)
+def _timer(view: SessionView, event: TimerFired, time_ms: int) -> SessionView:
+    # A deadline changes the view only if it is the one the view holds: one that fired while it
+    # was being re-armed is stale.
+    timer, due = event.timer, event.deadline_ms
+    if timer in ("backoff", "pace"):
+        return _replace(view, backoff_due_ms=None) if due == view.backoff_due_ms else view
+    if timer == "join":
+        return _replace(view, join_deadline_ms=None) if due == view.join_deadline_ms else view
+    if timer == "lookup":
+        if due != view.lookup_deadline_ms:
+            return view
+        return _replace(view, lookup_deadline_ms=None, lookup_failures=view.lookup_failures + 1)
+    if timer == "lookup_retry":
+        if due != view.lookup_retry_due_ms:
+            return view
+        return _replace(view, lookup_retry_due_ms=None)
+    if timer == "phone":
+        return _replace(view, phone_due_ms=None) if due == view.phone_due_ms else view
+    if timer == "cooldown":
+        # The cool-down gives the budget back even if a reconnect retried meanwhile.
+        return _replace(view, escalated_until_ms=None, failure_restarts_ms=(), failure_streak=0)
     return view
 
 
-def _phone(view: SessionView, *, present: bool, muted: bool) -> SessionView:
+def _phone(*, present: bool, muted: bool) -> dict[str, bool | None]:
+    """The fields of a view that say the phone is `present` (and `muted`) or absent."""
     if present:
-        return msgspec.structs.replace(
-            view, phone_present=True, phone_muted=muted, phone_due_ms=None, phone_absent=False
-        )
-    return msgspec.structs.replace(view, phone_present=False, phone_muted=False)
+        return {
+            "phone_present": True,
+            "phone_muted": muted,
+            "phone_due_ms": None,
+            "phone_absent": False,
+        }
+    return {"phone_present": False, "phone_muted": False}
 
 
 def health_of(view: SessionView) -> Health | None:
@@ -356,10 +486,24 @@ def replay_stream(envelopes: Iterable[Envelope]) -> SessionView | None:
 
 
 def replay(envelopes: Iterable[Envelope]) -> dict[str, SessionView]:
-    """Fold a log into the latest view of each stream that opened a session."""
+    """Fold a log into the latest view of each stream that opened a session: the views `apply`
+    gives, event by event."""
     views: dict[str, SessionView] = {}
+    # The latest envelope of each open stream: its version and time are set once, at the end.
+    last: dict[str, Envelope] = {}
+    changes = _CHANGES  # a local name is looked up faster than a global, once per event
     for envelope in envelopes:
-        view = apply(views.get(envelope.stream), envelope)
-        if view is not None:
-            views[envelope.stream] = view
+        stream = envelope.stream
+        view = views.get(stream)
+        if view is None:
+            opened = _opened(envelope)
+            if opened is not None:
+                views[stream] = opened
+            continue
+        change = changes.get(type(envelope.event))
+        if change is not None:
+            views[stream] = change(view, envelope.event, envelope.time_ms)
+        last[stream] = envelope
+    for stream, envelope in last.items():
+        views[stream] = _replace(views[stream], version=envelope.version, time_ms=envelope.time_ms)
     return views

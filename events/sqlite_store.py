@@ -14,23 +14,36 @@ its own caller), while many sessions appending at once share the fsync that boun
 writer (about 0.3 ms here). `append_group` hands over many batches at once, from one caller (the
 pool executor's journal), and writes them the same way, in groups of at most `max_group`.
 
-The `sessions` table is the index of open sessions (format 3). A writer that opens a format 2
-log builds it once from the events; a reader reads both formats.
+The `sessions` table is the index of open sessions (format 3). Format 4 chains the CRCs: each
+record's CRC continues the one stored at the position before it, so a run of records is checked
+by one CRC over all of them, and replay reads, checks and decodes a chunk of the log in one
+query, one CRC and one decode rather than record by record. A writer that opens an older log
+upgrades it (format 2 builds the index once from the events) and chains the records it appends
+from then on; the records before keep the CRCs they were written with. A reader reads every
+format.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
+import operator
 import sqlite3
 import threading
 import urllib.parse
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
-from events.codec import UndecodableEvent, decode_envelope, encode_envelope
+from events.catalog import SCHEMA_VERSION
+from events.codec import (
+    UndecodableEvent,
+    decode_current_lines,
+    decode_envelope,
+    encode_envelope,
+)
 from events.envelope import Envelope, Pending
 from events.log import (
     Batch,
@@ -44,9 +57,11 @@ from events.log import (
     session_change,
 )
 
-FORMAT = "rejoin-event-log/3"
-READABLE = frozenset({"rejoin-event-log/2", FORMAT})
-"""Formats a reader reads; a writer upgrades a format 2 log to 3 when it opens it."""
+FORMAT = "rejoin-event-log/4"
+READABLE = frozenset({"rejoin-event-log/2", "rejoin-event-log/3", FORMAT})
+"""Formats a reader reads; a writer upgrades a format 2 or 3 log to 4 when it opens it."""
+_UNCHAINED = 2**63
+"""Where the chained CRCs begin in a log of format 2 or 3: nowhere."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -80,12 +95,27 @@ _SESSIONS = (
 
 _COLUMNS = "position, stream, version, event_id, time_ms, server, user, schema, record, crc"
 _READ = "position, schema, record, crc"
+_BEFORE = "(SELECT crc FROM events AS before WHERE before.position = events.position - 1)"
+"""The CRC stored at the position before a record: the one a chained record's continues,
+read beside each record of a read that does not go in order of position."""
 _BATCH = 4096
-"""Records fetched per query when reading the whole log."""
+"""Records fetched per query when reading the log record by record."""
 _VARIABLES = 500
 """Parameters one query of a group's checks binds at most (SQLite's limit can be 999)."""
 _ROWS = 90
 """Rows one INSERT writes at most: ten parameters each, within 999 parameters."""
+_CHUNK_RECORDS = 256
+"""Records in a chunk: the envelopes of 4,096 at once outgrew the CPU's cache, and the fold
+that took them next ran at half speed."""
+_CHUNK = f"""SELECT max(position), crc, count(*), sum(schema != ?),
+    CAST(group_concat(record, x'0a') AS BLOB)
+FROM (SELECT {_READ} FROM events WHERE position >= ? ORDER BY position LIMIT {_CHUNK_RECORDS})"""
+"""A chunk of the log as one row: its last position with that record's CRC (SQLite takes a bare
+column from the row of the single `max`), how many records, how many of another schema than
+the current one, and the records one a line in one BLOB, which SQLite joins in C: fetched as
+rows, they cost more than checking and decoding them."""
+_POSITION: Callable[[Envelope], int] = operator.attrgetter("position")
+_SCHEMA_OF: Callable[[Envelope], int] = operator.attrgetter("schema")
 MAX_GROUP = 64
 """Batches one transaction takes at most: bounds the work, and so the wait, of a group."""
 
@@ -94,8 +124,19 @@ Stored = tuple[int, int, bytes, int]
 
 
 def _crc(schema: int, record: bytes) -> int:
-    """CRC-32 of a record, seeded with its schema so a changed schema column is caught too."""
+    """CRC-32 of a record of format 2 or 3, seeded with its schema so that a changed schema
+    column is caught too."""
     return zlib.crc32(record, schema)
+
+
+def _chained_crc(record: bytes, before: int) -> int:
+    """CRC-32 of a record of format 4: of the record and a newline, continuing `before`, the
+    CRC stored at the position before it (0 at position 1). So this of a run of records joined
+    by newlines, with the CRC before the run, is the CRC stored with its last record.
+
+    Its schema column is not covered: each record holds its schema too, and a reader checks
+    that the two agree."""
+    return zlib.crc32(b"\n", zlib.crc32(record, before))
 
 
 class SQLiteStore:
@@ -134,6 +175,8 @@ class SQLiteStore:
         self._leading = False
         """Set while a caller leads: writes a group, or has been woken to write the next."""
         self._db = self._open_reader() if read_only else self._open_writer(synchronous)
+        self._chained_from = self._read_chained_from(self._db)
+        """The first position whose CRC is chained (format 4); the ones before are not."""
         self._reads, self._reads_lock = self._db, self._lock
         if not read_only:
             # A writer's point reads (a new session's incarnation, a restarted session's
@@ -159,13 +202,14 @@ class SQLiteStore:
             found = self._check_format(db) if tables else None
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={synchronous}")
-            if not tables:
+            if found is None:
                 db.executescript(_SCHEMA)
                 for statement in _SESSIONS:
                     db.execute(statement)
                 db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+                db.execute("INSERT INTO meta VALUES ('chained_from', 1)")
             elif found != FORMAT:
-                self._upgrade(db)
+                self._upgrade(db, found)
         except sqlite3.Error as error:
             db.close()
             msg = f"{self.path}: not a rejoin event log ({error})"
@@ -224,21 +268,42 @@ class SQLiteStore:
             raise UnreadableLog(msg)
         return str(found[0])
 
-    def _upgrade(self, db: sqlite3.Connection) -> None:
-        """Format 2 to 3: build the index of sessions from the events, in one transaction."""
+    def _upgrade(self, db: sqlite3.Connection, found: str) -> None:
+        """Format 2 or 3 to 4, in one transaction: from 2, build the index of sessions from the
+        events; then chain the CRCs of the records appended from now on. Records already
+        written keep theirs: recomputing them would hide any damage they have."""
         db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SESSIONS:
-                db.execute(statement)
-            for stream, schema, record in db.execute(
-                "SELECT stream, schema, record FROM events ORDER BY position"
-            ).fetchall():
-                self._index(db, stream, decode_envelope(schema, record))
+            if found == "rejoin-event-log/2":
+                for statement in _SESSIONS:
+                    db.execute(statement)
+                for stream, schema, record in db.execute(
+                    "SELECT stream, schema, record FROM events ORDER BY position"
+                ).fetchall():
+                    self._index(db, stream, decode_envelope(schema, record))
+            db.execute(
+                "INSERT INTO meta SELECT 'chained_from', COALESCE(MAX(position), 0) + 1 FROM events"
+            )
             db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (FORMAT,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _read_chained_from(self, db: sqlite3.Connection) -> int:
+        """The first position whose CRC is chained: 1 for a log created in format 4, the first
+        appended after the upgrade for an older one, none for a log still in format 2 or 3."""
+        try:
+            found = db.execute("SELECT value FROM meta WHERE key = 'chained_from'").fetchone()
+            if found is None:
+                if self._check_format(db) == FORMAT:
+                    msg = f"{self.path}: a format 4 log that does not say where its CRCs chain"
+                    raise UnreadableLog(msg)
+                return _UNCHAINED
+            return int(found[0])
+        except (sqlite3.Error, ValueError, TypeError) as error:
+            msg = f"{self.path}: not a readable rejoin event log ({error})"
+            raise UnreadableLog(msg) from error
 
     def append(
         self, stream: str, expected_version: int, events: Sequence[Pending]
@@ -402,8 +467,10 @@ class SQLiteStore:
                     f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk
                 )
             )
-        (last,) = db.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
-        return _Known(versions, stored, last)
+        last, crc = db.execute(
+            "SELECT position, crc FROM events ORDER BY position DESC LIMIT 1"
+        ).fetchone() or (0, 0)
+        return _Known(versions, stored, last, crc)
 
     def _write_batch(self, each: _Append, known: _Known, *, alone: bool) -> None:
         """Write one batch in the open transaction, or roll back its savepoint and keep its
@@ -464,7 +531,11 @@ class SQLiteStore:
             )
             for offset, pending in enumerate(events)
         ]
-        rows = [_row(envelope) for envelope in envelopes]
+        rows = []
+        before = known.crc
+        for envelope in envelopes:
+            rows.append(_row(envelope, before))
+            before = rows[-1][-1]
         for start in range(0, len(rows), _ROWS):
             # One statement for many rows: one step of SQLite, so the GIL is given up once.
             chunk = rows[start : start + _ROWS]
@@ -473,15 +544,16 @@ class SQLiteStore:
             self._index(db, stream, envelope)
         known.versions[stream] = version + len(events)
         known.last += len(events)
+        known.crc = before
         known.stored.update(ids)
         return envelopes
 
     def _stored_batch(self, stream: str, events: Sequence[Pending]) -> list[Envelope] | None:
         ids = [pending.event_id for pending in events]
         marks = ", ".join("?" * len(ids))
-        rows: list[tuple[str, str, int, int, bytes, int]] = self._db.execute(
-            f"SELECT event_id, stream, {_READ} FROM events WHERE event_id IN ({marks})"
-            " ORDER BY position",
+        rows: list[tuple[str, str, int, int, bytes, int, int | None]] = self._db.execute(
+            f"SELECT event_id, stream, {_READ}, {_BEFORE} FROM events"
+            f" WHERE event_id IN ({marks}) ORDER BY position",
             ids,
         ).fetchall()
         if not rows:
@@ -489,37 +561,105 @@ class SQLiteStore:
         if [row[0] for row in rows] != ids or any(row[1] != stream for row in rows):
             msg = f"stream {stream}: event id {ids[0]} is stored with other events"
             raise DuplicateEventId(msg)
-        return [self._decode(row[2:]) for row in rows]
+        return [self._decode(row[2:6], row[6]) for row in rows]
 
     def read_all(self, from_position: int = 1) -> Iterator[Envelope]:
-        expected = max(from_position, 1)
+        # The lists of envelopes are chained in C: a generator that yielded each envelope cost
+        # more per event than the checks of its whole chunk.
+        return itertools.chain.from_iterable(self._chunks(max(from_position, 1)))
+
+    def _chunks(self, start: int) -> Iterator[list[Envelope]]:
+        """The log from `start` on, in lists: a chunk whole where every check of it holds, or
+        else its records one by one up to the first bad one, which is named exactly."""
+        before = self._crc_before(start)
         while True:
-            with self._lock:
-                try:
-                    rows: list[Stored] | None = self._db.execute(
-                        f"SELECT {_READ} FROM events WHERE position >= ?"
-                        f" ORDER BY position LIMIT {_BATCH}",
-                        (expected,),
-                    ).fetchall()
-                except sqlite3.DatabaseError:
-                    rows = None
-            if rows is None:
-                # A damaged page fails the whole batch: read it again record by record, so that
-                # every record before the first bad one is kept and that one is named exactly.
-                for position in range(expected, expected + _BATCH):
-                    row = self._read_one(position)
-                    if row is None:
-                        return
-                    yield self._decode(row)
-                expected += _BATCH
+            chunk = self._chunk(start, before) if start >= self._chained_from else None
+            if chunk is not None:
+                envelopes, before = chunk
+                if not envelopes:
+                    return
+                yield envelopes
+                start += len(envelopes)
                 continue
-            if not rows:
+            begun = start
+            for envelope, crc in self._records(start, before):
+                yield [envelope]
+                start, before = start + 1, crc
+            if start == begun:
                 return
-            for row in rows:
-                if row[0] != expected:
-                    raise CorruptLog(self.path, expected, "the record is missing")
-                yield self._decode(row)
-                expected += 1
+
+    def _chunk(self, start: int, before: int | None) -> tuple[list[Envelope], int | None] | None:
+        """The next chunk of the log from `start` on, read, checked and decoded at once (one
+        query, one CRC, one decode), and the CRC of its last record; `None` if the chunk is
+        not whole (a record missing, damaged, out of place, or of another schema)."""
+        with self._lock:
+            try:
+                last, crc, count, others, records = self._db.execute(
+                    _CHUNK, (SCHEMA_VERSION, start)
+                ).fetchone()
+            except sqlite3.DatabaseError:
+                return None
+        if count == 0:
+            return [], before
+        if before is None or last - start + 1 != count or others:
+            return None
+        if _chained_crc(records, before) != crc:
+            return None
+        try:
+            envelopes = decode_current_lines(records)
+        except UndecodableEvent:
+            return None
+        # Each envelope's own position and schema, checked in C: a record is whole, but the
+        # CRC does not cover its schema column, and a writer could have erred.
+        positions = list(map(_POSITION, envelopes))
+        schemas = list(map(_SCHEMA_OF, envelopes))
+        if positions != list(range(start, last + 1)) or schemas.count(SCHEMA_VERSION) != count:
+            return None
+        return envelopes, crc
+
+    def _records(self, start: int, before: int | None) -> Iterator[tuple[Envelope, int]]:
+        """The next `_BATCH` records at most from `start` on, checked one by one, with their
+        CRCs, up to the first bad one, which raises `CorruptLog`; `before` is the CRC stored at
+        the position before `start` (`None`: there is no record there)."""
+        with self._lock:
+            try:
+                rows: list[Stored] | None = self._db.execute(
+                    f"SELECT {_READ} FROM events WHERE position >= ?"
+                    f" ORDER BY position LIMIT {_BATCH}",
+                    (start,),
+                ).fetchall()
+            except sqlite3.DatabaseError:
+                rows = None
+        if rows is None:
+            # A damaged page fails the whole batch: read it again record by record.
+            for position in range(start, start + _BATCH):
+                row = self._read_one(position)
+                if row is None:
+                    return
+                yield self._decode(row, before), row[3]
+                before = row[3]
+            return
+        expected = start
+        for row in rows:
+            if row[0] != expected:
+                raise CorruptLog(self.path, expected, "the record is missing")
+            yield self._decode(row, before), row[3]
+            before, expected = row[3], expected + 1
+
+    def _crc_before(self, position: int) -> int | None:
+        """The CRC a chained record at `position` continues: the one stored before it, 0 at
+        position 1; `None` if there is no record before it (past the end of the log, or a
+        gap, which the record at `position`, if there is one, then reports)."""
+        if position == 1 or position < self._chained_from:
+            return 0
+        with self._lock:
+            try:
+                row = self._db.execute(
+                    "SELECT crc FROM events WHERE position = ?", (position - 1,)
+                ).fetchone()
+            except sqlite3.DatabaseError as error:
+                raise CorruptLog(self.path, position - 1, str(error)) from error
+        return None if row is None else int(row[0])
 
     def _read_one(self, position: int) -> Stored | None:
         """The record at `position`; `None` past the end of the log."""
@@ -541,10 +681,11 @@ class SQLiteStore:
 
     def read_stream(self, stream: str) -> list[Envelope]:
         with self._reads_lock:
-            rows: list[Stored] = self._reads.execute(
-                f"SELECT {_READ} FROM events WHERE stream = ? ORDER BY version", (stream,)
+            rows: list[tuple[int, int, bytes, int, int | None]] = self._reads.execute(
+                f"SELECT {_READ}, {_BEFORE} FROM events WHERE stream = ? ORDER BY version",
+                (stream,),
             ).fetchall()
-        return [self._decode(row) for row in rows]
+        return [self._decode(row[:4], row[4]) for row in rows]
 
     def stream_version(self, stream: str) -> int:
         with self._reads_lock:
@@ -589,9 +730,17 @@ class SQLiteStore:
         with self._lock:
             self._db.close()
 
-    def _decode(self, row: Stored) -> Envelope:
+    def _decode(self, row: Stored, before: int | None) -> Envelope:
+        """The envelope of one record, checked on its own; `before` is the CRC stored at the
+        position before it (`None`: there is no record there)."""
         position, schema, record, crc = row
-        if _crc(schema, record) != crc:
+        if position < self._chained_from:
+            good = _crc(schema, record) == crc
+        elif before is None and position > 1:
+            raise CorruptLog(self.path, position - 1, "the record is missing")
+        else:
+            good = _chained_crc(record, before or 0) == crc
+        if not good:
             raise CorruptLog(self.path, position, "checksum mismatch")
         try:
             envelope = decode_envelope(schema, record)
@@ -599,19 +748,24 @@ class SQLiteStore:
             raise CorruptLog(self.path, position, str(error)) from error
         if envelope.position != position:
             raise CorruptLog(self.path, position, f"it says it is at {envelope.position}")
+        if schema == SCHEMA_VERSION and envelope.schema != schema:
+            msg = f"its schema column says {schema}, the record {envelope.schema}"
+            raise CorruptLog(self.path, position, msg)
         return envelope
 
 
 class _Known:
     """The log as a group's transaction has it so far: each of the group's streams' version,
-    which of its event ids are stored, and the last position."""
+    which of its event ids are stored, and the last position with its record's CRC, which the
+    next record's chains to."""
 
-    __slots__ = ("last", "stored", "versions")
+    __slots__ = ("crc", "last", "stored", "versions")
 
-    def __init__(self, versions: dict[str, int], stored: set[str], last: int) -> None:
+    def __init__(self, versions: dict[str, int], stored: set[str], last: int, crc: int) -> None:
         self.versions = versions
         self.stored = stored
         self.last = last
+        self.crc = crc
 
 
 @functools.cache
@@ -642,7 +796,8 @@ def _caused_by(error: LogError, cause: BaseException) -> LogError:
     return error
 
 
-def _row(envelope: Envelope) -> Row:
+def _row(envelope: Envelope, before: int) -> Row:
+    """The row of `envelope`, its CRC chained to `before`, the CRC of the row before it."""
     e = envelope
     record = encode_envelope(e)
     return (
@@ -655,5 +810,5 @@ def _row(envelope: Envelope) -> Row:
         e.user,
         e.schema,
         record,
-        _crc(e.schema, record),
+        _chained_crc(record, before),
     )

@@ -33,7 +33,7 @@ from events.catalog import (
 from events.codec import encode_envelope
 from events.envelope import Envelope
 from events.log import EventStore
-from events.projection import SessionView, apply
+from events.projection import SessionView, apply, replay
 from simulations.metrics import server_events
 from simulations.sim_livekit import RESUME_GIVE_UP_MS
 from simulations.world import World
@@ -327,9 +327,14 @@ def all_logged_views(world: World) -> Logged:
 
 def replay_matches_live(world: World, logged: Logged | None = None) -> list[str]:
     """The views rebuilt from each server's log equal its live sessions; a session the runtime
-    no longer holds is one the log says ended."""
+    no longer holds is one the log says ended. `replay`, which folds a whole log its own way,
+    gives the views `apply` gave event by event."""
     logged = logged or all_logged_views(world)
     violations = []
+    for server in world.servers:
+        replayed = replay(world.stores[server].read_all())
+        if {s: v for s, v in replayed.items() if v.server == server} != logged[server]:
+            violations.append(f"replay: {server}'s log replayed whole differs from apply's fold")
     for server, runtime in world.runtimes.items():
         rebuilt = logged[server]
         live = runtime.views()

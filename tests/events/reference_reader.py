@@ -1,6 +1,9 @@
 """The plainest reader of a SQLite log there is, as the yardstick for the store's own: it opens
 the file immutable (it writes nothing), checks that it is a rejoin log, and reads record after
-record by position until one cannot be read."""
+record by position until one cannot be read. It checks each record's CRC as its format
+defines it: on its own, seeded with the schema (formats 2 and 3, and the records of an upgraded
+log written before its upgrade), or over the record and a newline, continuing the CRC stored
+before it (format 4)."""
 
 import contextlib
 import itertools
@@ -25,12 +28,22 @@ def readable_records(path: Path) -> int:
         found = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
         if found is None or found[0] not in READABLE:
             return 0
+        chained = db.execute("SELECT value FROM meta WHERE key = 'chained_from'").fetchone()
+        chained_from = int(chained[0]) if chained else None
+        before = 0
         for position in itertools.count(1):
             row = db.execute(
                 "SELECT schema, record, crc FROM events WHERE position = ?", (position,)
             ).fetchone()
-            if row is None or zlib.crc32(row[1], row[0]) != row[2]:
+            if row is None:
                 break
+            if chained_from is not None and position >= chained_from:
+                crc = zlib.crc32(row[1] + b"\n", before)
+            else:
+                crc = zlib.crc32(row[1], row[0])
+            if crc != row[2]:
+                break
+            before = row[2]
             if decode_envelope(row[0], row[1]).position != position:
                 break
             count = position

@@ -6,6 +6,7 @@ import signal
 import sqlite3
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,29 @@ def test_a_log_copied_with_its_write_ahead_log_reads_in_full(tmp_path: Path) -> 
     store.close()
 
 
+def as_older_format(path: Path, version: int) -> None:
+    """Make the log at `path` one that a writer of format `version` (2 or 3) wrote: each
+    record's CRC on its own, seeded with its schema; format 2 had no index of sessions."""
+    db = sqlite3.connect(path)
+    rows = db.execute("SELECT position, schema, record FROM events").fetchall()
+    for position, schema, record in rows:
+        crc = zlib.crc32(record, schema)
+        db.execute("UPDATE events SET crc = ? WHERE position = ?", (crc, position))
+    db.execute("DELETE FROM meta WHERE key = 'chained_from'")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (f"rejoin-event-log/{version}",))
+    if version == 2:
+        db.execute("DROP TABLE sessions")
+    db.commit()
+    db.close()
+
+
+def meta(path: Path) -> dict[str, str]:
+    db = sqlite3.connect(path)
+    found = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    db.close()
+    return found
+
+
 def test_a_format_2_log_is_read_as_it_is_and_upgraded_by_a_writer(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     store = SQLiteStore(path)
@@ -216,8 +240,7 @@ def test_a_format_2_log_is_read_as_it_is_and_upgraded_by_a_writer(tmp_path: Path
         "prod/a/1", 0, [Pending(event_id="o", time_ms=0, server="prod", user="a", event=opened)]
     )
     store.close()
-    tamper(path, "DROP TABLE sessions")
-    tamper(path, "UPDATE meta SET value = 'rejoin-event-log/2' WHERE key = 'format'")
+    as_older_format(path, 2)
     before = path.read_bytes()
     reader = SQLiteStore(path, read_only=True)
     assert [e.event_id for e in reader.read_all()] == ["o"]
@@ -227,9 +250,97 @@ def test_a_format_2_log_is_read_as_it_is_and_upgraded_by_a_writer(tmp_path: Path
     assert writer.open_streams("prod") == ["prod/a/1"]
     assert writer.last_incarnation("prod", "a") == 1
     writer.close()
+    assert meta(path) == {"format": "rejoin-event-log/4", "chained_from": "2"}
+
+
+def test_an_upgraded_log_checks_its_old_records_alone_and_its_new_ones_chained(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log.db"
+    fill(path, 3)
+    as_older_format(path, 3)
+    writer = SQLiteStore(path)
+    writer.append("prod/a/1", 3, [connected("e3", 3), connected("e4", 4)])
+    writer.close()
+    assert meta(path) == {"format": "rejoin-event-log/4", "chained_from": "4"}
+    assert [e.event_id for e in SQLiteStore(path).read_all()] == ["e0", "e1", "e2", "e3", "e4"]
+    assert readable_records(path) == 5
+    for position in (2, 5):
+        damaged = tmp_path / f"damaged-{position}.db"
+        shutil.copy(path, damaged)
+        tamper(
+            damaged,
+            "UPDATE events SET record = CAST(REPLACE(record, 'epoch\":', 'epoch\": ') AS BLOB)"
+            f" WHERE position = {position}",
+        )
+        envelopes, error = read_valid_prefix(SQLiteStore(damaged, read_only=True))
+        assert [e.position for e in envelopes] == list(range(1, position))
+        assert error is not None
+        assert (error.position, error.reason) == (position, "checksum mismatch")
+
+
+def test_a_changed_crc_is_reported_by_each_read_that_relies_on_it(tmp_path: Path) -> None:
+    """A chunk is checked against the CRC of its last record: a changed CRC of a record in the
+    middle of a chunk, whose record is whole, changes nothing a replay yields. Once a chunk
+    fails, its records are checked one by one, and the changed CRC is named."""
+    path = tmp_path / "log.db"
+    fill(path, 5)
+    tamper(path, "UPDATE events SET crc = crc + 1 WHERE position = 3")
+    assert [e.event_id for e in SQLiteStore(path).read_all()] == ["e0", "e1", "e2", "e3", "e4"]
+    with pytest.raises(CorruptLog, match="position 3 is corrupt: checksum mismatch"):
+        SQLiteStore(path).read_stream("prod/a/1")
+    tamper(path, "UPDATE events SET crc = crc + 1 WHERE position = 5")
+    envelopes, error = read_valid_prefix(SQLiteStore(path))
+    assert [e.event_id for e in envelopes] == ["e0", "e1"]
+    assert error is not None
+    assert (error.position, error.reason) == (3, "checksum mismatch")
+
+
+def test_a_read_from_the_middle_checks_its_first_record_against_the_one_before(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log.db"
+    big_log(path, 6_000)
+    store = SQLiteStore(path)
+    assert [e.position for e in store.read_all(4_000)] == list(range(4_000, 6_001))
+    assert list(store.read_all(6_002)) == [], "past the end of the log: nothing to read"
+    tamper(path, "UPDATE events SET crc = crc + 1 WHERE position = 4999")
+    with pytest.raises(CorruptLog, match="position 5000 is corrupt: checksum mismatch"):
+        list(SQLiteStore(path).read_all(5_000))
+
+
+def test_a_stream_read_finds_a_flipped_byte(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    fill(path, 3)
+    tamper(
+        path,
+        "UPDATE events SET record = CAST(REPLACE(record, 'epoch\":1', 'epoch\":7') AS BLOB)"
+        " WHERE position = 2",
+    )
+    with pytest.raises(CorruptLog, match="position 2 is corrupt: checksum mismatch"):
+        SQLiteStore(path).read_stream("prod/a/1")
+
+
+def test_a_schema_column_that_disagrees_with_its_record_names_the_record(
+    tmp_path: Path,
+) -> None:
+    """The chained CRC covers the record, not its schema column: the two are compared."""
+    path = tmp_path / "log.db"
+    fill(path, 3)
     db = sqlite3.connect(path)
-    assert db.execute("SELECT value FROM meta").fetchone() == ("rejoin-event-log/3",)
+    before = 0
+    for position, stored in db.execute("SELECT position, record FROM events").fetchall():
+        record = stored.replace(b'"schema":1', b'"schema":2') if position == 2 else stored
+        before = zlib.crc32(record + b"\n", before)
+        db.execute(
+            "UPDATE events SET record = ?, crc = ? WHERE position = ?", (record, before, position)
+        )
+    db.commit()
     db.close()
+    envelopes, error = read_valid_prefix(SQLiteStore(path))
+    assert [e.position for e in envelopes] == [1]
+    assert error is not None
+    assert (error.position, error.reason) == (2, "its schema column says 1, the record 2")
 
 
 class Held:
