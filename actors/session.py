@@ -25,7 +25,7 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Callable
-from typing import Any, NamedTuple, cast
+from typing import Any, Final, NamedTuple, cast
 
 import pykka
 
@@ -112,6 +112,12 @@ for silence: a phone that stopped sending (its user left without the server noti
 not fixed by a third bridge, and churn is a failure of its own (a recovery storm)."""
 
 
+_IDLE: Final[list[Any]] = []
+"""A session's events and effects between turns: one empty list shared by every session, never
+appended to (each turn gets lists of its own), so that an idle session keeps no container of
+its own for the cyclic collector to walk."""
+
+
 class _Turn(NamedTuple):
     """A turn whose batch is on its way to the log: what to do once it is durable, or failed."""
 
@@ -168,13 +174,13 @@ class Session(pykka.Actor):
         self._cause = ""
         self._now = 0
         """The wall-clock time of the turn in progress."""
-        self._pending: list[Pending] = []
-        self._effects: list[Callable[[], object]] = []
+        self._pending: list[Pending] = _IDLE
+        self._effects: list[Callable[[], object]] = _IDLE
         self._writing: _Turn | None = None
         """The turn the journal is writing; until it answers, messages wait in `_kept`."""
-        self._kept: collections.deque[object] = collections.deque()
+        self._kept: collections.deque[object] | None = None
         """Messages kept, in order, while the session waits for its append or its restart (the
-        failed one first)."""
+        failed one first); `None` when there are none."""
         self._failed = False
 
     def on_receive(self, message: object) -> object:
@@ -186,7 +192,7 @@ class Session(pykka.Actor):
             case RestartSession() if self._failed:
                 self._restart(message)
             case _ if self._failed or self._writing is not None:
-                self._kept.append(message)
+                self._hold(message)
             case _:
                 self._receive(message)
         return None
@@ -204,10 +210,20 @@ class Session(pykka.Actor):
         except Exception as error:
             self._fail(message, error)
 
+    def _hold(self, message: object, *, first: bool = False) -> None:
+        if self._kept is None:
+            self._kept = collections.deque()
+        if first:
+            self._kept.appendleft(message)
+        else:
+            self._kept.append(message)
+
     def _go_on(self) -> None:
         """Handle the kept messages in order, until one's append is in flight or fails."""
-        while self._kept and not self._failed and self._writing is None:
-            self._receive(self._kept.popleft())
+        while (kept := self._kept) and not self._failed and self._writing is None:
+            self._receive(kept.popleft())
+        if not self._kept:
+            self._kept = None
 
     def _fail(self, message: object, error: Exception) -> None:
         # A log that refuses an append explains itself; anything else is a bug to trace.
@@ -215,8 +231,8 @@ class Session(pykka.Actor):
         logger.warning("session %s failed: %s", self._stream, error, exc_info=trace)
         self._failed, self._writing = True, None
         if not isinstance(message, SessionRestarted):
-            self._kept.appendleft(message)
-        self._view, self._pending, self._effects = self._durable, [], []
+            self._hold(message, first=True)
+        self._view, self._pending, self._effects = self._durable, _IDLE, _IDLE
         failed = SessionFailed(user=self._user, stream=self._stream, error=_describe(error))
         tell(self._supervisor, failed)
 
@@ -256,6 +272,7 @@ class Session(pykka.Actor):
                 tell(self._supervisor, routed)
             return
         self._before = self._view
+        self._pending, self._effects = [], []
         # A turn happens at one instant: every event and every deadline of it uses this time,
         # so that a deadline in the log and the timer armed for it are the same number.
         self._now = self._executor.wall_ms()
@@ -288,7 +305,7 @@ class Session(pykka.Actor):
         """Append the turn's events as one batch; once it is durable, act and acknowledge."""
         pending = self._pending
         turn = _Turn(message, self._view, len(pending), self._effects, ack)
-        self._pending, self._effects = [], []
+        self._pending, self._effects = _IDLE, _IDLE
         # Read from the executor each time: one attribute more and CPython would give every
         # session a dict of its own, one more object per user for the cyclic collector.
         journal = self._executor.journal
