@@ -35,6 +35,7 @@ from aiortc import (
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription, candidate_from_sdp
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from livekit import api
 from livekit.api.access_token import Claims
@@ -213,7 +214,7 @@ class LoopbackServer:
         self._room_service_down_until = 0.0
         self._runner: web.AppRunner | None = None
         self._relay = MediaRelay()
-        self._twirp: dict[str, Callable[[api.VideoGrants, bytes], Awaitable[Message]]] = {
+        self._twirp: dict[str, Callable[[api.VideoGrants, _Body], Awaitable[Message]]] = {
             "CreateRoom": self._create_room,
             "ListRooms": self._list_rooms,
             "DeleteRoom": self._delete_room,
@@ -221,6 +222,8 @@ class LoopbackServer:
             "GetParticipant": self._get_participant,
             "RemoveParticipant": self._remove_participant,
             "UpdateParticipant": self._update_participant,
+            "UpdateRoomMetadata": self._update_room_metadata,
+            "SendData": self._send_data,
         }
 
     @property
@@ -374,12 +377,23 @@ class LoopbackServer:
                 raise _TwirpError("bad_route", "no such RoomService method")
             if time.monotonic() < self._room_service_down_until:
                 raise _TwirpError("unavailable", "the room service is unavailable")
+            encoding = request.content_type
+            if encoding not in ("application/protobuf", "application/json"):
+                # What Twirp answers a Content-Type it does not speak.
+                raise _TwirpError("bad_route", f"unexpected Content-Type: {encoding!r}")
             claims = self._claims(request)
             if claims is None:
                 raise _TwirpError("unauthenticated", "invalid or expired token")
-            reply = await method(claims.video or api.VideoGrants(), await request.read())
+            body = _Body(await request.read(), json=encoding == "application/json")
+            reply = await method(claims.video or api.VideoGrants(), body)
         except _TwirpError as error:
             return error.response()
+        if body.json:
+            # As a Go Twirp server writes it: field names as in the .proto, defaults included.
+            text = json_format.MessageToJson(
+                reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+            return web.Response(text=text, content_type="application/json")
         return web.Response(body=reply.SerializeToString(), content_type="application/protobuf")
 
     # Signal sessions
@@ -659,7 +673,7 @@ class LoopbackServer:
 
     # RoomService
 
-    async def _create_room(self, grants: api.VideoGrants, body: bytes) -> Message:
+    async def _create_room(self, grants: api.VideoGrants, body: _Body) -> Message:
         _require(grants.room_create, "roomCreate")
         request = _parse(room.CreateRoomRequest, body)
         lk_room = self._room(request.name)
@@ -667,7 +681,7 @@ class LoopbackServer:
             lk_room.info.metadata = request.metadata
         return _room_info(lk_room)
 
-    async def _list_rooms(self, grants: api.VideoGrants, body: bytes) -> Message:
+    async def _list_rooms(self, grants: api.VideoGrants, body: _Body) -> Message:
         _require(grants.room_list, "roomList")
         request = _parse(room.ListRoomsRequest, body)
         names = set(request.names)
@@ -675,7 +689,7 @@ class LoopbackServer:
             rooms=[_room_info(r) for n, r in self._rooms.items() if not names or n in names]
         )
 
-    async def _delete_room(self, grants: api.VideoGrants, body: bytes) -> Message:
+    async def _delete_room(self, grants: api.VideoGrants, body: _Body) -> Message:
         _require(grants.room_create, "roomCreate")
         request = _parse(room.DeleteRoomRequest, body)
         lk_room = self._rooms.get(request.room)
@@ -686,26 +700,64 @@ class LoopbackServer:
         del self._rooms[request.room]
         return room.DeleteRoomResponse()
 
-    async def _list_participants(self, grants: api.VideoGrants, body: bytes) -> Message:
+    async def _list_participants(self, grants: api.VideoGrants, body: _Body) -> Message:
         request = _parse(room.ListParticipantsRequest, body)
         _require_admin(grants, request.room)
         if request.room not in self._rooms:
             raise _TwirpError("not_found", "requested room does not exist")
         return room.ListParticipantsResponse(participants=self.participants(request.room))
 
-    async def _get_participant(self, grants: api.VideoGrants, body: bytes) -> Message:
+    async def _get_participant(self, grants: api.VideoGrants, body: _Body) -> Message:
         request = _parse(room.RoomParticipantIdentity, body)
         _require_admin(grants, request.room)
         return _copy(self._participant(request.room, request.identity).info)
 
-    async def _remove_participant(self, grants: api.VideoGrants, body: bytes) -> Message:
+    async def _remove_participant(self, grants: api.VideoGrants, body: _Body) -> Message:
         request = _parse(room.RoomParticipantIdentity, body)
         _require_admin(grants, request.room)
         participant = self._participant(request.room, request.identity)
         await self._end(participant, leave=models.DisconnectReason.PARTICIPANT_REMOVED)
         return room.RemoveParticipantResponse()
 
-    async def _update_participant(self, grants: api.VideoGrants, body: bytes) -> Message:
+    async def _update_room_metadata(self, grants: api.VideoGrants, body: _Body) -> Message:
+        request = _parse(room.UpdateRoomMetadataRequest, body)
+        _require_admin(grants, request.room)
+        lk_room = self._rooms.get(request.room)
+        if lk_room is None:
+            raise _TwirpError("not_found", "requested room does not exist")
+        lk_room.info.metadata = request.metadata
+        update = rtc.SignalResponse(room_update=rtc.RoomUpdate(room=_room_info(lk_room)))
+        for participant in list(lk_room.participants.values()):
+            await _send(participant.ws, update)
+        return _room_info(lk_room)
+
+    async def _send_data(self, grants: api.VideoGrants, body: _Body) -> Message:
+        request = _parse(room.SendDataRequest, body)
+        _require_admin(grants, request.room)
+        lk_room = self._rooms.get(request.room)
+        if lk_room is None:
+            raise _TwirpError("not_found", "requested room does not exist")
+        packet = models.DataPacket(
+            kind=request.kind,
+            user=models.UserPacket(
+                payload=request.data,
+                topic=request.topic,
+                destination_identities=request.destination_identities,
+            ),
+            destination_identities=request.destination_identities,
+        )
+        wanted = set(request.destination_identities)
+        label = "_lossy" if request.kind == models.DataPacket.Kind.LOSSY else "_reliable"
+        data = packet.SerializeToString()
+        for participant in lk_room.participants.values():
+            if wanted and participant.identity not in wanted:
+                continue
+            channel = participant.channels.get(label)
+            if channel is not None and channel.readyState == "open":
+                channel.send(data)
+        return room.SendDataResponse()
+
+    async def _update_participant(self, grants: api.VideoGrants, body: _Body) -> Message:
         request = _parse(room.UpdateParticipantRequest, body)
         _require_admin(grants, request.room)
         participant = self._participant(request.room, request.identity)
@@ -759,10 +811,25 @@ def _require_admin(grants: api.VideoGrants, room_name: str) -> None:
         raise _TwirpError("permission_denied", "the token's roomAdmin grant is for another room")
 
 
-def _parse(cls: type[_M], body: bytes) -> _M:
+@dataclass(frozen=True)
+class _Body:
+    """A RoomService request's body, and whether it is JSON (the Node SDK's) or protobuf."""
+
+    data: bytes
+    json: bool
+
+
+def _parse(cls: type[_M], body: _Body) -> _M:
     message = cls()
+    if body.json:
+        try:
+            json_format.Parse(body.data or b"{}", message, ignore_unknown_fields=True)
+        except (json_format.ParseError, UnicodeDecodeError) as error:
+            msg = f"the request body is not valid JSON for {cls.__name__}"
+            raise _TwirpError("malformed", msg) from error
+        return message
     try:
-        message.ParseFromString(body)
+        message.ParseFromString(body.data)
     except DecodeError as error:
         raise _TwirpError("malformed", "the request body is not a valid protobuf") from error
     return message

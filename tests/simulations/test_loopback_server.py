@@ -213,7 +213,10 @@ async def participant_metadata(server: LoopbackThread) -> Findings:
         http.post(
             server.url.replace("ws://", "http://") + "/twirp/livekit.RoomService/ListParticipants",
             data=api.ListParticipantsRequest(room=ROOM).SerializeToString(),
-            headers={"Authorization": f"Bearer {token('alice')}"},
+            headers={
+                "Authorization": f"Bearer {token('alice')}",
+                "Content-Type": "application/protobuf",
+            },
         ) as reply,
     ):
         denied = [reply.status, (await reply.json())["code"]]
