@@ -664,6 +664,12 @@ class LoopbackServer:
             lk_room = self._rooms[name] = _Room(info=info)
         return lk_room
 
+    def _existing(self, room_name: str) -> _Room:
+        lk_room = self._rooms.get(room_name)
+        if lk_room is None:
+            raise _TwirpError("not_found", "requested room does not exist")
+        return lk_room
+
     def _participant(self, room_name: str, identity: str) -> _Participant:
         lk_room = self._rooms.get(room_name)
         participant = lk_room.participants.get(identity) if lk_room else None
@@ -692,9 +698,7 @@ class LoopbackServer:
     async def _delete_room(self, grants: api.VideoGrants, body: _Body) -> Message:
         _require(grants.room_create, "roomCreate")
         request = _parse(room.DeleteRoomRequest, body)
-        lk_room = self._rooms.get(request.room)
-        if lk_room is None:
-            raise _TwirpError("not_found", "requested room does not exist")
+        lk_room = self._existing(request.room)
         for participant in list(lk_room.participants.values()):
             await self._end(participant, leave=models.DisconnectReason.ROOM_DELETED)
         del self._rooms[request.room]
@@ -703,8 +707,7 @@ class LoopbackServer:
     async def _list_participants(self, grants: api.VideoGrants, body: _Body) -> Message:
         request = _parse(room.ListParticipantsRequest, body)
         _require_admin(grants, request.room)
-        if request.room not in self._rooms:
-            raise _TwirpError("not_found", "requested room does not exist")
+        self._existing(request.room)
         return room.ListParticipantsResponse(participants=self.participants(request.room))
 
     async def _get_participant(self, grants: api.VideoGrants, body: _Body) -> Message:
@@ -722,9 +725,7 @@ class LoopbackServer:
     async def _update_room_metadata(self, grants: api.VideoGrants, body: _Body) -> Message:
         request = _parse(room.UpdateRoomMetadataRequest, body)
         _require_admin(grants, request.room)
-        lk_room = self._rooms.get(request.room)
-        if lk_room is None:
-            raise _TwirpError("not_found", "requested room does not exist")
+        lk_room = self._existing(request.room)
         lk_room.info.metadata = request.metadata
         update = rtc.SignalResponse(room_update=rtc.RoomUpdate(room=_room_info(lk_room)))
         for participant in list(lk_room.participants.values()):
@@ -734,9 +735,7 @@ class LoopbackServer:
     async def _send_data(self, grants: api.VideoGrants, body: _Body) -> Message:
         request = _parse(room.SendDataRequest, body)
         _require_admin(grants, request.room)
-        lk_room = self._rooms.get(request.room)
-        if lk_room is None:
-            raise _TwirpError("not_found", "requested room does not exist")
+        lk_room = self._existing(request.room)
         packet = models.DataPacket(
             kind=request.kind,
             user=models.UserPacket(
