@@ -12,9 +12,9 @@ and failure semantics behave as on threads. They are not entered in pykka's proc
 Every operation costs O(1) or O(log n) in the number of actors, so that a run of 100,000 users
 costs per user what a run of 100 does. CPython's full collections walk every tracked object, so
 an idle actor is three (itself, its mailbox, its reference) and a timer none once cancelled.
-Schedule version 2: an actor leaves the list of actors
-with mail by swapping places with the last one (version 1 shifted the rest down), so a seed
-gives another interleaving than it did before that change, and still the same one every time.
+Schedule version 2: an actor leaves the list of actors with mail by swapping places with the
+last one (version 1 shifted the rest down), so a seed gives another interleaving than it did
+before that change, and still the same one every time.
 """
 
 from __future__ import annotations
