@@ -144,7 +144,8 @@ def audio_gaps(world: World, watch: AudioWatch = DEFAULT_AUDIO_WATCH) -> list[st
     than the watchdog's threshold plus one restart, outside the faults no policy can fix
     (outages, a phone away, a log or room service that fails, an operator's removal) and a
     restart budget that ran out. A data path that dies, or an SDK stuck reconnecting, is no
-    excuse: that is what the watchdog is for."""
+    excuse: that is what the watchdog is for; one that dies again while the watchdog restarts
+    the bridge is allowed one more restart."""
     allowed = restart_allowance_ms(world, watch)
     faults = fault_windows(world)
     gave_up = _budget_exhaustions(world)
@@ -155,9 +156,13 @@ def audio_gaps(world: World, watch: AudioWatch = DEFAULT_AUDIO_WATCH) -> list[st
         edges = list(itertools.pairwise(heard))
         if heard:
             edges.append((heard[-1], end))
+        deaths = _data_path_deaths(world, user, server)
         for before, after in edges:
+            # A data path that dies again during the silence (the restarted bridge's too)
+            # gives the watchdog its allowance again, from that death.
+            latest = max((t for t in deaths if before < t < after), default=before)
             if (
-                after - before <= allowed
+                after - latest <= allowed
                 or _excused(faults, user, before, after)
                 or any(before <= t <= after for t in gave_up.get((server, user), ()))
             ):
@@ -167,6 +172,17 @@ def audio_gaps(world: World, watch: AudioWatch = DEFAULT_AUDIO_WATCH) -> list[st
                 f"to {after} ms ({after - before} ms; allowed {allowed} ms)"
             )
     return violations
+
+
+def _data_path_deaths(world: World, user: str, server: str) -> list[int]:
+    """When the data path of `user`'s bridge on `server` died: a stall of the user's room, or
+    the server's SDK stuck reconnecting."""
+    return [
+        fault.start_ms
+        for fault in world.faults
+        if (fault.kind == "audio_stall" and fault.user == user)
+        or (fault.kind == "sdk_reconnecting" and fault.server == server)
+    ]
 
 
 def _budget_exhaustions(world: World) -> dict[tuple[str, str], list[int]]:

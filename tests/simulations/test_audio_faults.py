@@ -3,6 +3,8 @@ over within 3 s under `supervised` and lasts its whole length under every other 
 phone that leaves is reported within the threshold and never answered with a restart; silent
 chunks are never a stall."""
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -157,3 +159,24 @@ def test_a_phone_that_stops_sending_gets_a_bounded_number_of_restarts(
     assert sum(isinstance(e.event, BridgeStarted) for e in events) == 1 + STALL_RESTARTS
     declined = [e.event for e in events if isinstance(e.event, RejoinDeclined)]
     assert any("brought no audio back" in e.why for e in declined)
+
+
+def test_a_stall_that_hits_the_restarted_bridge_gets_the_watchdog_one_more_restart() -> None:
+    """A data path dies at 2 s; the watchdog restarts the bridge, and the new bridge's path
+    dies too (at 3.2 s) before its first chunk: audio is back within one allowance of the
+    second death (found by the stateful test's dev profile as a 1,600 ms gap)."""
+    world = World(servers=["prod", "debug"], seed=440, sfu=SfuConfig(join_latency_ms=(50, 200)))
+    world.connect(USER, "prod")
+    world.run_until(2_000)
+    world.audio_stall(USER, 6_000)
+    world.run_until(2_929)
+    world.audio_stall(USER, 100)
+    world.run_until(3_197)
+    world.audio_stall(USER, 349)
+    world.run_until(4_358)
+    heard = world.deliveries.times(USER, "prod")
+    silence = [(a, b) for a, b in itertools.pairwise(heard) if b - a > 1_000]
+    found = audio_gaps(world)
+    world.stop()
+    assert silence == [(2_000, 3_600)], "the silence spans both deaths"
+    assert found == []
