@@ -46,7 +46,7 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     bridge: BridgeReport | None
 
 
-def _discard(_chunk: AudioChunk) -> None:
+def discard_audio(_chunk: AudioChunk) -> None:
     """The sink of a runtime nobody listens to."""
 
 
@@ -67,7 +67,7 @@ class Runtime:
         connector: RoomConnector,
         policy: Policy = SUPERVISED,
         grace_ms: int = DEFAULT_GRACE_MS,
-        audio_sink: AudioSink = _discard,
+        audio_sink: AudioSink = discard_audio,
         deadlines: Deadlines = DEFAULT_DEADLINES,
         audio_watch: AudioWatch = DEFAULT_AUDIO_WATCH,
         retention_ms: int = DEFAULT_RETENTION_MS,

@@ -115,6 +115,16 @@ class SessionView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What the host was last told; `None` while the glasses are away."""
 
 
+STATE_AFTER: dict[type[Event], SessionState] = {
+    SessionOpened: "ACTIVE",
+    SessionResumed: "ACTIVE",
+    GraceStarted: "GRACE",
+    SessionDisposed: "DISPOSED",
+}
+"""The events that set a session's state, and the state each sets; no other event changes it.
+Whoever follows sessions' states from the log (the service's metrics) reads them here."""
+
+
 def apply(view: SessionView | None, envelope: Envelope) -> SessionView | None:
     """The view after `envelope`; `None` until the stream's `SessionOpened`."""
     if view is None:
@@ -136,7 +146,7 @@ def _opened(envelope: Envelope) -> SessionView | None:
         user=envelope.user,
         incarnation=event.incarnation,
         version=envelope.version,
-        state="ACTIVE",
+        state=STATE_AFTER[SessionOpened],
         epoch=event.epoch,
         time_ms=envelope.time_ms,
     )
@@ -172,7 +182,7 @@ def _changes(kind: type[E]) -> Callable[[Callable[[SessionView, E, int], Session
 def _resumed(view: SessionView, event: SessionResumed, time_ms: int) -> SessionView:
     return _replace(
         view,
-        state="ACTIVE",
+        state=STATE_AFTER[SessionResumed],
         epoch=event.epoch,
         grace_deadline_ms=None,
         audio_held=False,
@@ -184,7 +194,7 @@ def _resumed(view: SessionView, event: SessionResumed, time_ms: int) -> SessionV
 def _grace(view: SessionView, event: GraceStarted, time_ms: int) -> SessionView:
     return _replace(
         view,
-        state="GRACE",
+        state=STATE_AFTER[GraceStarted],
         grace_deadline_ms=event.deadline_ms,
         audio_held=event.audio_held,
         phone_due_ms=None,
@@ -199,7 +209,7 @@ def _grace(view: SessionView, event: GraceStarted, time_ms: int) -> SessionView:
 def _disposed(view: SessionView, event: SessionDisposed, time_ms: int) -> SessionView:
     return _replace(
         view,
-        state="DISPOSED",
+        state=STATE_AFTER[SessionDisposed],
         health=None,
         phone_due_ms=None,
         bridge="down",

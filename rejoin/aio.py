@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Generic, TypeVar
 
 from actors.acknowledgement import Acknowledgement
-from actors.bridge import AudioChunk
+from actors.bridge import AudioChunk, AudioSink
 from actors.connector import RoomConnector
 from actors.executor import Executor
 from actors.runtime import Status
@@ -98,6 +98,7 @@ class AsyncRuntime:
         self._lock = threading.Lock()
         self._audio: dict[str | None, list[Stream[AudioChunk]]] = {}
         self._healths: list[Stream[tuple[str, Health]]] = []
+        self._taps: tuple[AudioSink, ...] = ()
         self._server: Server | None = None
 
     @classmethod
@@ -109,11 +110,14 @@ class AsyncRuntime:
         connector: RoomConnector | None = None,
         executor: Executor | None = None,
         observers: Sequence[AppendObserver] = (),
+        audio_taps: Sequence[AudioSink] = (),
     ) -> AsyncRuntime:
         """Start the server of `settings` (recovering its open sessions from the log) without
         blocking the loop. A store, connector or executor passed in is used and left open;
-        `observers` see every durable batch (see `Server`)."""
+        `observers` see every durable batch (see `Server`); `audio_taps` see every chunk on
+        the worker that hands it over, before any stream does, and must return at once."""
         runtime = cls(asyncio.get_running_loop())
+        runtime._taps = tuple(audio_taps)
         runtime._server = await asyncio.to_thread(
             Server,
             settings,
@@ -202,8 +206,12 @@ class AsyncRuntime:
     def _hand_over(self, chunk: AudioChunk) -> None:
         # Runs on a worker of the pool for every chunk: the lists are replaced, never changed
         # in place, so reading them needs no lock.
+        for tap in self._taps:
+            tap(chunk)
         audio = self._audio
-        for stream in (*audio.get(chunk.user, ()), *audio.get(None, ())):
+        for stream in audio.get(chunk.user, ()):
+            stream.offer(chunk)
+        for stream in audio.get(None, ()):
             stream.offer(chunk)
 
     def _hand_over_health(self, user: str, health: Health) -> None:

@@ -102,10 +102,6 @@ def configure(settings: Settings, stream: TextIO | None = None) -> logging.Handl
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
-    # The command line quiets the runtime's and the SDK's loggers for its one-shot commands; a
-    # service reports everything at its level.
-    for name in ("actors", "livekit"):
-        logging.getLogger(name).setLevel(logging.NOTSET)
     return handler
 
 

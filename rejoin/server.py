@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import TracebackType
 
-from actors.bridge import AudioChunk, AudioSink
+from actors.bridge import AudioSink
 from actors.connector import RoomConnector
 from actors.executor import Executor
 from actors.livekit_connector import LiveKitConnector
 from actors.pool_executor import PoolExecutor
-from actors.runtime import Runtime
+from actors.runtime import Runtime, discard_audio
 from events.log import EventStore
 from events.observed_store import AppendObserver, ObservedStore
 from events.sqlite_store import SQLiteStore
@@ -18,10 +18,6 @@ from rejoin.logs import DecisionLog
 from rejoin.settings import Settings
 
 __all__ = ["Server"]
-
-
-def _discard(_chunk: AudioChunk) -> None:
-    """The sink of a server nobody listens to."""
 
 
 class Server:
@@ -40,7 +36,7 @@ class Server:
         self,
         settings: Settings,
         *,
-        audio_sink: AudioSink = _discard,
+        audio_sink: AudioSink = discard_audio,
         store: EventStore | None = None,
         connector: RoomConnector | None = None,
         executor: Executor | None = None,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import os
 import secrets
 import socket
@@ -239,32 +238,31 @@ def _name(text: str) -> str:
     return text
 
 
-def _count(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+N = TypeVar("N", int, float)
+
+
+def _within(kind: type[N], low: N, high: N, what: str) -> Callable[[str], N]:
+    """A parser of numbers of `kind` from `low` to `high`, `what` naming them in a fault."""
+
+    def parse(text: str) -> N:
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            value = low - 1
-        if not low <= value <= high:
-            msg = f"is not a whole number from {low} to {high}"
+            value = None
+        if value is None or not low <= value <= high:
+            msg = f"is not {what} from {low:g} to {high:g}"
             raise ValueError(msg)
         return value
 
     return parse
+
+
+def _count(low: int, high: int) -> Callable[[str], int]:
+    return _within(int, low, high, "a whole number")
 
 
 def _seconds(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not low <= value <= high:
-            msg = f"is not a number of seconds from {low:g} to {high:g}"
-            raise ValueError(msg)
-        return value
-
-    return parse
+    return _within(float, low, high, "a number of seconds")
 
 
 def _boolean(text: str) -> bool:

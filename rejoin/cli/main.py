@@ -27,15 +27,15 @@ from simulations.scale import report as scale_report
 from simulations.scenario import BUILT_IN, ScenarioError
 
 SIGPIPE_EXIT = 141
-
-
 INTERRUPTED_EXIT = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        _log_to_stderr()
         args = _parser().parse_args(argv)
+        # A service logs as its settings say (`rejoin.logs`); the one-shot commands, here.
+        if args.command is not _serve:
+            _log_to_stderr()
         code: int = args.command(args)
         sys.stdout.flush()
     except (UsageError, ScenarioError, LogError, RoomServerError) as error:

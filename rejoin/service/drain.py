@@ -16,11 +16,10 @@ import signal
 
 from aiohttp import web
 
-from actors.bridge import AudioChunk
 from actors.connector import RoomConnector
 from actors.executor import Executor
 from events.log import EventStore
-from rejoin.aio import AsyncRuntime, Stream
+from rejoin.aio import AsyncRuntime
 from rejoin.service.metrics import Metrics
 from rejoin.service.routes import application
 from rejoin.settings import Settings
@@ -31,9 +30,6 @@ logger = logging.getLogger(__name__)
 
 DRAIN_POLL_S = 0.1
 """How often a draining server looks for glasses still connected."""
-AUDIO = 10_000
-"""Chunks the time-to-audio figure may fall behind by before it loses one (one second of
-audio for 1,000 users)."""
 
 
 class Service:
@@ -56,7 +52,6 @@ class Service:
         self._drained = asyncio.Event()
         self._now = asyncio.Event()
         self.metrics = Metrics()
-        self._listening: asyncio.Task[None] | None = None
         self.port = settings.port
         """The port the API listens on (the one the system chose, for a setting of 0)."""
 
@@ -74,8 +69,12 @@ class Service:
             connector=connector,
             executor=executor,
             observers=[self.metrics.observe],
+            audio_taps=[self.metrics.heard],
         )
-        self._listening = asyncio.create_task(self._time_audio(self._runtime.audio(buffer=AUDIO)))
+        # Once, at start: from now on the log's batches keep the figures up to date.
+        self.metrics.recovered(
+            (await asyncio.to_thread(self._runtime.server.runtime.views)).values()
+        )
         self._runner = web.AppRunner(application(self), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
@@ -111,22 +110,15 @@ class Service:
 
     async def _drain(self) -> None:
         deadline = asyncio.get_running_loop().time() + self.settings.drain_timeout_s
-        while asyncio.get_running_loop().time() < deadline and await self._connected() > 0:
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline and self.metrics.connected_users() > 0:
             await asyncio.sleep(DRAIN_POLL_S)
         self._drained.set()
-
-    async def _connected(self) -> int:
-        views = await asyncio.to_thread(self.runtime.server.runtime.views)
-        return sum(1 for view in views.values() if view.state == "ACTIVE")
 
     async def has_open_session(self, user: str) -> bool:
         """Whether `user` has a session in progress here (their glasses connected or in grace)."""
         view = await self.runtime.session(user)
         return view is not None and view.state != "DISPOSED"
-
-    async def _time_audio(self, audio: Stream[AudioChunk]) -> None:
-        async for chunk in audio:
-            self.metrics.heard(chunk)
 
     async def run(self) -> None:
         """Serve until drained or stopped, then stop: bridges leave, the log is closed."""
@@ -146,6 +138,4 @@ class Service:
         if self._runtime is not None:
             await self._runtime.close()
             self._runtime = None
-        if self._listening is not None:
-            await self._listening
         logger.info("stopped %s", self.settings.server)

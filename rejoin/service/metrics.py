@@ -1,10 +1,11 @@
 """The Prometheus figures of one server, named `rejoin_...` in base units.
 
-Counters and the append latency come from the event log as it becomes durable (`observe`), so
-they agree with what `rejoin replay` reads from the same log. Time to audio is what the host
-experiences: from a glasses connection made durable to the first chunk of the user's audio the
-server hands over. Gauges are read from the runtime when scraped. No label carries a user id:
-a fleet has thousands of users, and user ids are e-mail addresses.
+Counters, the append latency and the open sessions by state come from the event log as it
+becomes durable (`observe`), so they agree with what `rejoin replay` reads from the same log,
+and a scrape (or a drain, which counts connected users ten times a second) asks no actor about
+its session. Time to audio is what the host experiences: from a glasses connection made durable
+to the first chunk of the user's audio the server hands over. No label carries a user id: a
+fleet has thousands of users, and user ids are e-mail addresses.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import collections
 import threading
 import time
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -28,12 +30,12 @@ from events.catalog import (
     RestartBudgetExhausted,
 )
 from events.envelope import Envelope
-from events.projection import SessionState
+from events.projection import STATE_AFTER, SessionState, SessionView
 from rejoin.aio import AsyncRuntime
 
 __all__ = ["Metrics"]
 
-STATES: tuple[SessionState, ...] = ("ACTIVE", "GRACE", "DISPOSED")
+OPEN: tuple[SessionState, ...] = ("ACTIVE", "GRACE")
 APPEND_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 AUDIO_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
 
@@ -46,7 +48,7 @@ class Metrics:
         registry = self.registry
         self._sessions = Gauge(
             "rejoin_sessions",
-            "Sessions in memory by state (ended ones while they are retained).",
+            "Open sessions by state: the glasses connected (ACTIVE), or away within grace.",
             ["state"],
             registry=registry,
         )
@@ -98,12 +100,21 @@ class Metrics:
         self._lock = threading.Lock()
         self._awaiting: dict[str, float] = {}
         """Users whose glasses connected and who have not been heard since, by when."""
+        self._states: dict[str, SessionState] = {}
+        """Each open session's state, by stream."""
 
     def observe(self, batch: list[Envelope], seconds: float) -> None:
         """An observer of the log (`events.observed_store`): count what became durable."""
         self._appends.observe(seconds)
         inputs = {envelope.event_id: envelope.event for envelope in batch}
         for envelope in batch:
+            state = STATE_AFTER.get(type(envelope.event))
+            if state is not None:
+                with self._lock:
+                    if state == "DISPOSED":
+                        self._states.pop(envelope.stream, None)
+                    else:
+                        self._states[envelope.stream] = state
             match envelope.event:
                 case BridgeJoined():
                     self._joins.inc()
@@ -120,13 +131,28 @@ class Metrics:
                 case AudioStalled():
                     self._stalls.inc()
 
+    def recovered(self, views: Iterable[SessionView]) -> None:
+        """The sessions a starting server recovered from its log; what the log has said since
+        (`observe`) is newer, and stays."""
+        with self._lock:
+            for view in views:
+                if view.state != "DISPOSED":
+                    self._states.setdefault(view.stream, view.state)
+
+    def connected_users(self) -> int:
+        """Sessions whose glasses are connected now."""
+        with self._lock:
+            return sum(state == "ACTIVE" for state in self._states.values())
+
     def connected(self, user: str) -> None:
         """The user's glasses connection is durable: time to audio runs from now."""
         with self._lock:
             self._awaiting[user] = time.monotonic()
 
     def heard(self, chunk: AudioChunk) -> None:
-        """A chunk of the user's audio was handed over."""
+        """A chunk of the user's audio was handed over; called for every chunk, on a worker."""
+        if chunk.user not in self._awaiting:
+            return  # the common case, read without the lock: a dict lookup is atomic
         with self._lock:
             since = self._awaiting.pop(chunk.user, None)
         if since is not None:
@@ -138,11 +164,12 @@ class Metrics:
             self._awaiting.pop(user, None)
 
     async def exposition(self, runtime: AsyncRuntime) -> tuple[bytes, str]:
-        """Read the gauges from `runtime`, then the text format and its content type."""
+        """Set the gauges, then the text format and its content type."""
         facade = runtime.server.runtime
-        views, bridges = await asyncio.to_thread(lambda: (facade.views(), facade.live_bridges()))
-        states = collections.Counter(view.state for view in views.values())
-        for state in STATES:
+        bridges = await asyncio.to_thread(facade.live_bridges)
+        with self._lock:
+            states = collections.Counter(self._states.values())
+        for state in OPEN:
             self._sessions.labels(state=state).set(states[state])
         self._bridges.set(len(bridges))
         self._backlog.set(facade.backlog())

@@ -11,11 +11,15 @@ from events.catalog import (
     AudioStalled,
     BridgeDisconnected,
     BridgeJoined,
+    GraceStarted,
     Input,
     RejoinDecided,
     RestartBudgetExhausted,
 )
+from events.envelope import Pending
+from events.projection import SessionView
 from events.sqlite_store import SQLiteStore
+from rejoin.service.metrics import Metrics
 from tests.rejoin.service.test_api import Running, running
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -91,3 +95,40 @@ def test_the_metrics_agree_with_the_log_of_the_same_run(tmp_path: Path) -> None:
     assert samples[("rejoin_sessions", (("state", "GRACE"),))] == 1
     assert samples[("rejoin_live_bridges", ())] == 3
     assert not any("example.com" in str(labels) for _, labels in samples), "no user id label"
+
+
+def test_sessions_recovered_at_start_count_and_the_log_since_is_newer() -> None:
+    metrics = Metrics()
+    stream = "prod/a@example.com/1"
+    grace = Pending(
+        event_id="g",
+        time_ms=1,
+        server="prod",
+        user="a@example.com",
+        event=GraceStarted(cause="c", why="the server restarted", deadline_ms=60_000),
+    ).at(position=9, stream=stream, version=5)
+    metrics.observe([grace], 0.001)
+    recovered = [
+        SessionView(
+            stream=stream,
+            server="prod",
+            user="a@example.com",
+            incarnation=1,
+            version=4,
+            state="ACTIVE",
+            epoch=1,
+            time_ms=0,
+        ),
+        SessionView(
+            stream="prod/b@example.com/1",
+            server="prod",
+            user="b@example.com",
+            incarnation=1,
+            version=4,
+            state="ACTIVE",
+            epoch=1,
+            time_ms=0,
+        ),
+    ]
+    metrics.recovered(recovered)
+    assert metrics.connected_users() == 1, "a is in grace, as the log said after its recovery"
