@@ -3,6 +3,7 @@ as one JSON line, the audio WebSocket, probes, metrics and the OpenAPI document.
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.connector import RoomData, RoomEvent
+from events.sqlite_store import SQLiteStore
 from rejoin import Settings
 from rejoin.service import Service
 from rejoin.service.openapi import checked_in, encoded
+from simulations.faulty_store import FaultyStore
 from simulations.scale import InstantRooms
 
 USER = "ada@example.com"
@@ -213,3 +216,35 @@ def test_the_served_openapi_document_is_the_checked_in_one_and_the_generated_one
             assert await response.read() == checked_in()
 
     serve(tmp_path, test)
+
+
+def test_a_failing_log_answers_503_and_the_input_lands_once_the_log_recovers(
+    tmp_path: Path,
+) -> None:
+    """The disk fails for 6 s: the connect is not acknowledged within the API's 5 s and is
+    refused with 503; the session keeps the input and appends it once the disk is back."""
+
+    async def main() -> None:
+        log = FaultyStore(SQLiteStore(tmp_path / "prod.db"), lambda: int(time.monotonic() * 1000))
+        service = Service(settings(tmp_path), connector=InstantRooms(phones=True), store=log)
+        await service.start()
+        url = f"http://127.0.0.1:{service.port}/v1/users/{USER}"
+        log.fail_for(6_000)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/connect") as answer:
+                refused = answer.status, await answer.json()
+            for _ in range(500):
+                async with http.get(url) as answer:
+                    if answer.status == 200:
+                        break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the session never reached the log")
+        await service.close()
+        log.close()
+        assert refused == (
+            503,
+            {"error": "the input was not durable within 5 s: the log may be failing; retry"},
+        )
+
+    asyncio.run(main())
