@@ -71,6 +71,7 @@ from events.catalog import (
     BridgeStatusObserved,
     BridgeStatusRequested,
     BridgeStopped,
+    ConnectionRecorded,
     Decision,
     DisconnectReason,
     Event,
@@ -101,6 +102,7 @@ from events.catalog import (
     TimerKind,
 )
 from events.envelope import Envelope, Pending
+from events.fleet import newest_connection, record_connection
 from events.log import Batch, EventStore, LogError
 from events.projection import SessionView, apply, health_of, replay_stream
 
@@ -399,6 +401,8 @@ class Session(pykka.Actor):
     # Glasses
 
     def _on_connected(self, epoch: int) -> None:
+        if self._policy.shared_log:
+            self._record_connection(epoch)
         if self._view is None:
             self._decide_that(
                 SessionOpened(
@@ -425,6 +429,24 @@ class Session(pykka.Actor):
         self._gate_audio(open_=True)
         self._on_reconnect()
         self._await_phone()
+
+    def _record_connection(self, epoch: int) -> None:
+        """Tell the fleet, through the log it shares, that the glasses are here now: durable
+        before this server acts on the connection, so before any join of its can kick."""
+        record = ConnectionRecorded(
+            cause=self._cause,
+            why=f"the glasses connected to {self._server} with epoch {epoch}: "
+            "every server of the fleet fences by it",
+            epoch=epoch,
+        )
+        pending = Pending(
+            event_id=self._executor.new_id(),
+            time_ms=self._now,
+            server=self._server,
+            user=self._user,
+            event=record,
+        )
+        record_connection(self._store, pending)
 
     def _on_reconnect(self) -> None:
         view, policy = self.view, self._policy
@@ -587,6 +609,8 @@ class Session(pykka.Actor):
                 f"{reason} while in grace: the user may be on another server, "
                 "and a rejoin would kick it"
             )
+        elif reason == "DUPLICATE_IDENTITY" and policy.shared_log:
+            self._fence_by_log()
         elif reason == "DUPLICATE_IDENTITY":
             self._request_holder(
                 "kicked while active: ask the room who holds the identity, to fence by epoch"
@@ -595,6 +619,35 @@ class Session(pykka.Actor):
             self._decline(f"removed by an operator ({reason}); down until the next reconnect")
         else:
             self._restart_after_failure(f"transient loss while active: the bridge {what}")
+
+    def _fence_by_log(self) -> None:
+        """Kicked while active, in a fleet that shares its log: the newest connection the log
+        records decides, whether the room service answers or not; it is asked only when the
+        log cannot say."""
+        mine = self.view.epoch
+        newest = newest_connection(self._store, self._user)
+        if newest is None:
+            self._request_holder(
+                "kicked while active, and the fleet log records no connection of the user's: "
+                "ask the room who holds the identity, to fence by epoch"
+            )
+        elif newest.epoch > mine:
+            where = " and ".join(sorted(newest.servers))
+            self._decline(
+                f"kicked while active: the fleet log says the glasses connected to {where} "
+                f"since (epoch {newest.epoch}, ours {mine}); down until they come back here"
+            )
+        elif newest.epoch < mine or newest.servers == {self._server}:
+            self._restart_after_failure(
+                f"fenced by the fleet log: our connection (epoch {mine}) is the user's newest, "
+                "so the server that kicked us joined late"
+            )
+        else:
+            others = " and ".join(sorted(newest.servers - {self._server}))
+            self._request_holder(
+                f"kicked while active, and the fleet log records epoch {mine} on {others} too: "
+                "ask the room who holds the identity"
+            )
 
     def _request_holder(self, why: str) -> None:
         deadline = self._now + self._deadlines.lookup_ms

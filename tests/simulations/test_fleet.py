@@ -1,0 +1,144 @@
+"""Three servers sharing one log, the room service failing for all of them, and the slow-join
+race: the glasses go through the three servers faster than a join takes (50-1200 ms), and each
+server notices they left only later (a dead connection is found by a ping timeout). A server
+they left finishes its join late and kicks the newest one; with no room service to ask who holds
+the identity, only the log the fleet shares can say whose connection is newest."""
+
+from collections.abc import Callable
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from events.catalog import ConnectionRecorded, IdentityHolderRequested, RejoinDecided
+from events.fleet import fleet_stream
+from events.log import EventStore
+from simulations.invariants import all_violations
+from simulations.sim_livekit import SfuConfig
+from simulations.world import World
+
+USER = "isaiah@mentra.glass"
+SERVERS = ["prod", "debug", "dev"]
+SLOW = SfuConfig(join_latency_ms=(50, 1_200))
+DOWN_MS = 3_600_000
+"""The room service fails for the whole run."""
+
+
+def race(
+    *,
+    seed: int,
+    order: list[str],
+    gaps_ms: list[int],
+    noticed_after_ms: list[int],
+    hangs: bool,
+    store: EventStore | None,
+) -> World:
+    """The glasses connect to each server of `order` in turn; the server they leave notices
+    it `noticed_after_ms` later. With `store`, the servers share it as their log."""
+    world = World(
+        servers=SERVERS,
+        seed=seed,
+        sfu=SLOW,
+        store_for=None if store is None else lambda _server: store,
+        shared_log=store is not None,
+    )
+    for server in SERVERS:
+        world.sfu.room_service_fault(server, DOWN_MS, hangs=hangs)
+    world.connect(USER, order[0])
+    for server, gap, noticed in zip(order[1:], gaps_ms, noticed_after_ms, strict=True):
+        world.run_for(gap)
+        world.connect(USER, server, close_noticed_after_ms=noticed)
+    world.run_for(25_000)
+    return world
+
+
+def heard_last(world: World) -> set[str]:
+    """The servers the user's audio reached in the last second."""
+    now = world.now_ms
+    return {
+        s for s in SERVERS if world.deliveries.heard(USER, s, after_ms=now - 1_000, until_ms=now)
+    }
+
+
+def assert_audio_on_the_last_server(world: World, last: str) -> None:
+    assert heard_last(world) == {last}, "audio ends on the last server, and only there"
+    assert [p.server for p in world.sfu.participants(USER)] == [last]
+    # A server the glasses left can finish one late join: it kicks the newest server, which
+    # rejoins and kicks it back. Two kicks for each, and no more: no kick war.
+    assert world.sfu.kicks <= 2 * (world.connections - 1)
+    assert all_violations(world) == []
+
+
+ORDER = ["prod", "debug", "dev"]
+GAPS_MS = [20, 20]
+NOTICED_AFTER_MS = [10_000, 10_000]
+SEED = 86
+"""A seed on which both servers the glasses left finish their joins after dev's."""
+
+
+def test_with_one_log_the_race_ends_with_audio_on_the_last_server_without_the_room_service(
+    fleet_log: Callable[[], EventStore],
+) -> None:
+    store = fleet_log()
+    world = race(
+        seed=SEED,
+        order=ORDER,
+        gaps_ms=GAPS_MS,
+        noticed_after_ms=NOTICED_AFTER_MS,
+        hangs=False,
+        store=store,
+    )
+    assert_audio_on_the_last_server(world, "dev")
+    fleet = [(e.server, e.event) for e in store.read_stream(fleet_stream(USER))]
+    assert [(server, event.epoch) for server, event in fleet] == [
+        ("prod", 1),
+        ("debug", 2),
+        ("dev", 3),
+    ]
+    assert all(isinstance(event, ConnectionRecorded) for _, event in fleet)
+    dev = [e.event for e in store.read_all() if e.server == "dev"]
+    fenced = [e for e in dev if isinstance(e, RejoinDecided) and "fleet log" in e.why]
+    assert fenced, "dev rejoined on the log's word"
+    assert not any(isinstance(e, IdentityHolderRequested) for e in dev), "no room to ask"
+
+
+def test_with_a_log_per_server_the_same_race_leaves_the_last_server_without_audio() -> None:
+    """The race above does bite: the room service alone cannot settle it while it is down."""
+    world = race(
+        seed=SEED,
+        order=ORDER,
+        gaps_ms=GAPS_MS,
+        noticed_after_ms=NOTICED_AFTER_MS,
+        hangs=False,
+        store=None,
+    )
+    assert heard_last(world) == set()
+    assert not any(
+        e.stream.startswith("fleet/") for store in world.stores.values() for e in store.read_all()
+    )
+
+
+@given(
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+    order=st.permutations(SERVERS),
+    gaps_ms=st.lists(st.integers(min_value=0, max_value=49), min_size=2, max_size=2),
+    noticed_after_ms=st.lists(st.integers(min_value=0, max_value=20_000), min_size=2, max_size=2),
+    hangs=st.booleans(),
+)
+def test_with_one_log_every_seed_and_schedule_ends_with_audio_on_the_last_server(
+    fleet_log: Callable[[], EventStore],
+    *,
+    seed: int,
+    order: list[str],
+    gaps_ms: list[int],
+    noticed_after_ms: list[int],
+    hangs: bool,
+) -> None:
+    world = race(
+        seed=seed,
+        order=order,
+        gaps_ms=gaps_ms,
+        noticed_after_ms=noticed_after_ms,
+        hangs=hangs,
+        store=fleet_log(),
+    )
+    assert_audio_on_the_last_server(world, order[-1])
