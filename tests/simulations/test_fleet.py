@@ -5,18 +5,27 @@ they left finishes its join late and kicks the newest one; with no room service 
 the identity, only the log the fleet shares can say whose connection is newest."""
 
 from collections.abc import Callable
+from pathlib import Path
 
+import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from actors.policy import SUPERVISED
 from events.catalog import ConnectionRecorded, IdentityHolderRequested, RejoinDecided
 from events.fleet import fleet_stream
 from events.log import EventStore
+from events.sqlite_store import SQLiteStore
+from rejoin.cli.main import main
 from simulations.invariants import all_violations
+from simulations.scenario import load
+from simulations.scenario_runner import run
 from simulations.sim_livekit import SfuConfig
 from simulations.world import World
 
 USER = "isaiah@mentra.glass"
+OTHER = "ada@example.com"
 SERVERS = ["prod", "debug", "dev"]
 SLOW = SfuConfig(join_latency_ms=(50, 1_200))
 DOWN_MS = 3_600_000
@@ -142,3 +151,41 @@ def test_with_one_log_every_seed_and_schedule_ends_with_audio_on_the_last_server
         store=fleet_log(),
     )
     assert_audio_on_the_last_server(world, order[-1])
+
+
+def test_replay_of_the_fleet_log_tells_one_users_story_across_every_server_in_clock_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "fleet.db"
+    store = SQLiteStore(log)
+    world = race(
+        seed=SEED,
+        order=ORDER,
+        gaps_ms=GAPS_MS,
+        noticed_after_ms=NOTICED_AFTER_MS,
+        hangs=False,
+        store=store,
+    )
+    world.connect(OTHER, "prod")
+    world.run_for(2_000)
+    world.stop()
+    store.close()
+
+    assert main(["replay", str(log), "--user", USER]) == 0
+    out, _ = capsys.readouterr()
+    story = [line.split() for line in out.splitlines() if line.startswith("  20")]
+    clock = [f"{words[0]} {words[1]}" for words in story]
+    assert clock == sorted(clock), "wall-clock order, whichever server wrote each line"
+    assert {words[2] for words in story} == set(SERVERS)
+    assert OTHER not in out
+    assert "fenced by the fleet log" in out
+    assert "the fleet log says the glasses connected to dev since" in out
+
+
+def test_the_example_scenario_passes_with_one_log_and_fails_with_a_log_per_server() -> None:
+    fleet = load(str(Path(__file__).parents[2] / "examples" / "fleet-slow-join-race.toml"))
+    assert fleet.shared_log
+    assert run(fleet, SUPERVISED).passed
+    alone = run(msgspec.structs.replace(fleet, shared_log=False), SUPERVISED)
+    failed = [(e.audio_on, e.no_audio_on) for e in alone.expectations if not e.passed]
+    assert failed == [("dev", None), (None, "prod")], "audio went to a server the glasses left"
