@@ -1,0 +1,40 @@
+"""Fencing by the log a fleet shares, on both executors: with the room service failing, a
+server the glasses left finishes a slow join and kicks the server they moved to, which rejoins
+on the log's word; the server they left reads the log too, and stays down."""
+
+import pytest
+
+from events.catalog import ConnectionRecorded, RejoinDecided, RejoinDeclined
+from tests.actors.harness import EXECUTORS, ExecutorKind, Harness
+
+USER = "isaiah@mentra.glass"
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_a_late_join_is_fenced_by_the_shared_log_while_the_room_service_fails(
+    kind: ExecutorKind,
+) -> None:
+    harness = Harness(kind, servers=("prod", "debug"), shared_log=True)
+    try:
+        for server in ("prod", "debug"):
+            harness.sfu.room_service_fault(server, 600_000, hangs=False)
+        harness.phone(USER)
+        harness.sfu.slow_next_join("prod", 1_000)
+        harness.runtimes["prod"].glasses_connected(USER, epoch=1).wait(timeout_s=5)
+        # The glasses move on before prod's join completes, and prod does not notice.
+        harness.runtimes["debug"].glasses_connected(USER, epoch=2).wait(timeout_s=5)
+
+        def settled() -> bool:
+            fenced = harness.count(RejoinDeclined, "prod") == 1
+            in_room = [p.server for p in harness.sfu.participants(USER)] == ["debug"]
+            heard = any(c.server == "debug" for c in harness.chunks[-5:])
+            return fenced and in_room and heard
+
+        assert harness.eventually(settled)
+        debug = harness.events("debug")
+        assert any(isinstance(e, RejoinDecided) and "fleet log" in e.why for e in debug)
+        recorded = [e for e in harness.events("prod") if isinstance(e, ConnectionRecorded)]
+        assert [e.epoch for e in recorded] == [1]
+        assert harness.sfu.kicks == 2, "prod's late join kicked debug, debug's rejoin kicked prod"
+    finally:
+        harness.stop()
