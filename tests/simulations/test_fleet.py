@@ -77,25 +77,27 @@ def assert_audio_on_the_last_server(world: World, last: str) -> None:
     assert all_violations(world) == []
 
 
-ORDER = ["prod", "debug", "dev"]
-GAPS_MS = [20, 20]
-NOTICED_AFTER_MS = [10_000, 10_000]
 SEED = 86
 """A seed on which both servers the glasses left finish their joins after dev's."""
+
+
+def fixed_race(store: EventStore | None) -> World:
+    """On `SEED`: prod, debug, dev, 20 ms apart, each server noticing 10 s later."""
+    return race(
+        seed=SEED,
+        order=SERVERS,
+        gaps_ms=[20, 20],
+        noticed_after_ms=[10_000, 10_000],
+        hangs=False,
+        store=store,
+    )
 
 
 def test_with_one_log_the_race_ends_with_audio_on_the_last_server_without_the_room_service(
     fleet_log: Callable[[], EventStore],
 ) -> None:
     store = fleet_log()
-    world = race(
-        seed=SEED,
-        order=ORDER,
-        gaps_ms=GAPS_MS,
-        noticed_after_ms=NOTICED_AFTER_MS,
-        hangs=False,
-        store=store,
-    )
+    world = fixed_race(store)
     assert_audio_on_the_last_server(world, "dev")
     fleet = [(e.server, e.event) for e in store.read_stream(fleet_stream(USER))]
     assert [(server, event.epoch) for server, event in fleet] == [
@@ -112,14 +114,7 @@ def test_with_one_log_the_race_ends_with_audio_on_the_last_server_without_the_ro
 
 def test_with_a_log_per_server_the_same_race_leaves_the_last_server_without_audio() -> None:
     """The race above does bite: the room service alone cannot settle it while it is down."""
-    world = race(
-        seed=SEED,
-        order=ORDER,
-        gaps_ms=GAPS_MS,
-        noticed_after_ms=NOTICED_AFTER_MS,
-        hangs=False,
-        store=None,
-    )
+    world = fixed_race(None)
     assert heard_last(world) == set()
     assert not any(
         e.stream.startswith("fleet/") for store in world.stores.values() for e in store.read_all()
@@ -158,14 +153,7 @@ def test_replay_of_the_fleet_log_tells_one_users_story_across_every_server_in_cl
 ) -> None:
     log = tmp_path / "fleet.db"
     store = SQLiteStore(log)
-    world = race(
-        seed=SEED,
-        order=ORDER,
-        gaps_ms=GAPS_MS,
-        noticed_after_ms=NOTICED_AFTER_MS,
-        hangs=False,
-        store=store,
-    )
+    world = fixed_race(store)
     world.connect(OTHER, "prod")
     world.run_for(2_000)
     world.stop()
