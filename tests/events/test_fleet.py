@@ -1,6 +1,7 @@
 """The fleet stream, on every store a fleet can share: a connection's record lands whatever
 other servers append meanwhile, and the newest connection is the highest epoch recorded."""
 
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -8,8 +9,8 @@ import pytest
 from events.catalog import ConnectionRecorded
 from events.envelope import Pending
 from events.fleet import APPEND_ATTEMPTS, Newest, fleet_stream, newest_connection, record_connection
-from events.forwarding_store import ForwardingStore
 from events.log import EventStore, LogError
+from simulations.faulty_store import RacedStore
 
 USER = "ada@example.com"
 
@@ -24,27 +25,19 @@ def recorded(server: str, epoch: int, *, user: str = USER) -> Pending:
     )
 
 
-class Contended(ForwardingStore):
-    """Another server appends to the stream between each read of its version and the append
-    that follows it, `times` times."""
-
-    def __init__(self, inner: EventStore, times: int) -> None:
-        super().__init__(inner)
-        self.times = times
-
-    def stream_version(self, stream: str) -> int:
-        version = self.inner.stream_version(stream)
-        if self.times:
-            self.times -= 1
-            self.inner.append(stream, version, [recorded("debug", 100 + self.times)])
-        return version
+def contended(log: EventStore, races: int) -> RacedStore:
+    """`log`, where another server (debug) appends to a stream `races` times before we can."""
+    rivals = itertools.count(100)
+    raced = RacedStore(log, lambda _stream: recorded("debug", next(rivals)))
+    raced.races = races
+    return raced
 
 
 def test_a_record_lands_after_the_appends_it_raced_with(
     fleet_log: Callable[[], EventStore],
 ) -> None:
     log = fleet_log()
-    record_connection(Contended(log, times=3), recorded("prod", 1))
+    record_connection(contended(log, 3), recorded("prod", 1))
     stored = log.read_stream(fleet_stream(USER))
     assert [(e.server, e.version) for e in stored] == [
         ("debug", 1),
@@ -59,7 +52,7 @@ def test_a_record_that_keeps_losing_the_race_fails_in_one_line(
 ) -> None:
     log = fleet_log()
     with pytest.raises(LogError, match=f"{APPEND_ATTEMPTS} appends in a row lost the race"):
-        record_connection(Contended(log, times=APPEND_ATTEMPTS), recorded("prod", 1))
+        record_connection(contended(log, APPEND_ATTEMPTS), recorded("prod", 1))
     assert all(e.server == "debug" for e in log.read_stream(fleet_stream(USER)))
 
 
