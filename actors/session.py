@@ -11,7 +11,9 @@ batch to the journal and keeps every message that arrives until the journal's `P
 answer; then it acts, acknowledges, and handles the kept messages in order. Queries for its view
 are answered meanwhile, with the durable view. Where it has none (the deterministic executor,
 one thread) the session appends inline, within the turn. A session stopped while its append is
-in flight neither acts on that input nor acknowledges it, durable or not.
+in flight neither acts on that input nor acknowledges it, durable or not. Where the fleet shares
+the log, a glasses connection's turn first appends the connection's record to the user's fleet
+stream (`events.fleet`), the same way, and its own batch only once that record is durable.
 
 A turn that fails (a refused append, or any other error) leaves nothing behind: the session
 drops its state, keeps the input at the head of its mailbox with every message that arrives
