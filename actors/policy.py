@@ -30,6 +30,10 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     """Hand audio to the server only while the glasses are connected to it."""
     limit_joins: bool = False
     """Start bridges no faster than the server's join limiter allows, when it has one."""
+    shared_log: bool = False
+    """The servers of the fleet share one log: each records its glasses connections in the
+    user's fleet stream, and a bridge kicked while active fences by that stream before it asks
+    the room service (set by the runtime, from its `shared_log`)."""
     budget: RestartBudget = RestartBudget()
 
     def identity(self, user: str, server: str) -> str:

@@ -56,6 +56,8 @@ class Runtime:
     The facade's methods may be called from any thread; each input reaches the user's session,
     which appends it to the log before acting on it. `join_rate_per_s` is the most joins this
     server starts in a second, its share of what its LiveKit admits (`None`: no limit).
+    `shared_log` says that every server of the fleet writes to `store`: each glasses connection
+    is then recorded fleet-wide, and fencing reads the log before the room service.
     """
 
     def __init__(
@@ -73,9 +75,10 @@ class Runtime:
         retention_ms: int = DEFAULT_RETENTION_MS,
         reply_timeout_s: float = 5.0,
         join_rate_per_s: int | None = None,
+        shared_log: bool = False,
     ) -> None:
         self.server = server
-        self.policy = policy
+        self.policy = msgspec.structs.replace(policy, shared_log=True) if shared_log else policy
         self._executor = executor
         self._store = store
         self._timeout = reply_timeout_s
@@ -92,7 +95,7 @@ class Runtime:
             server=server,
             store=store,
             executor=executor,
-            policy=policy,
+            policy=self.policy,
             grace_ms=grace_ms,
             connector=connector,
             deadlines=deadlines,

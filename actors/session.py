@@ -11,7 +11,9 @@ batch to the journal and keeps every message that arrives until the journal's `P
 answer; then it acts, acknowledges, and handles the kept messages in order. Queries for its view
 are answered meanwhile, with the durable view. Where it has none (the deterministic executor,
 one thread) the session appends inline, within the turn. A session stopped while its append is
-in flight neither acts on that input nor acknowledges it, durable or not.
+in flight neither acts on that input nor acknowledges it, durable or not. Where the fleet shares
+the log, a glasses connection's turn first appends the connection's record to the user's fleet
+stream (`events.fleet`), the same way, and its own batch only once that record is durable.
 
 A turn that fails (a refused append, or any other error) leaves nothing behind: the session
 drops its state, keeps the input at the head of its mailbox with every message that arrives
@@ -71,6 +73,7 @@ from events.catalog import (
     BridgeStatusObserved,
     BridgeStatusRequested,
     BridgeStopped,
+    ConnectionRecorded,
     Decision,
     DisconnectReason,
     Event,
@@ -101,7 +104,8 @@ from events.catalog import (
     TimerKind,
 )
 from events.envelope import Envelope, Pending
-from events.log import Batch, EventStore, LogError
+from events.fleet import APPEND_ATTEMPTS, fleet_stream, newest_connection, record_connection
+from events.log import Batch, EventStore, LogError, WrongExpectedVersion
 from events.projection import SessionView, apply, health_of, replay_stream
 
 logger = logging.getLogger(__name__)
@@ -124,9 +128,14 @@ class _Turn(NamedTuple):
     message: object
     """What the turn handled: kept at the head of the mailbox if the append fails."""
     view: SessionView | None
-    events: int
+    batch: list[Pending]
     effects: list[Callable[[], object]]
     ack: Acknowledgement | None
+    fleet: Pending | None = None
+    """A glasses connection's record for the fleet stream, appended before `batch`: the fleet
+    knows of a connection before this server acts on it."""
+    races: int = 0
+    """Appends of `fleet` that another server's append to the stream beat."""
 
 
 class Session(pykka.Actor):
@@ -304,15 +313,27 @@ class Session(pykka.Actor):
     def _commit(self, message: object, ack: Acknowledgement | None) -> None:
         """Append the turn's events as one batch; once it is durable, act and acknowledge."""
         pending = self._pending
-        turn = _Turn(message, self._view, len(pending), self._effects, ack)
+        turn = _Turn(message, self._view, pending, self._effects, ack, self._fleet_record(pending))
         self._pending, self._effects = _IDLE, _IDLE
         # Read from the executor each time: one attribute more and CPython would give every
         # session a dict of its own, one more object per user for the cyclic collector.
-        journal = self._executor.journal
-        if journal is None:
+        if self._executor.journal is None:
+            if turn.fleet is not None:
+                record_connection(self._store, turn.fleet)
             self._settle(turn, self._store.append(self._stream, self._version, pending))
             return
         self._writing = turn
+        self._journal(turn)
+
+    def _journal(self, turn: _Turn) -> None:
+        """Hand the journal the turn's next append: its fleet record, then its own batch."""
+        journal = self._executor.journal
+        assert journal is not None, "only an executor with a journal writes through one"
+        if turn.fleet is not None:
+            stream = fleet_stream(self._user)
+            batch = Batch(stream, self._store.stream_version(stream), [turn.fleet])
+        else:
+            batch = Batch(self._stream, self._version, turn.batch)
         me = self.actor_ref
 
         def reply(outcome: list[Envelope] | Exception) -> None:
@@ -320,7 +341,27 @@ class Session(pykka.Actor):
             # the session's own turns touch its state.
             tell(me, Persisted(outcome=outcome))
 
-        journal.append(self._store, Batch(self._stream, self._version, pending), reply)
+        journal.append(self._store, batch, reply)
+
+    def _fleet_record(self, pending: list[Pending]) -> Pending | None:
+        """The fleet's record of a glasses connection this turn handles, when the log is
+        shared."""
+        connected = pending[0].event
+        if not self._policy.shared_log or not isinstance(connected, GlassesConnected):
+            return None
+        epoch = connected.epoch
+        return Pending(
+            event_id=self._executor.new_id(),
+            time_ms=self._now,
+            server=self._server,
+            user=self._user,
+            event=ConnectionRecorded(
+                cause=pending[0].event_id,
+                why=f"the glasses connected to {self._server} with epoch {epoch}: "
+                "every server of the fleet fences by it",
+                epoch=epoch,
+            ),
+        )
 
     def _persisted(self, persisted: Persisted) -> None:
         """The journal's answer for the turn in flight: settle or fail it, then go on."""
@@ -329,6 +370,9 @@ class Session(pykka.Actor):
             logger.warning("session %s: an append's answer with no append in flight", self._stream)
             return
         outcome = persisted.outcome
+        if turn.fleet is not None:
+            self._fleet_persisted(turn, outcome)
+            return
         if isinstance(outcome, Exception):
             self._fail(turn.message, outcome)
             return
@@ -339,10 +383,26 @@ class Session(pykka.Actor):
             return
         self._go_on()
 
+    def _fleet_persisted(self, turn: _Turn, outcome: list[Envelope] | Exception) -> None:
+        """The fleet record's answer: on to the turn's own batch, or the record again at the
+        stream's new version if another server appended first."""
+        if isinstance(outcome, WrongExpectedVersion) and turn.races + 1 < APPEND_ATTEMPTS:
+            turn = turn._replace(races=turn.races + 1)
+        elif isinstance(outcome, Exception):
+            self._fail(turn.message, outcome)
+            return
+        else:
+            turn = turn._replace(fleet=None)
+        self._writing = turn
+        try:
+            self._journal(turn)
+        except Exception as error:
+            self._fail(turn.message, error)
+
     def _settle(self, turn: _Turn, stored: list[Envelope]) -> None:
         """The turn's batch is durable: the view is the log's, its effects run, its input is
         acknowledged with its position."""
-        self._version += turn.events
+        self._version += len(turn.batch)
         self._durable = turn.view
         for effect in turn.effects:
             effect()
@@ -587,6 +647,8 @@ class Session(pykka.Actor):
                 f"{reason} while in grace: the user may be on another server, "
                 "and a rejoin would kick it"
             )
+        elif reason == "DUPLICATE_IDENTITY" and policy.shared_log:
+            self._fence_by_log()
         elif reason == "DUPLICATE_IDENTITY":
             self._request_holder(
                 "kicked while active: ask the room who holds the identity, to fence by epoch"
@@ -595,6 +657,35 @@ class Session(pykka.Actor):
             self._decline(f"removed by an operator ({reason}); down until the next reconnect")
         else:
             self._restart_after_failure(f"transient loss while active: the bridge {what}")
+
+    def _fence_by_log(self) -> None:
+        """Kicked while active, in a fleet that shares its log: the newest connection the log
+        records decides, whether the room service answers or not; it is asked only when the
+        log cannot say."""
+        mine = self.view.epoch
+        newest = newest_connection(self._store, self._user)
+        if newest is None:
+            self._request_holder(
+                "kicked while active, and the fleet log records no connection of the user's: "
+                "ask the room who holds the identity, to fence by epoch"
+            )
+        elif newest.epoch > mine:
+            where = " and ".join(sorted(newest.servers))
+            self._decline(
+                f"kicked while active: the fleet log says the glasses connected to {where} "
+                f"since (epoch {newest.epoch}, ours {mine}); down until they come back here"
+            )
+        elif newest.epoch < mine or newest.servers == {self._server}:
+            self._restart_after_failure(
+                f"fenced by the fleet log: our connection (epoch {mine}) is the user's newest, "
+                "so the server that kicked us joined late"
+            )
+        else:
+            others = " and ".join(sorted(newest.servers - {self._server}))
+            self._request_holder(
+                f"kicked while active, and the fleet log records epoch {mine} on {others} too: "
+                "ask the room who holds the identity"
+            )
 
     def _request_holder(self, why: str) -> None:
         deadline = self._now + self._deadlines.lookup_ms

@@ -295,6 +295,14 @@ class SessionDisposed(Decision, frozen=True, kw_only=True):
     pass
 
 
+class ConnectionRecorded(Decision, frozen=True, kw_only=True):
+    """In a log the fleet shares, in the user's fleet stream (`events.fleet`): the glasses
+    connected to this envelope's server with `epoch`. Every server reads these before it
+    rejoins after a kick, to fence by epoch without asking the room service."""
+
+    epoch: int
+
+
 AnyEvent = (
     GlassesConnected
     | GlassesDisconnected
@@ -331,5 +339,6 @@ AnyEvent = (
     | BridgeStopped
     | StaleInputIgnored
     | SessionDisposed
+    | ConnectionRecorded
 )
 """The tagged union the codec decodes."""

@@ -52,8 +52,9 @@ def stream_name(server: str, user: str, incarnation: int) -> str:
     without those characters read as they are; streams of older logs are kept as they were
     written, since a stream is only ever compared, never parsed back into its names.
     """
-    return f"{_escaped(server)}/{_escaped(user)}/{incarnation}"
+    return f"{escaped(server)}/{escaped(user)}/{incarnation}"
 
 
-def _escaped(name: str) -> str:
+def escaped(name: str) -> str:
+    """`name` with `%` and `/` escaped, as it appears in a stream's name."""
     return name.replace("%", "%25").replace("/", "%2F")

@@ -63,6 +63,7 @@ class Server:
                 deadlines=settings.deadlines,
                 audio_watch=settings.audio_watch,
                 join_rate_per_s=settings.join_rate_per_s,
+                shared_log=settings.shared_log,
             )
         except BaseException:
             self._release()

@@ -49,6 +49,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     livekit: LiveKitSettings
     log: str
     """Where the event log lives: a SQLite file."""
+    shared_log: bool = False
+    """Every server of the fleet writes to this log, and fences by it."""
     policy: Policy
     grace_ms: int
     join_rate_per_s: int | None
@@ -68,6 +70,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         key = "***" if self.pseudonym_key is not None else "None"
         return (
             f"Settings(server={self.server!r}, livekit={self.livekit!r}, log={self.log!r}, "
+            f"shared_log={self.shared_log}, "
             f"policy={self.policy.name!r}, grace_ms={self.grace_ms}, "
             f"join_rate_per_s={self.join_rate_per_s}, host={self.host!r}, port={self.port}, "
             f"drain_timeout_s={self.drain_timeout_s}, log_format={self.log_format!r}, "
@@ -104,6 +107,8 @@ VARIABLES: dict[str, str] = {
     "LIVEKIT_API_SECRET": "its API secret (required; never printed)",
     "REJOIN_SERVER": "this server's name, as in the log (default: the host name)",
     "REJOIN_LOG": "the SQLite event log (default: rejoin.db)",
+    "REJOIN_SHARED_LOG": "true: every server of the fleet writes to that one log, and a bridge "
+    "kicked by a late join is fenced by it, room service or not (default: false)",
     "REJOIN_POLICY": f"the reconnect policy: {', '.join(POLICIES)} (default: supervised)",
     "REJOIN_GRACE_S": "seconds a session waits for its glasses to come back (default: 60)",
     "REJOIN_JOIN_RATE": "the most bridge joins a second, this server's share (default: none)",
@@ -149,6 +154,7 @@ class _Reader:
             server=self._get("REJOIN_SERVER", socket.gethostname(), _name),
             livekit=livekit,
             log=self._get("REJOIN_LOG", "rejoin.db", _text),
+            shared_log=self._get("REJOIN_SHARED_LOG", "false", _boolean),
             policy=self._get("REJOIN_POLICY", "supervised", _policy),
             grace_ms=round(1000 * self._get("REJOIN_GRACE_S", "60", _seconds(0.1, 86_400))),
             join_rate_per_s=join_rate or None,

@@ -43,3 +43,22 @@ class FaultyStore(ForwardingStore):
 
 def _refusal(stream: str) -> LogError:
     return LogError(f"stream {stream}: disk I/O error")
+
+
+class RacedStore(ForwardingStore):
+    """Wraps a store that other writers share: for the next `races` reads of a stream's
+    version, another writer appends `rival(stream)` to that stream after the read, so that an
+    append at the version read is refused, as a store shared by a fleet refuses the loser of
+    a race."""
+
+    def __init__(self, inner: EventStore, rival: Callable[[str], Pending]) -> None:
+        super().__init__(inner)
+        self._rival = rival
+        self.races = 0
+
+    def stream_version(self, stream: str) -> int:
+        version = self.inner.stream_version(stream)
+        if self.races:
+            self.races -= 1
+            self.inner.append(stream, version, [self._rival(stream)])
+        return version

@@ -74,6 +74,8 @@ class LiveRun:
         self.deliveries = Deliveries()
         self._where: dict[str, str | None] = {}
         self._epochs: dict[str, int] = {}
+        if store is None and scenario.shared_log:
+            store = MemoryStore()
         self.stores = {s: store or MemoryStore() for s in scenario.servers}
         self.logs = {s: FaultyStore(self.stores[s], self._now_ms) for s in scenario.servers}
         self.connectors = {s: LiveKitConnector(settings, self.loop) for s in scenario.servers}
@@ -88,6 +90,7 @@ class LiveRun:
                 policy=policy,
                 grace_ms=grace_ms,
                 audio_sink=self._sink,
+                shared_log=scenario.shared_log,
             )
             for server in scenario.servers
         }
@@ -96,7 +99,8 @@ class LiveRun:
         }
         users |= {getattr(s, s.action) for s in scenario.step if s.action in USER_ACTIONS}
         self.phones = {user: Phone(self.loop, settings, user) for user in sorted(users)}
-        self._returns: list[threading.Timer] = []
+        self._timers: list[threading.Timer] = []
+        """Phones coming back, and closes noticed late: cancelled when the run stops."""
 
     def _sink(self, chunk: AudioChunk) -> None:
         self.deliveries.record(self._now_ms(), chunk.server, chunk.user)
@@ -118,20 +122,31 @@ class LiveRun:
         if delay > 0:
             time.sleep(delay)
 
-    def connect(self, user: str, server: str) -> None:
-        self.disconnect(user)
+    def connect(self, user: str, server: str, *, close_noticed_after_ms: int = 0) -> None:
+        self.disconnect(user, noticed_after_ms=close_noticed_after_ms)
         self._epochs[user] = self._epochs.get(user, 0) + 1
         self._where[user] = server
         self.phones[user].publishing = True
         self.runtimes[server].glasses_connected(user, epoch=self._epochs[user])
 
-    def disconnect(self, user: str) -> None:
+    def disconnect(self, user: str, *, noticed_after_ms: int = 0) -> None:
         server = self._where.get(user)
         if server is None:
             return
         self._where[user] = None
         self.phones[user].publishing = False
-        self.runtimes[server].glasses_disconnected(user)
+        runtime = self.runtimes[server]
+        if noticed_after_ms:
+            self._later(
+                threading.Timer(noticed_after_ms / 1000, lambda: runtime.glasses_disconnected(user))
+            )
+        else:
+            runtime.glasses_disconnected(user)
+
+    def _later(self, timer: threading.Timer) -> None:
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
 
     def session_open(self, server: str, user: str) -> bool:
         return has_open_session(self.stores[server], server, user)
@@ -150,9 +165,7 @@ class LiveRun:
         back = threading.Timer(
             duration_ms / 1000, lambda: phone.join(deadline_s=self._phone_deadline_s)
         )
-        back.daemon = True
-        self._returns.append(back)
-        back.start()
+        self._later(back)
 
     def sdk_reconnecting(self, server: str, duration_ms: int) -> None:
         msg = f"a stuck SDK on {server} needs the simulated LiveKit"
@@ -221,9 +234,9 @@ class LiveRun:
 
     def stop(self) -> list[str]:
         """Stop everything; return what was left behind (handles, participants)."""
-        for back in self._returns:
-            back.cancel()
-            back.join(timeout=20)
+        for timer in self._timers:
+            timer.cancel()
+            timer.join(timeout=20)
         for runtime in self.runtimes.values():
             runtime.stop()
         for phone in self.phones.values():

@@ -142,6 +142,8 @@ class ConnectScale(msgspec.Struct, frozen=True, kw_only=True):
     users: int
     collector: str
     """`default`, or `frozen`: see `durable_connects`."""
+    shared_log: bool
+    """Each connect was also recorded in its user's fleet stream."""
     offered_per_s: int | None
     """The rate the inputs were offered at; `None`: as fast as one thread could."""
     connects_per_s: float
@@ -166,10 +168,14 @@ def durable_connects(
     offered_per_s: int | None,
     *,
     frozen: bool = False,
+    shared_log: bool = False,
 ) -> ConnectScale:
     """`users` glasses connect to one runtime on `executor`, with a durable SQLite log
     (`synchronous=FULL`) and `InstantRooms` with muted phones, at `offered_per_s` inputs a
     second.
+
+    `shared_log`: the runtime is told a fleet shares its log, so each connect also records
+    itself in the user's fleet stream, one append of its own in the session's turn.
 
     `frozen`: `gc.freeze()` after every 1,000 connects, as `simulated` can: with the default
     collector, each full collection walks every session and bridge so far (about 57 objects a
@@ -179,7 +185,11 @@ def durable_connects(
     gc.collect()
     before = rss_bytes()
     runtime = Runtime(
-        server="prod", executor=executor, store=store, connector=InstantRooms(muted=True)
+        server="prod",
+        executor=executor,
+        store=store,
+        connector=InstantRooms(muted=True),
+        shared_log=shared_log,
     )
     inputs: queue.SimpleQueue[tuple[float, Acknowledgement] | None] = queue.SimpleQueue()
     latencies: list[float] = []
@@ -212,6 +222,7 @@ def durable_connects(
         executor=type(executor).__name__,
         users=users,
         collector="frozen" if frozen else "default",
+        shared_log=shared_log,
         offered_per_s=offered_per_s,
         connects_per_s=round(users / seconds),
         inputs_per_s=round(store.grouped / seconds),

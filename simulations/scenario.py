@@ -42,6 +42,7 @@ LIMITS: dict[str, Limit] = {
     "at": Limit(0.0, MAX_TIME_S, "s"),
     "sfu_outage_s": Limit(0.001, MAX_TIME_S, "s"),
     "for_s": Limit(0.001, MAX_TIME_S, "s"),
+    "noticed_after_s": Limit(0.001, MAX_TIME_S, "s"),
     "join_latency_ms": Limit(0, 60_000, "ms"),
     "audio_chunk_ms": Limit(10, 1_000, "ms"),
     "token_ttl_s": Limit(1.0, 86_400.0, "s"),
@@ -86,6 +87,9 @@ class Step(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     sdk_reconnecting: str | None = None
     for_s: float | None = None
     """How long a fault with a duration lasts (default `DEFAULT_FOR_S`)."""
+    noticed_after_s: float | None = None
+    """With `connect`: the server the glasses leave notices only this long after (a dead
+    connection is found by a ping timeout); until then it believes they are still there."""
 
     @property
     def action(self) -> str:
@@ -162,6 +166,8 @@ class Scenario(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     grace_s: float = 60.0
     duration_s: float | None = None
     seed: int = 0
+    shared_log: bool = False
+    """The servers share one log and fence by it (a fleet's PostgreSQL log, say)."""
     sfu: SfuKnobs = SfuKnobs()
     step: list[Step] = []
     expect: list[Expect] = []
@@ -355,6 +361,10 @@ def _validate_steps(scenario: Scenario, report: _Reporter) -> None:
             if action not in TIMED_ACTIONS:
                 fail(f"{where}.for_s", f"for_s goes with {', '.join(TIMED_ACTIONS)}, not {action}")
             report.number(f"{where}.for_s", "for_s", step.for_s)
+        if step.noticed_after_s is not None:
+            if action != "connect":
+                fail(f"{where}.noticed_after_s", f"noticed_after_s goes with connect, not {action}")
+            report.number(f"{where}.noticed_after_s", "noticed_after_s", step.noticed_after_s)
     if scenario.duration_s is not None and scenario.duration_s < previous:
         fail("$.duration_s", "duration_s ends before the last step")
 

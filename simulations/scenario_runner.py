@@ -67,6 +67,7 @@ def world_for(scenario: Scenario, policy: Policy, seed: int, store: EventStore |
             token_ttl_ms=int(knobs.token_ttl_s * 1000),
         ),
         store_for=(lambda _server: store) if store is not None else None,
+        shared_log=scenario.shared_log,
     )
 
 
@@ -146,7 +147,10 @@ class Stage(Protocol):
         """Whether `user` has an active or grace session on `server`, as its log says now."""
         ...
 
-    def connect(self, user: str, server: str) -> None: ...
+    def connect(self, user: str, server: str, *, close_noticed_after_ms: int = 0) -> None:
+        """The glasses connect to `server`; the server they leave learns of it
+        `close_noticed_after_ms` later."""
+        ...
 
     def disconnect(self, user: str) -> None: ...
 
@@ -205,7 +209,8 @@ def play(world: World, scenario: Scenario) -> list[ExpectationResult]:
 def _action(stage: Stage, step: Step) -> Callable[[], Any]:
     user = step.user or ""
     if step.connect is not None:
-        return lambda: stage.connect(user, step.connect or "")
+        noticed = _ms(step.noticed_after_s or 0)
+        return lambda: stage.connect(user, step.connect or "", close_noticed_after_ms=noticed)
     if step.disconnect:
         return lambda: stage.disconnect(user)
     if step.sfu_outage_s is not None:

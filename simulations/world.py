@@ -1,9 +1,10 @@
 """A world of several servers, one simulated LiveKit, and users with glasses and phones.
 
-Every server runs its own runtime with its own event log; all of them share one deterministic
-executor, so one seed fixes the whole history: delivery order, join latencies, jitter, event ids.
-The world records what a test needs to judge a run: where each user's glasses were and when,
-which faults were active, and every audio chunk each server's sink received.
+Every server runs its own runtime with its own event log, or, with `shared_log`, all of them
+write to one log the fleet shares and fence by it. All of them share one deterministic
+executor, so one seed fixes the whole history: delivery order, join latencies, jitter, event
+ids. The world records what a test needs to judge a run: where each user's glasses were and
+when, which faults were active, and every audio chunk each server's sink received.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class World:
         silent_phones: bool = False,
         phones_send: bool = True,
         join_rate_per_s: int | None = None,
+        shared_log: bool = False,
     ) -> None:
         self.seed = seed
         self.policy = policy
@@ -117,6 +119,12 @@ class World:
         chunk_ms = self.sfu.config.audio_chunk_ms
         # A silent phone still sends chunks, of silent PCM: silence is not a gap.
         self._pcm = bytes(32 * chunk_ms) if silent_phones else tone(16 * chunk_ms)
+        self.shared_log = shared_log
+        """The servers write to one log and fence by it (`store_for` gives that one log, or
+        one `MemoryStore` is made for all)."""
+        if store_for is None and shared_log:
+            fleet_log = MemoryStore()
+            store_for = lambda _server: fleet_log  # noqa: E731
         self.stores = {
             server: (store_for or (lambda _server: MemoryStore()))(server) for server in servers
         }
@@ -152,6 +160,7 @@ class World:
             grace_ms=self.grace_ms,
             audio_sink=self._sink,
             join_rate_per_s=self.join_rate_per_s,
+            shared_log=self.shared_log,
         )
 
     def _sink(self, chunk: AudioChunk) -> None:

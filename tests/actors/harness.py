@@ -50,6 +50,7 @@ class Harness:
         store: Callable[[], EventStore] = MemoryStore,
         policy: Policy = SUPERVISED,
         watch: AudioWatch = WATCH,
+        shared_log: bool = False,
     ) -> None:
         self.kind = kind
         self._deterministic = DeterministicExecutor(0) if kind == "deterministic" else None
@@ -59,7 +60,10 @@ class Harness:
             random.Random(0),
             SfuConfig(join_latency_ms=(5, 20), lookup_latency_ms=(1, 5)),
         )
-        self.stores = {server: store() for server in servers}
+        fleet_log = store() if shared_log else None
+        self.stores = {
+            server: fleet_log if fleet_log is not None else store() for server in servers
+        }
         self.chunks: list[AudioChunk] = []
         self._phones: dict[str, int] = {}
         """The users whose phones publish, and their next sequence number."""
@@ -75,6 +79,7 @@ class Harness:
                 policy=policy,
                 audio_watch=watch,
                 audio_sink=self.chunks.append,
+                shared_log=shared_log,
             )
             for server in servers
         }
@@ -109,7 +114,7 @@ class Harness:
         return condition()
 
     def events(self, server: str = "prod") -> list[Event]:
-        return [envelope.event for envelope in self.stores[server].read_all()]
+        return [e.event for e in self.stores[server].read_all() if e.server == server]
 
     def count(self, kind: type[Event], server: str = "prod") -> int:
         return sum(isinstance(event, kind) for event in self.events(server))

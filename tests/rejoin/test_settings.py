@@ -25,6 +25,7 @@ def test_the_livekit_variables_and_defaults_make_settings() -> None:
         None,
     )
     assert (settings.host, settings.port, settings.log_format) == ("127.0.0.1", 8787, "json")
+    assert settings.shared_log is False
     assert settings.pseudonym("ada@example.com") == "ada@example.com"
 
 
@@ -33,6 +34,7 @@ def test_rejoin_variables_override_the_defaults() -> None:
         **LIVEKIT,
         "REJOIN_SERVER": "debug",
         "REJOIN_LOG": "/var/lib/rejoin/debug.db",
+        "REJOIN_SHARED_LOG": "true",
         "REJOIN_POLICY": "legacy",
         "REJOIN_GRACE_S": "2.5",
         "REJOIN_JOIN_RATE": "300",
@@ -43,7 +45,7 @@ def test_rejoin_variables_override_the_defaults() -> None:
         "REJOIN_LOG_LEVEL": "DEBUG",
     }
     settings = Settings.from_environment(environment)
-    assert settings.log == "/var/lib/rejoin/debug.db"
+    assert (settings.log, settings.shared_log) == ("/var/lib/rejoin/debug.db", True)
     assert settings.policy.name == "legacy"
     assert settings.grace_ms == 2_500
     assert settings.join_rate_per_s == 300
@@ -61,6 +63,7 @@ def test_every_fault_is_reported_on_its_own_line_naming_its_variable() -> None:
         "REJOIN_POLICY": "hopeful",
         "REJOIN_PSEUDONYMISE": "perhaps",
         "REJOIN_SERVER": "prod server",
+        "REJOIN_SHARED_LOG": "sometimes",
     }
     with pytest.raises(SettingsError) as raised:
         Settings.from_environment(environment)
@@ -69,6 +72,7 @@ def test_every_fault_is_reported_on_its_own_line_naming_its_variable() -> None:
         "LIVEKIT_URL",
         "LIVEKIT_API_KEY",
         "REJOIN_SERVER",
+        "REJOIN_SHARED_LOG",
         "REJOIN_POLICY",
         "REJOIN_GRACE_S",
         "REJOIN_PORT",

@@ -19,12 +19,13 @@ def test_defaults_fill_what_a_file_leaves_out(tmp_path: Path) -> None:
     path = tmp_path / "mine.toml"
     path.write_text('servers = ["prod"]\n[[step]]\nat = 4\nuser = "a"\nconnect = "prod"\n')
     scenario = load(str(path))
-    assert (scenario.name, scenario.grace_s, scenario.seed, scenario.end_s) == (
-        "mine",
-        60.0,
-        0,
-        14.0,
-    )
+    assert (
+        scenario.name,
+        scenario.grace_s,
+        scenario.seed,
+        scenario.end_s,
+        scenario.shared_log,
+    ) == ("mine", 60.0, 0, 14.0, False)
 
 
 BAD = {
@@ -132,6 +133,20 @@ BAD = {
     "a fault on an unknown server": (
         'servers = ["prod"]\n[[step]]\nat = 1\nroom_service_fault = "qa"\n',
         r"bad\.toml:4: unknown server 'qa'",
+    ),
+    "a shared log that is neither true nor false": (
+        'servers = ["prod"]\nshared_log = "yes"\n',
+        r"bad\.toml:2: Expected `bool`, got `str` - at `\$\.shared_log`",
+    ),
+    "a close noticed late on a step that closes nothing": (
+        'servers = ["prod"]\n[[step]]\nat = 1\nuser = "a"\ndisconnect = true\n'
+        "noticed_after_s = 3\n",
+        r"bad\.toml:6: noticed_after_s goes with connect, not disconnect",
+    ),
+    "a close never noticed": (
+        'servers = ["prod"]\n[[step]]\nat = 1\nuser = "a"\nconnect = "prod"\n'
+        "noticed_after_s = inf\n",
+        r"bad\.toml:6: noticed_after_s must be from 0.001 to 3600 s; found inf",
     ),
     "two things expected at once": (
         'servers = ["prod"]\n[[expect]]\nat = 1\nuser = "a"\nsession_on = "prod"\n'

@@ -1,8 +1,9 @@
 """The runtime under any schedule: random connects, switches, blips, disconnects, faults (LiveKit
 outages, removals, signal losses, failing logs, a failing room service, crashes that restart a
 server with a fresh monotonic clock, audio stalls, phones that leave, SDKs stuck reconnecting)
-and clock jumps over 1-3 users and 2-3 servers, with invariants 1-6 and the audio-gap invariant
-checked after every step."""
+and clock jumps over 1-3 users and 2-3 servers, each server with a log of its own or all of them
+sharing one and fencing by it, with invariants 1-6 and the audio-gap invariant checked after
+every step."""
 
 from collections import Counter
 from typing import ClassVar
@@ -39,12 +40,18 @@ class RejoinMachine(RuleBasedStateMachine):
         servers=st.integers(min_value=2, max_value=3),
         seed=st.integers(min_value=0, max_value=2**32 - 1),
         slowest_join_ms=st.sampled_from([200, 1_200]),
+        shared_log=st.booleans(),
     )
-    def start(self, users: int, servers: int, seed: int, slowest_join_ms: int) -> None:
+    def start(
+        self, *, users: int, servers: int, seed: int, slowest_join_ms: int, shared_log: bool
+    ) -> None:
         self.users = USERS[:users]
         sfu = SfuConfig(join_latency_ms=(50, slowest_join_ms))
         # Two worlds from one seed, driven in lockstep: their logs must stay byte-identical.
-        self.worlds = [World(servers=SERVERS[:servers], seed=seed, sfu=sfu) for _ in range(2)]
+        self.worlds = [
+            World(servers=SERVERS[:servers], seed=seed, sfu=sfu, shared_log=shared_log)
+            for _ in range(2)
+        ]
 
     def _user(self, index: int) -> str:
         return self.users[index % len(self.users)]
@@ -196,7 +203,13 @@ class RejoinMachine(RuleBasedStateMachine):
             world.stop()
 
 
-NOTABLE = ("fenced", "removed by an operator", "the bridge is already due to start")
+NOTABLE = (
+    "fenced by the fleet log",
+    "fenced",
+    "kicked while active: the fleet log",
+    "removed by an operator",
+    "the bridge is already due to start",
+)
 
 
 def outcomes(world: World) -> list[str]:
@@ -229,6 +242,8 @@ def test_the_machine_reaches_the_states_that_matter() -> None:
         "BridgeDisconnected",
         "IdentityHolderRequested",
         "RejoinDecided: fenced",
+        "RejoinDecided: fenced by the fleet log",
+        "RejoinDeclined: kicked while active: the fleet log",
         "RestartBudgetExhausted",
         "ProcessRestarted",
         "RejoinDeclined: removed by an operator",

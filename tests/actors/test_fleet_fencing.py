@@ -1,0 +1,89 @@
+"""Fencing by the log a fleet shares, on both executors: with the room service failing, a
+server the glasses left finishes a slow join and kicks the server they moved to, which rejoins
+on the log's word; the server they left reads the log too, and stays down. And a connection's
+record reaches the fleet stream before the server acts, whoever else appends to it."""
+
+import uuid
+
+import pytest
+
+from events.catalog import (
+    BridgeJoined,
+    BridgeStarted,
+    ConnectionRecorded,
+    RejoinDecided,
+    RejoinDeclined,
+    SessionRestarted,
+)
+from events.envelope import Pending
+from events.fleet import APPEND_ATTEMPTS, fleet_stream
+from events.memory_store import MemoryStore
+from simulations.faulty_store import RacedStore
+from tests.actors.harness import EXECUTORS, ExecutorKind, Harness
+
+USER = "isaiah@mentra.glass"
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_a_late_join_is_fenced_by_the_shared_log_while_the_room_service_fails(
+    kind: ExecutorKind,
+) -> None:
+    harness = Harness(kind, servers=("prod", "debug"), shared_log=True)
+    try:
+        for server in ("prod", "debug"):
+            harness.sfu.room_service_fault(server, 600_000, hangs=False)
+        harness.phone(USER)
+        harness.sfu.slow_next_join("prod", 1_000)
+        harness.runtimes["prod"].glasses_connected(USER, epoch=1).wait(timeout_s=5)
+        # The glasses move on before prod's join completes, and prod does not notice.
+        harness.runtimes["debug"].glasses_connected(USER, epoch=2).wait(timeout_s=5)
+
+        def settled() -> bool:
+            fenced = harness.count(RejoinDeclined, "prod") == 1
+            in_room = [p.server for p in harness.sfu.participants(USER)] == ["debug"]
+            heard = any(c.server == "debug" for c in harness.chunks[-5:])
+            return fenced and in_room and heard
+
+        assert harness.eventually(settled)
+        debug = harness.events("debug")
+        assert any(isinstance(e, RejoinDecided) and "fleet log" in e.why for e in debug)
+        recorded = [e for e in harness.events("prod") if isinstance(e, ConnectionRecorded)]
+        assert [e.epoch for e in recorded] == [1]
+        assert harness.sfu.kicks == 2, "prod's late join kicked debug, debug's rejoin kicked prod"
+    finally:
+        harness.stop()
+
+
+def rival(stream: str) -> Pending:
+    """Another server's record of a connection, appended to `stream` before ours."""
+    return Pending(
+        event_id=str(uuid.uuid4()),
+        time_ms=0,
+        server="dev",
+        user=USER,
+        event=ConnectionRecorded(cause="c", why="another server's connection", epoch=0),
+    )
+
+
+@pytest.mark.parametrize("races", [2, APPEND_ATTEMPTS])
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_a_connections_record_that_loses_races_for_the_fleet_stream_lands_before_the_join(
+    kind: ExecutorKind, races: int
+) -> None:
+    """Lost a few times, the record is appended again at once; lost every time, the turn
+    fails and the restarted session records it. Either way it is in the log before the bridge
+    starts."""
+    harness = Harness(kind, shared_log=True, store=lambda: RacedStore(MemoryStore(), rival))
+    log = harness.stores["prod"]
+    assert isinstance(log, RacedStore)
+    log.races = races
+    try:
+        harness.runtimes["prod"].glasses_connected(USER, epoch=1).wait(timeout_s=5)
+        assert harness.eventually(lambda: harness.count(BridgeJoined) == 1)
+        fleet = log.read_stream(fleet_stream(USER))
+        assert [e.server for e in fleet] == ["dev"] * races + ["prod"]
+        (started,) = [e for e in log.read_all() if isinstance(e.event, BridgeStarted)]
+        assert fleet[-1].position < started.position
+        assert harness.count(SessionRestarted) == (races == APPEND_ATTEMPTS)
+    finally:
+        harness.stop()
