@@ -37,7 +37,7 @@ from simulations.world import Deliveries
 
 if TYPE_CHECKING:
     # Only a loopback run loads aiortc: a run against a real LiveKit needs no extra.
-    from simulations.loopback_server import LoopbackThread
+    from simulations.loopback import LoopbackThread
 
 SETTLE_S = 2.0
 """How long the server gets to see the stopped runtimes' leaves before the zombie check."""

@@ -71,7 +71,7 @@ def _simulate_live(
 
     if args.sfu == "loopback":
         try:
-            from simulations.loopback_server import LoopbackThread  # noqa: PLC0415
+            from simulations.loopback import LoopbackThread  # noqa: PLC0415
         except ModuleNotFoundError as error:
             msg = f"--sfu loopback needs {error.name}: pip install 'rejoin[loopback]'"
             raise UsageError(msg) from None
@@ -118,7 +118,7 @@ def _free_port() -> int:
 
 
 def loopback_server(args: argparse.Namespace) -> int:
-    from simulations.loopback_server import serve  # noqa: PLC0415
+    from simulations.loopback import serve  # noqa: PLC0415
 
     register_secret(args.secret)
     print(f"loopback LiveKit at ws://{args.host}:{args.port} (api key devkey)", flush=True)

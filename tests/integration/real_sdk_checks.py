@@ -26,7 +26,7 @@ from actors.runtime import Runtime
 from events.catalog import AudioStalled, BridgeJoinFailed, BridgeStarted
 from events.memory_store import MemoryStore
 from simulations.live_runner import run_live
-from simulations.loopback_server import LoopbackThread
+from simulations.loopback import LoopbackThread
 from simulations.phone import Phone
 from simulations.scenario import Scenario, load
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from livekit import api
 
-from simulations.loopback_server import LoopbackThread
+from simulations.loopback import LoopbackThread
 
 SECRET = "room-service-secret-of-the-tests-0123456789"
 ROOM = "lobby"

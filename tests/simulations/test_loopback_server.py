@@ -25,7 +25,7 @@ import pytest
 from livekit import api, rtc
 from livekit.rtc.room import EventTypes
 
-from simulations.loopback_server import LoopbackThread
+from simulations.loopback import LoopbackThread
 from tests.netns import NETNS_RUN, run_in_netns
 
 SECRET = "loopback-test-secret-of-32-bytes-or-more"
