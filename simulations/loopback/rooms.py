@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,17 @@ log = logging.getLogger(__name__)
 FORWARDED_LABELS = frozenset({"_reliable", "_lossy"})
 """The data channels whose packets reach other participants; `_data_track` is not relayed."""
 SUBSCRIBER_ANSWER_TIMEOUT_S = 10.0
+DEPARTURE_TIMEOUT_S = 20.0
+"""How long a participant whose signal dropped without a Leave stays, resumable, in its room."""
+TOKEN_REFRESH_S = 300.0
+"""How often a connected participant gets a fresh token (a real server's 5 minutes)."""
+SIMULATED_DISCONNECT_WINDOW_S = 5.0
+"""How long a `disconnect_signal_on_resume` drill waits for the resume it spoils."""
+MUTED_RESUMES = 3
+"""How many resumes a `disconnect_signal_on_resume_no_messages` drill closes unanswered."""
+
+Mint = Callable[[Claims], str]
+"""A fresh token of the same identity and grants as the claims, for `refresh_token`."""
 
 
 @dataclass(eq=False)
@@ -42,7 +53,9 @@ class Participant:
 
     room: str
     info: models.ParticipantInfo
+    claims: Claims
     ws: web.WebSocketResponse
+    """The signal socket now; a resume swaps in the new one."""
     auto_subscribe: bool
     publisher: Peer = field(default_factory=Peer)
     subscriber: Peer | None = None
@@ -59,6 +72,16 @@ class Participant:
     closed: bool = False
     deaf_until: float = 0.0
     """Until when (monotonic) no data packet is forwarded to this participant."""
+    departure: asyncio.TimerHandle | None = None
+    """While its signal is down: when it leaves the room unless it resumes first."""
+    last_reliable_seq: int = 0
+    """The sequence of its last reliable packet, so a resume resends only what came after."""
+    spoil_resume_until: float = 0.0
+    """Until when (monotonic) its next resume gets its signal closed (a drill)."""
+    mute_resumes_until: float = 0.0
+    """Until when (monotonic) its resumes get their signal closed before any answer (a drill),
+    at most `MUTED_RESUMES` times."""
+    muted_resumes: int = 0
 
     @property
     def identity(self) -> str:
@@ -80,9 +103,18 @@ class Room:
 class Rooms:
     """Every room of the server and the signal sessions of their participants."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        mint: Mint,
+        *,
+        departure_timeout_s: float = DEPARTURE_TIMEOUT_S,
+        token_refresh_s: float = TOKEN_REFRESH_S,
+    ) -> None:
         self.rooms: dict[str, Room] = {}
         self._relay = MediaRelay()
+        self._mint = mint
+        self._departure_timeout_s = departure_timeout_s
+        self._token_refresh_s = token_refresh_s
 
     def room(self, name: str) -> Room:
         """The room of that name, created if it does not exist."""
@@ -116,14 +148,89 @@ class Rooms:
         self.rooms.clear()
 
     async def session(
-        self, claims: Claims, ws: web.WebSocketResponse, *, auto_subscribe: bool
+        self, claims: Claims, ws: web.WebSocketResponse, *, auto_subscribe: bool, resume: bool
     ) -> None:
-        """Join, then serve the participant's signal requests until it leaves or is gone."""
-        participant = await self._join(claims, ws, auto_subscribe=auto_subscribe)
+        """Join (or resume), then serve the participant's signal requests on this socket until
+        it leaves, is gone, or its socket drops: then it lingers, resumable, for the departure
+        timeout, as a real server keeps a participant whose media may still be up."""
+        if resume:
+            resumed = await self._resume(claims, ws)
+            if resumed is None:
+                return
+            participant = resumed
+        else:
+            participant = await self._join(claims, ws, auto_subscribe=auto_subscribe)
+        dropped = False
         try:
-            await self._read(participant)
+            dropped = await self._read(participant, ws)
         finally:
-            await self.end(participant, leave=None)
+            if participant.ws is ws:
+                if dropped and not participant.closed:
+                    self._linger(participant)
+                else:
+                    await self.end(participant, leave=None)
+
+    def _linger(self, participant: Participant) -> None:
+        log.info(
+            "%s's signal dropped; it stays in %s for %s s unless it resumes",
+            participant.identity,
+            participant.room,
+            self._departure_timeout_s,
+        )
+
+        def depart() -> None:
+            participant.departure = None
+            self._spawn(participant, self.end(participant, leave=None))
+
+        loop = asyncio.get_running_loop()
+        participant.departure = loop.call_later(self._departure_timeout_s, depart)
+
+    async def _resume(self, claims: Claims, ws: web.WebSocketResponse) -> Participant | None:
+        """Give a participant of the claims' identity this socket, and tell it what it missed;
+        None, after asking the client for a full rejoin, when there is no one to resume."""
+        assert claims.video is not None
+        participant = self.find(claims.video.room, claims.identity)
+        if participant is None:
+            # What a real server answers a resume of a participant it no longer has.
+            await send(
+                ws,
+                rtc.SignalResponse(
+                    leave=rtc.LeaveRequest(
+                        reason=models.DisconnectReason.STATE_MISMATCH,
+                        action=rtc.LeaveRequest.Action.RECONNECT,
+                    )
+                ),
+            )
+            await ws.close()
+            return None
+        if participant.departure is not None:
+            participant.departure.cancel()
+            participant.departure = None
+        old, participant.ws = participant.ws, ws
+        # The client gave up on the old socket; its reader sees it is no longer current.
+        await old.close()
+        if time.monotonic() < participant.mute_resumes_until:
+            participant.muted_resumes += 1
+            if participant.muted_resumes >= MUTED_RESUMES:
+                participant.mute_resumes_until = 0.0
+            await ws.close()
+            return participant
+        lk_room = self.room(participant.room)
+        reconnect = rtc.ReconnectResponse(
+            server_info=_server_info(), last_message_seq=participant.last_reliable_seq
+        )
+        await send(ws, rtc.SignalResponse(reconnect=reconnect))
+        # Metadata may have changed while it was away.
+        everyone = [copy(p.info) for p in lk_room.participants.values()]
+        await send(ws, rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=everyone)))
+        await send(ws, rtc.SignalResponse(room_update=rtc.RoomUpdate(room=lk_room.room_info())))
+        log.info(
+            "%s resumed in %s as %s", participant.identity, participant.room, participant.info.sid
+        )
+        if time.monotonic() < participant.spoil_resume_until:
+            participant.spoil_resume_until = 0.0
+            await ws.close()
+        return participant
 
     async def _join(
         self, claims: Claims, ws: web.WebSocketResponse, *, auto_subscribe: bool
@@ -153,7 +260,9 @@ class Rooms:
                 can_update_metadata=bool(grants.can_update_own_metadata),
             ),
         )
-        participant = Participant(room=room_name, info=info, ws=ws, auto_subscribe=auto_subscribe)
+        participant = Participant(
+            room=room_name, info=info, claims=claims, ws=ws, auto_subscribe=auto_subscribe
+        )
         publisher = participant.publisher.pc
         publisher.on("datachannel", lambda c: self._on_channel(participant, c))
         publisher.on("track", lambda t: self._spawn(participant, self._publish(participant, t)))
@@ -170,16 +279,12 @@ class Rooms:
                     ping_interval=PING_INTERVAL_S,
                     ping_timeout=PING_TIMEOUT_S,
                     server_version=SERVER_VERSION,
-                    server_info=models.ServerInfo(
-                        edition=models.ServerInfo.Edition.Standard,
-                        version=SERVER_VERSION,
-                        protocol=16,
-                        node_id="loopback",
-                    ),
+                    server_info=_server_info(),
                 )
             ),
         )
         log.info("%s joined %s as %s", claims.identity, room_name, info.sid)
+        self._spawn(participant, self._refresh_tokens(participant))
         await self.broadcast(lk_room, info, skip=participant)
         published = [
             (other.info.sid, track_sid, track)
@@ -190,8 +295,17 @@ class Rooms:
             self._spawn(participant, self._subscribe(participant, published))
         return participant
 
-    async def _read(self, participant: Participant) -> None:
-        async for message in participant.ws:
+    async def _refresh_tokens(self, participant: Participant) -> None:
+        """Push a fresh token at once and then every refresh interval, as a real server does,
+        so the client can still resume once the token it joined with has expired."""
+        while True:
+            token = rtc.SignalResponse(refresh_token=self._mint(participant.claims))
+            await send(participant.ws, token)
+            await asyncio.sleep(self._token_refresh_s)
+
+    async def _read(self, participant: Participant, ws: web.WebSocketResponse) -> bool:
+        """Serve requests from `ws`; True when the socket dropped without a Leave."""
+        async for message in ws:
             if message.type is not WSMsgType.BINARY:
                 continue
             request = rtc.SignalRequest()
@@ -201,7 +315,8 @@ class Rooms:
                 log.warning("skipped an undecodable signal frame from %s", participant.identity)
                 continue
             if not await self._handle(participant, request):
-                return
+                return False
+        return True
 
     async def _handle(self, participant: Participant, request: rtc.SignalRequest) -> bool:
         """Act on one signal request; False once the participant has left."""
@@ -225,10 +340,69 @@ class Rooms:
                 self._spawn(participant, peer.add_candidate(candidate))
         elif kind == "add_track":
             await self._announce(participant, request.add_track)
+        elif kind == "simulate":
+            return await self.simulate(participant, request.simulate)
         elif kind == "leave":
             log.info("%s left %s", participant.identity, participant.room)
             return False
         return True
+
+    async def simulate(self, participant: Participant, drill: rtc.SimulateScenario) -> bool:
+        """Answer a drill as a real server does; False when it took the participant out.
+
+        Node failure and migration drop the participant without a Leave (its resume then
+        finds nobody and is told to rejoin), a server leave is a Leave{SERVER_SHUTDOWN,
+        DISCONNECT}, a speaker update says it speaks for that many seconds, and
+        `disconnect_signal_on_resume` closes the signal of its next resume within 5 s (after
+        answering it; `..._no_messages` before, up to three resumes). A switch of candidate
+        protocol, a bandwidth cap or `leave_request_full_reconnect` changes nothing here.
+        """
+        kind = drill.WhichOneof("scenario")
+        log.info("%s asked for the %s drill", participant.identity, kind)
+        if kind in ("node_failure", "migration"):
+            await self.end(participant, leave=None)
+            return False
+        if kind == "server_leave":
+            await self.end(participant, leave=models.DisconnectReason.SERVER_SHUTDOWN)
+            return False
+        if kind == "speaker_update":
+            self._spawn(participant, self._speak(participant, drill.speaker_update))
+        elif kind == "disconnect_signal_on_resume":
+            participant.spoil_resume_until = time.monotonic() + SIMULATED_DISCONNECT_WINDOW_S
+        elif kind == "disconnect_signal_on_resume_no_messages":
+            participant.mute_resumes_until = time.monotonic() + SIMULATED_DISCONNECT_WINDOW_S
+            participant.muted_resumes = 0
+        return True
+
+    async def leave(
+        self,
+        participant: Participant,
+        reason: models.DisconnectReason,
+        action: rtc.LeaveRequest.Action,
+    ) -> None:
+        """Send a Leave with that action: DISCONNECT takes the participant out, RESUME drops
+        its signal (it lingers and resumes), RECONNECT takes it out after asking for a rejoin."""
+        if action == rtc.LeaveRequest.Action.DISCONNECT:
+            await self.end(participant, leave=reason)
+            return
+        await send(
+            participant.ws, rtc.SignalResponse(leave=rtc.LeaveRequest(reason=reason, action=action))
+        )
+        if action == rtc.LeaveRequest.Action.RESUME:
+            await participant.ws.close()
+        else:
+            await self.end(participant, leave=None)
+
+    async def _speak(self, participant: Participant, seconds: int) -> None:
+        lk_room = self.rooms.get(participant.room)
+        if lk_room is None:
+            return
+        for active, level, after_s in ((True, 0.9, seconds), (False, 0.0, 0)):
+            speaker = models.SpeakerInfo(sid=participant.info.sid, level=level, active=active)
+            changed = rtc.SignalResponse(speakers_changed=rtc.SpeakersChanged(speakers=[speaker]))
+            for other in list(lk_room.participants.values()):
+                await send(other.ws, changed)
+            await asyncio.sleep(after_s)
 
     async def _answer(self, participant: Participant, sdp: str, offer_id: int) -> None:
         answer = await participant.publisher.answer(sdp)
@@ -328,6 +502,8 @@ class Rooms:
             packet.ParseFromString(data)
         except DecodeError:
             return
+        if label == "_reliable":
+            sender.last_reliable_seq = max(sender.last_reliable_seq, packet.sequence)
         wanted = set(packet.destination_identities) | set(packet.user.destination_identities)
         lk_room = self.rooms.get(sender.room)
         if lk_room is None:
@@ -347,6 +523,9 @@ class Rooms:
         if participant.closed:
             return
         participant.closed = True
+        if participant.departure is not None:
+            participant.departure.cancel()
+            participant.departure = None
         lk_room = self.rooms.get(participant.room)
         if lk_room is not None and lk_room.participants.get(participant.identity) is participant:
             del lk_room.participants[participant.identity]
@@ -379,6 +558,15 @@ class Rooms:
         for other in list(lk_room.participants.values()):
             if other is not skip:
                 await send(other.ws, update)
+
+
+def _server_info() -> models.ServerInfo:
+    return models.ServerInfo(
+        edition=models.ServerInfo.Edition.Standard,
+        version=SERVER_VERSION,
+        protocol=16,
+        node_id="loopback",
+    )
 
 
 def _finish(participant: Participant, task: asyncio.Task[None]) -> None:

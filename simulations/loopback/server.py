@@ -4,6 +4,7 @@ RoomService, and the controls tests use to inject a real server's faults."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import time
 
@@ -13,12 +14,13 @@ from livekit.api.access_token import Claims
 from livekit.protocol import models, rtc
 
 from simulations.loopback.room_service import RoomService
-from simulations.loopback.rooms import Rooms
-from simulations.loopback.wire import send
+from simulations.loopback.rooms import DEPARTURE_TIMEOUT_S, TOKEN_REFRESH_S, Rooms
 
 log = logging.getLogger(__name__)
 
 WS_CLOSE_TIMEOUT_S = 2.0
+REFRESHED_TOKEN_TTL = datetime.timedelta(minutes=10)
+"""A real server's default for the tokens it pushes."""
 
 
 class LoopbackServer:
@@ -31,11 +33,17 @@ class LoopbackServer:
         api_secret: str = "secret",
         host: str = "127.0.0.1",
         port: int = 7880,
+        departure_timeout_s: float = DEPARTURE_TIMEOUT_S,
+        token_refresh_s: float = TOKEN_REFRESH_S,
     ) -> None:
         self._verifier = api.TokenVerifier(api_key, api_secret)
+        self._api_key = api_key
+        self._api_secret = api_secret
         self._host = host
         self._port = port
-        self._rooms = Rooms()
+        self._rooms = Rooms(
+            self._mint, departure_timeout_s=departure_timeout_s, token_refresh_s=token_refresh_s
+        )
         self._room_service = RoomService(self._rooms, self._claims)
         self._refuse_until = 0.0
         self._runner: web.AppRunner | None = None
@@ -92,13 +100,38 @@ class LoopbackServer:
     async def drop_signal(self, room_name: str, identity: str) -> bool:
         """Close a participant's signal WebSocket without a Leave, like a network drop.
 
-        It leaves the room at once, so the SDK's resume is refused and it rejoins from scratch.
+        It stays in the room for the departure timeout, and its SDK resumes with its SID.
         Returns False if no such participant is in the room.
         """
         participant = self._rooms.find(room_name, identity)
         if participant is None:
             return False
-        await self._rooms.end(participant, leave=None)
+        await participant.ws.close()
+        return True
+
+    async def simulate(self, room_name: str, identity: str, drill: rtc.SimulateScenario) -> bool:
+        """Answer a drill as if the participant had asked for it (`Room.simulate_scenario`).
+        Returns False if no such participant is in the room."""
+        participant = self._rooms.find(room_name, identity)
+        if participant is None:
+            return False
+        await self._rooms.simulate(participant, drill)
+        return True
+
+    async def send_leave(
+        self,
+        room_name: str,
+        identity: str,
+        reason: models.DisconnectReason,
+        action: rtc.LeaveRequest.Action,
+    ) -> bool:
+        """Send a participant a Leave with that reason and action, as a real server does on a
+        failure it can recover from (RESUME, RECONNECT) or not (DISCONNECT).
+        Returns False if no such participant is in the room."""
+        participant = self._rooms.find(room_name, identity)
+        if participant is None:
+            return False
+        await self._rooms.leave(participant, reason, action)
         return True
 
     def participants(self, room_name: str) -> list[models.ParticipantInfo]:
@@ -125,6 +158,19 @@ class LoopbackServer:
         if not claims.identity:
             return "token lacks an identity"
         return claims
+
+    def _mint(self, claims: Claims) -> str:
+        token = (
+            api.AccessToken(self._api_key, self._api_secret)
+            .with_identity(claims.identity)
+            .with_name(claims.name)
+            .with_metadata(claims.metadata)
+            .with_attributes(claims.attributes or {})
+            .with_ttl(REFRESHED_TOKEN_TTL)
+        )
+        if claims.video is not None:
+            token = token.with_grants(claims.video)
+        return token.to_jwt()
 
     def _claims(self, request: web.Request) -> Claims | None:
         header = request.headers.get("Authorization", "")
@@ -156,19 +202,7 @@ class LoopbackServer:
             return web.Response(status=401, text=claims)
         ws = web.WebSocketResponse(timeout=WS_CLOSE_TIMEOUT_S)
         await ws.prepare(request)
-        if request.query.get("reconnect") in {"1", "true"}:
-            # No resume: like the real server for an unknown session, ask for a full rejoin.
-            await send(
-                ws,
-                rtc.SignalResponse(
-                    leave=rtc.LeaveRequest(
-                        reason=models.DisconnectReason.STATE_MISMATCH,
-                        action=rtc.LeaveRequest.Action.RECONNECT,
-                    )
-                ),
-            )
-            await ws.close()
-            return ws
         auto_subscribe = request.query.get("auto_subscribe", "1") in {"1", "true"}
-        await self._rooms.session(claims, ws, auto_subscribe=auto_subscribe)
+        resume = request.query.get("reconnect") in {"1", "true"}
+        await self._rooms.session(claims, ws, auto_subscribe=auto_subscribe, resume=resume)
         return ws

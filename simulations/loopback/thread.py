@@ -9,8 +9,9 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from livekit.protocol import models
+from livekit.protocol import models, rtc
 
+from simulations.loopback.rooms import DEPARTURE_TIMEOUT_S, TOKEN_REFRESH_S
 from simulations.loopback.server import LoopbackServer
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,17 @@ class LoopbackThread:
         api_secret: str = "secret",
         host: str = "127.0.0.1",
         port: int = 7880,
+        departure_timeout_s: float = DEPARTURE_TIMEOUT_S,
+        token_refresh_s: float = TOKEN_REFRESH_S,
     ) -> None:
-        self.server = LoopbackServer(api_key=api_key, api_secret=api_secret, host=host, port=port)
+        self.server = LoopbackServer(
+            api_key=api_key,
+            api_secret=api_secret,
+            host=host,
+            port=port,
+            departure_timeout_s=departure_timeout_s,
+            token_refresh_s=token_refresh_s,
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="loopback-livekit", daemon=True
@@ -79,6 +89,23 @@ class LoopbackThread:
     def drop_signal(self, room_name: str, identity: str, timeout: float = 10.0) -> bool:
         """See LoopbackServer.drop_signal."""
         return self._call(self.server.drop_signal(room_name, identity), timeout)
+
+    def simulate(
+        self, room_name: str, identity: str, drill: rtc.SimulateScenario, timeout: float = 10.0
+    ) -> bool:
+        """See LoopbackServer.simulate."""
+        return self._call(self.server.simulate(room_name, identity, drill), timeout)
+
+    def send_leave(
+        self,
+        room_name: str,
+        identity: str,
+        reason: models.DisconnectReason,
+        action: rtc.LeaveRequest.Action,
+        timeout: float = 10.0,
+    ) -> bool:
+        """See LoopbackServer.send_leave."""
+        return self._call(self.server.send_leave(room_name, identity, reason, action), timeout)
 
     def participants(self, room_name: str, timeout: float = 10.0) -> list[models.ParticipantInfo]:
         """See LoopbackServer.participants."""
