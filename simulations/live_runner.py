@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from livekit import api
@@ -50,6 +50,8 @@ from simulations.world import Deliveries
 if TYPE_CHECKING:
     # Only a loopback run loads aiortc: a run against a real LiveKit needs no extra.
     from simulations.loopback import LoopbackThread
+
+_T = TypeVar("_T")
 
 SETTLE_S = 2.0
 """How long the server gets to see the stopped runtimes' leaves before the zombie check."""
@@ -246,12 +248,16 @@ class LiveRun:
             on_audio=lambda user: self.deliveries.record(self._now_ms(), server, user),
         )
 
-    def _read_log(self, server: str) -> EventStore:
-        """The log of `server` for reading; a server process's is opened afresh each time."""
+    def _reading(self, server: str, read: Callable[[EventStore], _T]) -> _T:
+        """`read` of `server`'s log; a server process's log is opened afresh for it."""
         host = self._host(server)
-        if isinstance(host, ServerProcess):
-            return SQLiteStore(host.log, read_only=True)
-        return self.stores[server]
+        if not isinstance(host, ServerProcess):
+            return read(self.stores[server])
+        log = SQLiteStore(host.log, read_only=True)
+        try:
+            return read(log)
+        finally:
+            log.close()
 
     def _now_ms(self) -> int:
         return int((time.monotonic() - self.origin) * 1000)
@@ -286,20 +292,10 @@ class LiveRun:
         self._host(server).glasses_disconnected(user)
 
     def session_open(self, server: str, user: str) -> bool:
-        log = self._read_log(server)
-        try:
-            return has_open_session(log, server, user)
-        finally:
-            if server in self.processes:
-                log.close()
+        return self._reading(server, lambda log: has_open_session(log, server, user))
 
     def health(self, server: str, user: str) -> str | None:
-        log = self._read_log(server)
-        try:
-            return told_health(log, server, user)
-        finally:
-            if server in self.processes:
-                log.close()
+        return self._reading(server, lambda log: told_health(log, server, user))
 
     def audio_stall(self, user: str, duration_ms: int) -> None:
         for server in self.scenario.servers:

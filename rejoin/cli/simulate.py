@@ -71,7 +71,7 @@ def _simulate_live(
 
     if args.sfu == "loopback":
         try:
-            from simulations.loopback import LoopbackThread  # noqa: PLC0415
+            from simulations.loopback import LoopbackServer, LoopbackThread  # noqa: PLC0415
         except ModuleNotFoundError as error:
             msg = f"--sfu loopback needs {error.name}: pip install 'rejoin[loopback]'"
             raise UsageError(msg) from None
@@ -89,7 +89,9 @@ def _simulate_live(
     try:
         if args.sfu == "loopback":
             secret = secrets.token_urlsafe(32)
-            loopback = LoopbackThread(api_key="devkey", api_secret=secret, port=_free_port())
+            loopback = LoopbackThread(
+                LoopbackServer(api_key="devkey", api_secret=secret, port=_free_port())
+            )
             loopback.start()
             settings = LiveKitSettings(
                 url=loopback.url, api_key="devkey", api_secret=secret, single_peer_connection=False

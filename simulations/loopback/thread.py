@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 
 from livekit.protocol import models, rtc
 
-from simulations.loopback.rooms import DEPARTURE_TIMEOUT_S, TOKEN_REFRESH_S
 from simulations.loopback.server import LoopbackServer
 
 log = logging.getLogger(__name__)
@@ -23,24 +22,8 @@ _A = TypeVar("_A")
 class LoopbackThread:
     """A LoopbackServer on its own event loop in a daemon thread, controllable from others."""
 
-    def __init__(
-        self,
-        *,
-        api_key: str = "devkey",
-        api_secret: str = "secret",
-        host: str = "127.0.0.1",
-        port: int = 7880,
-        departure_timeout_s: float = DEPARTURE_TIMEOUT_S,
-        token_refresh_s: float = TOKEN_REFRESH_S,
-    ) -> None:
-        self.server = LoopbackServer(
-            api_key=api_key,
-            api_secret=api_secret,
-            host=host,
-            port=port,
-            departure_timeout_s=departure_timeout_s,
-            token_refresh_s=token_refresh_s,
-        )
+    def __init__(self, server: LoopbackServer) -> None:
+        self.server = server
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="loopback-livekit", daemon=True

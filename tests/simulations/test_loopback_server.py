@@ -25,7 +25,7 @@ import pytest
 from livekit import api, rtc
 from livekit.rtc.room import EventTypes
 
-from simulations.loopback import LoopbackThread
+from simulations.loopback import LoopbackServer, LoopbackThread
 from tests.netns import NETNS_RUN, run_in_netns
 
 SECRET = "loopback-test-secret-of-32-bytes-or-more"
@@ -457,7 +457,7 @@ TIMEOUTS_S = {"drills": 150.0}
 
 
 def run_scenario(name: str) -> Findings:
-    server = LoopbackThread(api_secret=SECRET, port=0, **SERVER_KNOBS.get(name, {}))
+    server = LoopbackThread(LoopbackServer(api_secret=SECRET, port=0, **SERVER_KNOBS.get(name, {})))
     server.start()
     try:
         return asyncio.run(SCENARIOS[name](server))
