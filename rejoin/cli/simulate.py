@@ -123,8 +123,11 @@ def loopback_server(args: argparse.Namespace) -> int:
     from simulations.loopback import serve  # noqa: PLC0415
 
     register_secret(args.secret)
+    if args.departure_timeout < 0:
+        msg = f"--departure-timeout: {args.departure_timeout} is not 0 or more seconds"
+        raise UsageError(msg)
     print(f"loopback LiveKit at ws://{args.host}:{args.port} (api key devkey)", flush=True)
-    serve(args.host, args.port, args.secret)
+    serve(args.host, args.port, args.secret, departure_timeout_s=args.departure_timeout)
     return 0
 
 

@@ -109,11 +109,13 @@ async def _later(work: Callable[[_A], _T], argument: _A) -> _T:
     return work(argument)
 
 
-def serve(host: str, port: int, api_secret: str) -> None:
+def serve(host: str, port: int, api_secret: str, *, departure_timeout_s: float) -> None:
     """Run a LoopbackServer until Ctrl-C."""
 
     async def run() -> None:
-        server = LoopbackServer(api_secret=api_secret, host=host, port=port)
+        server = LoopbackServer(
+            api_secret=api_secret, host=host, port=port, departure_timeout_s=departure_timeout_s
+        )
         await server.start()
         try:
             await asyncio.Event().wait()
