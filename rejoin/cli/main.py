@@ -119,6 +119,14 @@ def _parser() -> argparse.ArgumentParser:
         help="the API secret of key devkey (default: $LIVEKIT_API_SECRET, else secret); "
         "prefer the variable: a flag shows in ps",
     )
+    loopback.add_argument(
+        "--departure-timeout",
+        type=seconds,
+        default=20.0,
+        metavar="S",
+        help="how long a participant whose signal dropped without a leave stays, resumable, "
+        "in its room (default 20, as a real server's)",
+    )
     loopback.set_defaults(command=simulating.loopback_server)
 
     replay = commands.add_parser("replay", help="rebuild sessions from an event log")

@@ -71,7 +71,7 @@ def _simulate_live(
 
     if args.sfu == "loopback":
         try:
-            from simulations.loopback_server import LoopbackThread  # noqa: PLC0415
+            from simulations.loopback import LoopbackServer, LoopbackThread  # noqa: PLC0415
         except ModuleNotFoundError as error:
             msg = f"--sfu loopback needs {error.name}: pip install 'rejoin[loopback]'"
             raise UsageError(msg) from None
@@ -89,7 +89,9 @@ def _simulate_live(
     try:
         if args.sfu == "loopback":
             secret = secrets.token_urlsafe(32)
-            loopback = LoopbackThread(api_key="devkey", api_secret=secret, port=_free_port())
+            loopback = LoopbackThread(
+                LoopbackServer(api_key="devkey", api_secret=secret, port=_free_port())
+            )
             loopback.start()
             settings = LiveKitSettings(
                 url=loopback.url, api_key="devkey", api_secret=secret, single_peer_connection=False
@@ -118,11 +120,14 @@ def _free_port() -> int:
 
 
 def loopback_server(args: argparse.Namespace) -> int:
-    from simulations.loopback_server import serve  # noqa: PLC0415
+    from simulations.loopback import serve  # noqa: PLC0415
 
     register_secret(args.secret)
+    if args.departure_timeout < 0:
+        msg = f"--departure-timeout: {args.departure_timeout} is not 0 or more seconds"
+        raise UsageError(msg)
     print(f"loopback LiveKit at ws://{args.host}:{args.port} (api key devkey)", flush=True)
-    serve(args.host, args.port, args.secret)
+    serve(args.host, args.port, args.secret, departure_timeout_s=args.departure_timeout)
     return 0
 
 

@@ -13,20 +13,23 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 from livekit import api, rtc
+from livekit.protocol import models
+from livekit.protocol import rtc as rtc_proto
 
 from actors.connector import JoinRequest, RoomData, RoomEvent, RoomJoined
 from actors.livekit_connector import EventLoopThread, LiveKitConnector, LiveKitSettings
 from actors.policy import SUPERVISED
 from actors.pool_executor import PoolExecutor
 from actors.runtime import Runtime
-from events.catalog import AudioStalled, BridgeJoinFailed, BridgeStarted
+from events.catalog import AudioStalled, BridgeJoined, BridgeJoinFailed, BridgeStarted
 from events.memory_store import MemoryStore
 from simulations.live_runner import run_live
-from simulations.loopback_server import LoopbackThread
+from simulations.loopback import LoopbackServer, LoopbackThread
 from simulations.phone import Phone
 from simulations.scenario import Scenario, load
 
@@ -35,7 +38,7 @@ PORT = 7881
 
 def loopback() -> tuple[LoopbackThread, LiveKitSettings]:
     secret = secrets.token_urlsafe(32)
-    server = LoopbackThread(api_key="devkey", api_secret=secret, port=PORT)
+    server = LoopbackThread(LoopbackServer(api_key="devkey", api_secret=secret, port=PORT))
     server.start()
     return server, LiveKitSettings(
         url=server.url, api_key="devkey", api_secret=secret, single_peer_connection=False
@@ -124,21 +127,142 @@ PHONE_LEAVE = {
 }
 
 
-def live_story(document: dict[str, Any]) -> dict[str, Any]:
-    """Run a scenario live on the loopback server; its result, and the log as a story: one
-    `Event: reason or why` line per event."""
+Fault = Callable[[LoopbackThread], object]
+
+
+def live_story(
+    document: dict[str, Any],
+    faults: Sequence[tuple[float, Fault]] = (),
+    watch: Fault | None = None,
+) -> dict[str, Any]:
+    """Run a scenario live on the loopback server, with `faults` done to the server at their
+    times (seconds from the start); its result, the log as a story (one `Event: reason or why`
+    line per event), the SID of each bridge join, what each fault returned, and each change
+    of what `watch` returned, polled every 50 ms."""
     scenario = msgspec.convert(document, Scenario)
     server, settings = loopback()
     store = MemoryStore()
+    returned: list[Any] = [None] * len(faults)
+    watched: list[Any] = []
+    done = threading.Event()
+
+    def do(index: int, fault: Fault) -> None:
+        returned[index] = fault(server)
+
+    def poll() -> None:
+        while watch is not None and not done.wait(0.05):
+            seen = watch(server)
+            if not watched or watched[-1] != seen:
+                watched.append(seen)
+
+    timers = [threading.Timer(at, do, (i, fault)) for i, (at, fault) in enumerate(faults)]
+    poller = threading.Thread(target=poll, daemon=True)
     try:
+        for timer in timers:
+            timer.start()
+        poller.start()
         result = run_live(scenario, SUPERVISED, settings, loopback=server, store=store)
     finally:
+        done.set()
+        poller.join()
+        for timer in timers:
+            timer.cancel()
         server.stop()
     story = [
         f"{type(e.event).__name__}: {getattr(e.event, 'reason', '') or getattr(e.event, 'why', '')}"
         for e in store.read_all()
     ]
-    return msgspec.to_builtins(result) | {"story": story}  # type: ignore[no-any-return]
+    sids = [e.event.participant_sid for e in store.read_all() if isinstance(e.event, BridgeJoined)]
+    return msgspec.to_builtins(result) | {  # type: ignore[no-any-return]
+        "story": story,
+        "bridge_sids": sids,
+        "faults": msgspec.to_builtins(returned),
+        "watched": watched,
+    }
+
+
+ADA = "ada@example.com"
+BRIDGE = SUPERVISED.identity(ADA, "prod")
+
+
+def drill(kind: str) -> Fault:
+    """A drill the SDK can ask for (`Room.simulate_scenario`), done to ada's bridge."""
+    return lambda server: server.simulate(ADA, BRIDGE, rtc_proto.SimulateScenario(**{kind: True}))
+
+
+def leave(reason: int, action: int) -> Fault:
+    """A Leave a real server sends on a failure, with that reason and action."""
+    return lambda server: server.send_leave(ADA, BRIDGE, reason, action)  # type: ignore[arg-type]
+
+
+def bridge_sids(server: LoopbackThread) -> list[str]:
+    return [p.sid for p in server.participants(ADA) if p.identity == BRIDGE]
+
+
+DRILL_EVERY_S = 4.0
+DRILLS: list[tuple[str, Fault]] = [
+    # The SDK's SIGNAL_RECONNECT closes its own signal; the server sees a drop.
+    ("signal-reconnect", lambda server: (bridge_sids(server), server.drop_signal(ADA, BRIDGE))),
+    ("sid-after-resume", bridge_sids),
+    ("node-failure", drill("node_failure")),
+    ("migration", drill("migration")),
+    ("server-leave", drill("server_leave")),
+    # The SDK's DISCONNECT_SIGNAL_ON_RESUME: the drill, then its own signal close.
+    (
+        "disconnect-signal-on-resume",
+        lambda server: (
+            drill("disconnect_signal_on_resume")(server),
+            server.drop_signal(ADA, BRIDGE),
+        ),
+    ),
+    # A real server asks for a full reconnect after a failed negotiation ...
+    (
+        "leave-reconnect",
+        leave(models.DisconnectReason.STATE_MISMATCH, rtc_proto.LeaveRequest.RECONNECT),
+    ),
+    # ... and for a resume when the transport failed.
+    (
+        "leave-resume",
+        leave(models.DisconnectReason.CONNECTION_TIMEOUT, rtc_proto.LeaveRequest.RESUME),
+    ),
+]
+
+
+def drills() -> dict[str, Any]:
+    """Every drill in turn on ada's bridge, DRILL_EVERY_S apart: her audio is back 3.5 s after
+    each."""
+    times = [3.0 + index * DRILL_EVERY_S for index in range(len(DRILLS))]
+    times[1] = times[0] + 3.0  # the SID is read once the resume is through
+    document = {
+        "name": "drills-live",
+        "servers": ["prod"],
+        "duration_s": times[-1] + DRILL_EVERY_S + 1,
+        "step": [{"at": 0.0, "user": ADA, "connect": "prod"}],
+        "expect": [{"at": 2.5, "user": ADA, "audio_on": "prod"}]
+        + [{"at": at + 3.5, "user": ADA, "audio_on": "prod"} for at in times[:1] + times[2:]]
+        + [{"at": times[-1] + DRILL_EVERY_S, "user": ADA, "audio_on": "prod"}],
+    }
+    result = live_story(
+        document, [(at, fault) for at, (_, fault) in zip(times, DRILLS, strict=True)]
+    )
+    result["faults"] = dict(zip([name for name, _ in DRILLS], result["faults"], strict=True))
+    return result
+
+
+def crash() -> dict[str, Any]:
+    """prod is SIGKILLed at 4 s: its bridge lingers in the room while a new process starts
+    on its log, whose rejoin of the same identity replaces it; the audio is back."""
+    document = {
+        "name": "crash-live",
+        "servers": ["prod"],
+        "duration_s": 14,
+        "step": [{"at": 0.0, "user": ADA, "connect": "prod"}, {"at": 4.0, "crash": "prod"}],
+        "expect": [
+            {"at": 3.5, "user": ADA, "audio_on": "prod"},
+            {"at": 13.0, "user": ADA, "audio_on": "prod"},
+        ],
+    }
+    return live_story(document, watch=bridge_sids)
 
 
 def audio_stall() -> dict[str, Any]:
@@ -444,6 +568,8 @@ CHECKS = {
     "refused-credentials": refused_credentials,
     "leak-cycles": leak_cycles,
     "track-audio": track_audio,
+    "drills": drills,
+    "crash": crash,
 }
 
 

@@ -1,6 +1,7 @@
 """The real `livekit` SDK against the loopback server, each check in a private network
 namespace of its own (scripts/netns-run): the seed scenarios, a bad token, refused credentials,
-audio faults (a dead data path, a phone that leaves, a muted phone), and 50 kick cycles."""
+audio faults (a dead data path, a phone that leaves, a muted phone), 50 kick cycles, the
+SDK's drills on a bridge, and a server process killed with SIGKILL."""
 
 import functools
 import json
@@ -102,6 +103,31 @@ def test_fifty_kick_and_rejoin_cycles_leave_nothing_behind() -> None:
     assert after["asyncio_tasks"] <= before["asyncio_tasks"]
     assert result["participants"] == 0
     assert after["max_rss_kb"] - before["max_rss_kb"] < 100_000, "RSS grew more than 100 MB"
+
+
+def test_every_drill_on_a_bridge_ends_with_the_users_audio_back() -> None:
+    result = in_netns("drills")
+    assert result["invariant_violations"] == []
+    assert [e["at"] for e in result["expectations"] if not e["passed"]] == []
+    assert all(result["faults"][name] for name in result["faults"]), "every drill found the bridge"
+    assert "BridgeDisconnected: SERVER_SHUTDOWN" in result["story"], "the server leave"
+
+
+def test_a_resumed_bridge_keeps_its_sid_and_needs_no_rejoin() -> None:
+    faults = in_netns("drills")["faults"]
+    before, dropped = faults["signal-reconnect"]
+    assert dropped is True
+    assert faults["sid-after-resume"] == before
+
+
+def test_a_crash_leaves_a_stale_bridge_until_the_restarts_join_replaces_it() -> None:
+    result = in_netns("crash")
+    assert result["passed"], result["expectations"]
+    first, second = result["bridge_sids"]
+    # Never empty in between: the dead process's bridge stayed until its successor replaced
+    # it; the last bridge leaves when the run stops.
+    assert result["watched"] == [[], [first], [second], []]
+    assert "ProcessRestarted: " in result["story"]
 
 
 def test_the_phones_audio_track_reaches_the_bridge_as_16_khz_chunks() -> None:

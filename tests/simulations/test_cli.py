@@ -108,6 +108,14 @@ def test_the_example_scenarios_pass_under_supervised(
         (["simulate", "rapid-switch", "--seed", "x"], "rejoin: argument --seed: not a whole"),
         (["loopback-server", "--port", "99999"], "rejoin: argument --port: must be a port"),
         (
+            ["loopback-server", "--departure-timeout", "-1"],
+            "rejoin: --departure-timeout: -1.0 is not 0 or more seconds",
+        ),
+        (
+            ["loopback-server", "--departure-timeout", "soon"],
+            "rejoin: argument --departure-timeout: not a number of seconds: 'soon'",
+        ),
+        (
             ["compare", "rapid-switch", "rapid-switch"],
             "rejoin: rapid-switch: its scenario is named 'rapid-switch', as is rapid-switch's",
         ),

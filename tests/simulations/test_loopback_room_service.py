@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from livekit import api
 
-from simulations.loopback_server import LoopbackThread
+from simulations.loopback import LoopbackServer, LoopbackThread
 
 SECRET = "room-service-secret-of-the-tests-0123456789"
 ROOM = "lobby"
@@ -21,7 +21,7 @@ ROOM = "lobby"
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LoopbackThread]:
-    loopback = LoopbackThread(api_key="devkey", api_secret=SECRET, port=0)
+    loopback = LoopbackThread(LoopbackServer(api_key="devkey", api_secret=SECRET, port=0))
     loopback.start()
     yield loopback
     loopback.stop()

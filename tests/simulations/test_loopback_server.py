@@ -25,7 +25,7 @@ import pytest
 from livekit import api, rtc
 from livekit.rtc.room import EventTypes
 
-from simulations.loopback_server import LoopbackThread
+from simulations.loopback import LoopbackServer, LoopbackThread
 from tests.netns import NETNS_RUN, run_in_netns
 
 SECRET = "loopback-test-secret-of-32-bytes-or-more"
@@ -259,20 +259,123 @@ async def refused_joins(server: LoopbackThread) -> Findings:
     return {"error": error, "seconds": time.monotonic() - started}
 
 
+async def outcome(lk_room: rtc.Room, timeout_s: float = 25) -> str:
+    """What the room does next: reconnected, disconnected (with the reason), or neither."""
+    reconnected = future_of(lk_room, "reconnected")
+    disconnected = future_of(lk_room, "disconnected")
+    done, _ = await asyncio.wait(
+        {reconnected, disconnected}, timeout=timeout_s, return_when="FIRST_COMPLETED"
+    )
+    if reconnected in done:
+        return "reconnected"
+    if disconnected in done:
+        return f"disconnected {rtc.DisconnectReason.Name(disconnected.result())}"
+    return "neither"
+
+
+async def data_arrives(sender: rtc.Room, receiver: rtc.Room, timeout_s: float = 10) -> bool:
+    """Whether a packet from `sender` reaches `receiver`, sending until one does."""
+    got = future_of(receiver, "data_received")
+    identity = receiver.local_participant.identity
+    deadline = time.monotonic() + timeout_s
+    while not got.done() and time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            await sender.local_participant.publish_data(b"hi", destination_identities=[identity])
+        await asyncio.sleep(0.2)
+    return got.done()
+
+
 async def dropped_signal(server: LoopbackThread) -> Findings:
     alice = await connect(server.url, "alice")
     first_sid = alice.local_participant.sid
-    reconnected = future_of(alice, "reconnected")
-    disconnected = future_of(alice, "disconnected")
+    next_step = asyncio.create_task(outcome(alice))
     dropped = server.drop_signal(ROOM, "alice")
-    done, _ = await asyncio.wait(
-        {reconnected, disconnected}, timeout=25, return_when="FIRST_COMPLETED"
-    )
-    result = "reconnected" if reconnected in done else "disconnected" if done else "neither"
     return {
         "dropped": dropped,
+        "outcome": await next_step,
+        "in_room": [(p.identity, p.sid == first_sid) for p in server.participants(ROOM)],
+    }
+
+
+async def resume_past_the_window(server: LoopbackThread) -> Findings:
+    """The departure timeout is 1 s here; joins (resumes included) are refused for 3 s."""
+    alice = await connect(server.url, "alice")
+    bob = await connect(server.url, "bob")
+    first_sid = alice.local_participant.sid
+    gone = future_of(bob, "participant_disconnected")
+    next_step = asyncio.create_task(outcome(alice))
+    server.refuse_joins_for(3)
+    started = time.monotonic()
+    server.drop_signal(ROOM, "alice")
+    await asyncio.wait_for(gone, 5)
+    departed_after_s = time.monotonic() - started
+    result = await next_step
+    await asyncio.sleep(0.5)
+    return {
+        "departed_after_s": departed_after_s,
         "outcome": result,
-        "in_room": [(p.identity, p.sid != first_sid) for p in server.participants(ROOM)],
+        "in_room": sorted((p.identity, p.sid == first_sid) for p in server.participants(ROOM)),
+        "data_after": await data_arrives(bob, alice),
+    }
+
+
+DRILLS = (
+    "SIMULATE_SIGNAL_RECONNECT",
+    "SIMULATE_SPEAKER",
+    "SIMULATE_NODE_FAILURE",
+    "SIMULATE_SERVER_LEAVE",
+    "SIMULATE_MIGRATION",
+    "SIMULATE_FORCE_TCP",
+    "SIMULATE_FULL_RECONNECT",
+    "SIMULATE_DISCONNECT_SIGNAL_ON_RESUME",
+)
+
+
+async def drills(server: LoopbackThread) -> Findings:
+    """Each drill the SDK can ask for, on a fresh alice beside bob: what alice saw, whether
+    she kept her SID, and whether bob's data reaches her afterwards."""
+    bob = await connect(server.url, "bob")
+    seen: Findings = {}
+    for name in DRILLS:
+        alice = await connect(server.url, "alice")
+        first_sid = alice.local_participant.sid
+        speaking = future_of(bob, "active_speakers_changed")
+        next_step = asyncio.create_task(outcome(alice, timeout_s=12))
+        await alice.simulate_scenario(rtc.SimulateScenarioKind.Value(name))
+        result = await next_step
+        if result.startswith("disconnected"):
+            alice = await connect(server.url, "alice")
+        # The SDK's local sid is not refreshed by a full reconnect; the server's is.
+        sids = [p.sid for p in server.participants(ROOM) if p.identity == "alice"]
+        seen[name] = {
+            "outcome": result,
+            "same_sid": sids == [first_sid],
+            "data_after": await data_arrives(bob, alice),
+            "bob_heard_a_speaker": speaking.done(),
+            "in_room": sorted(p.identity for p in server.participants(ROOM)),
+        }
+        await alice.disconnect()
+    return seen
+
+
+async def token_refresh(server: LoopbackThread) -> Findings:
+    """Tokens are refreshed every second here."""
+    alice = rtc.Room()
+    refreshed: list[float] = []
+    alice.on("token_refreshed", lambda *_: refreshed.append(time.monotonic()))
+    first = token("alice")
+    await asyncio.wait_for(
+        alice.connect(server.url, first, rtc.RoomOptions(single_peer_connection=False)),
+        CONNECT_TIMEOUT_S,
+    )
+    await asyncio.sleep(2.5)
+    latest = alice._token  # the SDK keeps the refreshed token for its next resume
+    claims = api.TokenVerifier("devkey", SECRET).verify(latest)
+    assert claims.video is not None
+    return {
+        "refreshes": len(refreshed),
+        "new_token": latest != first,
+        "claims": [claims.identity, claims.video.room, claims.video.room_join],
     }
 
 
@@ -340,13 +443,21 @@ SCENARIOS: dict[str, Callable[[LoopbackThread], Coroutine[Any, Any, Findings]]] 
         bad_token,
         refused_joins,
         dropped_signal,
+        resume_past_the_window,
+        drills,
+        token_refresh,
         audio_reaches_subscribers,
     )
 }
+SERVER_KNOBS: dict[str, dict[str, float]] = {
+    "resume_past_the_window": {"departure_timeout_s": 1.0},
+    "token_refresh": {"token_refresh_s": 1.0},
+}
+TIMEOUTS_S = {"drills": 150.0}
 
 
 def run_scenario(name: str) -> Findings:
-    server = LoopbackThread(api_secret=SECRET, port=0)
+    server = LoopbackThread(LoopbackServer(api_secret=SECRET, port=0, **SERVER_KNOBS.get(name, {})))
     server.start()
     try:
         return asyncio.run(SCENARIOS[name](server))
@@ -359,7 +470,8 @@ def run_scenario(name: str) -> Findings:
 
 @functools.cache
 def findings(name: str) -> Findings:
-    result: Findings = run_in_netns(__name__, name, timeout_s=SCENARIO_TIMEOUT_S)
+    timeout_s = TIMEOUTS_S.get(name, SCENARIO_TIMEOUT_S)
+    result: Findings = run_in_netns(__name__, name, timeout_s=timeout_s)
     return result
 
 
@@ -442,11 +554,53 @@ def test_refused_joins_make_the_connect_fail() -> None:
     assert "503" in seen["error"]
 
 
-def test_a_dropped_signal_makes_the_client_rejoin() -> None:
+def test_a_dropped_signal_is_resumed_within_the_window_keeping_the_sid() -> None:
     seen = findings("dropped_signal")
     assert seen["dropped"] is True
     assert seen["outcome"] == "reconnected"
-    assert seen["in_room"] == [["alice", True]], "alice is back, with a new session"
+    assert seen["in_room"] == [["alice", True]], "alice is back, with the same SID"
+
+
+def test_past_the_departure_timeout_the_participant_is_gone_and_rejoins_afresh() -> None:
+    seen = findings("resume_past_the_window")
+    assert 0.9 < seen["departed_after_s"] < 2.5
+    assert seen["outcome"] == "reconnected"
+    assert seen["in_room"] == [["alice", False], ["bob", False]], "alice has a new SID"
+    assert seen["data_after"] is True
+
+
+EXPECTED_DRILLS = {
+    # The client closes its own signal: a resume, same SID.
+    "SIMULATE_SIGNAL_RECONNECT": ("reconnected", True),
+    # Nothing but a speaker update for the others.
+    "SIMULATE_SPEAKER": ("neither", True),
+    # The server drops the participant without a Leave: the resume finds nobody, rejoin.
+    "SIMULATE_NODE_FAILURE": ("reconnected", False),
+    "SIMULATE_MIGRATION": ("reconnected", False),
+    # A Leave{SERVER_SHUTDOWN, DISCONNECT}: the SDK gives up; the test joins again.
+    "SIMULATE_SERVER_LEAVE": ("disconnected SERVER_SHUTDOWN", False),
+    # Client-side full reconnects.
+    "SIMULATE_FORCE_TCP": ("reconnected", False),
+    "SIMULATE_FULL_RECONNECT": ("reconnected", False),
+    # The server closes the signal of the resume: the SDK escalates to a full reconnect.
+    "SIMULATE_DISCONNECT_SIGNAL_ON_RESUME": ("reconnected", False),
+}
+
+
+@pytest.mark.parametrize("drill", sorted(EXPECTED_DRILLS))
+def test_a_drill_is_answered_as_a_real_server_does_and_data_flows_after(drill: str) -> None:
+    seen = findings("drills")[drill]
+    assert (seen["outcome"], seen["same_sid"]) == EXPECTED_DRILLS[drill], seen
+    assert seen["data_after"] is True
+    assert seen["in_room"] == ["alice", "bob"]
+    assert seen["bob_heard_a_speaker"] is (drill == "SIMULATE_SPEAKER")
+
+
+def test_refreshed_tokens_reach_the_client() -> None:
+    seen = findings("token_refresh")
+    assert seen["refreshes"] >= 2, "one at the join, then one a second"
+    assert seen["new_token"] is True
+    assert seen["claims"] == ["alice", ROOM, True]
 
 
 def test_published_audio_reaches_present_and_later_subscribers() -> None:
