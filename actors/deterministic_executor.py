@@ -31,7 +31,7 @@ from typing import Any, TypeVar, cast
 import pykka
 from pykka._envelope import Envelope as PykkaEnvelope
 
-from actors.executor import HeldRef, StoppedFlag, TimerHandle, deliver, uuid4_text
+from actors.executor import HeldRef, StoppedFlag, Timer, TimerHandle, deliver, uuid4_text
 
 A = TypeVar("A", bound=pykka.Actor)
 T = TypeVar("T")
@@ -120,19 +120,6 @@ class _Future(pykka.Future[T]):
     def set_exception(self, exc_info: Any = None) -> None:
         self._exc_info = exc_info if exc_info is not None else sys.exc_info()
         self._done = True
-
-
-class _Timer:
-    """A pending callback's handle: cancelling it drops the callback from its executor."""
-
-    __slots__ = ("_callbacks", "_sequence")
-
-    def __init__(self, callbacks: dict[int, Callable[[], object]], sequence: int) -> None:
-        self._callbacks = callbacks
-        self._sequence = sequence
-
-    def cancel(self) -> None:
-        self._callbacks.pop(self._sequence, None)
 
 
 class _Runnable(pykka.Actor):
@@ -228,7 +215,7 @@ class DeterministicExecutor:
         sequence = next(self._sequence)
         heapq.heappush(self._heap, (max(deadline_ms, self._now_ms), sequence))
         self._callbacks[sequence] = callback
-        return _Timer(self._callbacks, sequence)
+        return Timer(self._callbacks, sequence)
 
     def new_id(self) -> str:
         return uuid4_text(self._random.getrandbits(128))

@@ -33,20 +33,20 @@ class TimerHandle(Protocol):
     def cancel(self) -> None: ...
 
 
-class Deadline:
-    """A callback due at some time, in the pool executor's heap."""
+class Timer:
+    """A pending callback's handle, for an executor that keeps its callbacks by sequence
+    number beside a heap of `(deadline, sequence)`: pairs of ints, which the cyclic collector
+    stops tracking, so a cancelled timer that waits in the heap until it is due (a join's,
+    15 s) costs it nothing. Cancelling drops the callback at once, and what it holds."""
 
-    __slots__ = ("callback",)
+    __slots__ = ("_callbacks", "_sequence")
 
-    def __init__(self, callback: Callable[[], object]) -> None:
-        self.callback: Callable[[], object] | None = callback
-        """`None` once cancelled."""
+    def __init__(self, callbacks: dict[int, Callable[[], object]], sequence: int) -> None:
+        self._callbacks = callbacks
+        self._sequence = sequence
 
     def cancel(self) -> None:
-        # A cancelled deadline stays in its heap until due (a join's, 15 s): dropping the
-        # callback now frees what it holds (a closure, its cells, a message) before it can
-        # outlive a young collection and wait for a full one.
-        self.callback = None
+        self._callbacks.pop(self._sequence, None)
 
 
 class Executor(Protocol):
