@@ -21,7 +21,7 @@ from events.log import Batch, EventStore, LogError, Outcome
 
 logger = logging.getLogger(__name__)
 
-GROUP = 64
+GROUP = 256
 """The most batches the writer takes at once: as many as one SQLite transaction takes
 (`events.sqlite_store.MAX_GROUP`), so that the first batch's reply waits for one commit."""
 
