@@ -24,16 +24,14 @@ import heapq
 import itertools
 import random
 import sys
-import threading
 import uuid
-import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import pykka
 from pykka._envelope import Envelope as PykkaEnvelope
 
-from actors.executor import TimerHandle, deliver
+from actors.executor import HeldRef, StoppedFlag, Timer, TimerHandle, deliver, uuid4_text
 
 A = TypeVar("A", bound=pykka.Actor)
 T = TypeVar("T")
@@ -86,39 +84,6 @@ class _Mailbox(collections.deque[PykkaEnvelope[Any]]):
         return self.stopped
 
 
-class _StoppedFlag:
-    """`actor.actor_stopped` on this executor: the actor's mailbox, read from the class rather
-    than stored in each actor, which keeps a Session's attributes few enough for CPython to
-    keep them inline instead of in a `__dict__` of their own (a table per actor)."""
-
-    def __get__(self, actor: _Runnable, owner: type[_Runnable]) -> threading.Event:
-        # pykka only calls `is_set`, `set` and `wait` on it, which the mailbox has.
-        return cast("threading.Event", actor.actor_inbox)
-
-
-class _WeakActor:
-    """`ref._actor_weakref` on this executor, made when asked for (pykka's proxies ask): a weak
-    reference kept per actor would be one more object for the collector to walk, and the
-    reference holds the actor's mailbox, which holds the actor anyway."""
-
-    def __get__(self, ref: _Ref[Any], owner: type[_Ref[Any]]) -> weakref.ref[Any]:
-        return weakref.ref(ref._actor)
-
-
-class _Ref(pykka.ActorRef[A]):
-    """`pykka.ActorRef` holding its actor, as the actor's mailbox does, instead of a weak
-    reference to it."""
-
-    _actor_weakref = _WeakActor()
-
-    def __init__(self, actor: A) -> None:  # no `super().__init__()`: that makes the reference
-        self.actor_class = actor.__class__
-        self.actor_urn = actor.actor_urn
-        self.actor_inbox = actor.actor_inbox
-        self.actor_stopped = actor.actor_stopped
-        self._actor = actor
-
-
 class _Future(pykka.Future[T]):
     """A future whose `get()` runs the simulation until the reply arrives.
 
@@ -157,32 +122,19 @@ class _Future(pykka.Future[T]):
         self._done = True
 
 
-class _Timer:
-    """A pending callback's handle: cancelling it drops the callback from its executor."""
-
-    __slots__ = ("_callbacks", "_sequence")
-
-    def __init__(self, callbacks: dict[int, Callable[[], object]], sequence: int) -> None:
-        self._callbacks = callbacks
-        self._sequence = sequence
-
-    def cancel(self) -> None:
-        self._callbacks.pop(self._sequence, None)
-
-
 class _Runnable(pykka.Actor):
     """The runtime half of a deterministically executed actor. Its executor's attribute has a
     name of its own: actors keep the executor they were given as `_executor`."""
 
     _scheduler: DeterministicExecutor
-    actor_stopped = _StoppedFlag()
+    actor_stopped = StoppedFlag()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # What `pykka.Actor.__init__` does, without the `threading.Event` it makes for a flag
         # that lives in the mailbox here (a condition, a lock and a deque, then garbage).
         self.actor_urn = uuid.uuid4().urn
         self.actor_inbox = self._create_actor_inbox()
-        self._actor_ref = _Ref(self)
+        self._actor_ref = HeldRef(self)
 
     def _start_actor_loop(self) -> None:
         mailbox = cast("_Mailbox", self.actor_inbox)
@@ -263,10 +215,10 @@ class DeterministicExecutor:
         sequence = next(self._sequence)
         heapq.heappush(self._heap, (max(deadline_ms, self._now_ms), sequence))
         self._callbacks[sequence] = callback
-        return _Timer(self._callbacks, sequence)
+        return Timer(self._callbacks, sequence)
 
     def new_id(self) -> str:
-        return str(uuid.UUID(int=self._random.getrandbits(128), version=4))
+        return uuid4_text(self._random.getrandbits(128))
 
     def future(self) -> pykka.Future[Any]:
         made: pykka.Future[Any] = self._future_class()

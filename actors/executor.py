@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import random
 import sys
+import threading
+import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import pykka
 
@@ -31,20 +33,20 @@ class TimerHandle(Protocol):
     def cancel(self) -> None: ...
 
 
-class Deadline:
-    """A callback due at some time, in the pool executor's heap."""
+class Timer:
+    """A pending callback's handle, for an executor that keeps its callbacks by sequence
+    number beside a heap of `(deadline, sequence)`: pairs of ints, which the cyclic collector
+    stops tracking, so a cancelled timer that waits in the heap until it is due (a join's,
+    15 s) costs it nothing. Cancelling drops the callback at once, and what it holds."""
 
-    __slots__ = ("callback",)
+    __slots__ = ("_callbacks", "_sequence")
 
-    def __init__(self, callback: Callable[[], object]) -> None:
-        self.callback: Callable[[], object] | None = callback
-        """`None` once cancelled."""
+    def __init__(self, callbacks: dict[int, Callable[[], object]], sequence: int) -> None:
+        self._callbacks = callbacks
+        self._sequence = sequence
 
     def cancel(self) -> None:
-        # A cancelled deadline stays in its heap until due (a join's, 15 s): dropping the
-        # callback now frees what it holds (a closure, its cells, a message) before it can
-        # outlive a young collection and wait for a full one.
-        self.callback = None
+        self._callbacks.pop(self._sequence, None)
 
 
 class Executor(Protocol):
@@ -89,6 +91,48 @@ class Executor(Protocol):
     def shutdown(self) -> None:
         """Stop every actor this executor started and its timers."""
         ...
+
+
+def uuid4_text(bits: int) -> str:
+    """`str(uuid.UUID(int=bits, version=4))` of 128 random bits, at a third of its cost: ids
+    and actor URNs are made for every event and every actor."""
+    made = bits & ~(0xC000 << 48 | 0xF000 << 64) | 0x8000 << 48 | 0x4000 << 64
+    text = f"{made:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+class StoppedFlag:
+    """`actor.actor_stopped` on an executor whose mailboxes hold their actor's stopped flag
+    (the part of `threading.Event` pykka uses: `is_set` and `set`): read from the class rather
+    than stored in each actor, which saves a `threading.Event` per actor (a condition, a lock
+    and a deque) and keeps a Session's attributes few enough for CPython to keep them inline
+    instead of in a `__dict__` of their own."""
+
+    def __get__(self, actor: pykka.Actor, owner: type[pykka.Actor]) -> threading.Event:
+        return cast("threading.Event", actor.actor_inbox)
+
+
+class _WeakActor:
+    """`ref._actor_weakref` of a `HeldRef`, made when asked for (pykka's proxies ask): a weak
+    reference kept per actor would be one more object for the collector to walk, and the
+    reference holds the actor's mailbox, which holds the actor anyway."""
+
+    def __get__(self, ref: HeldRef[Any], owner: type[HeldRef[Any]]) -> weakref.ref[Any]:
+        return weakref.ref(ref._actor)
+
+
+class HeldRef(pykka.ActorRef[A]):
+    """`pykka.ActorRef` holding its actor, as the actor's mailbox does, instead of a weak
+    reference to it."""
+
+    _actor_weakref = _WeakActor()
+
+    def __init__(self, actor: A) -> None:  # no `super().__init__()`: that makes the reference
+        self.actor_class = actor.__class__
+        self.actor_urn = actor.actor_urn
+        self.actor_inbox = actor.actor_inbox
+        self.actor_stopped = actor.actor_stopped
+        self._actor = actor
 
 
 def tell(ref: pykka.ActorRef[Any] | None, message: object) -> bool:

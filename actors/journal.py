@@ -11,8 +11,8 @@ Replies run on the writer thread, one after another: each should only tell an ac
 
 from __future__ import annotations
 
-import collections
 import logging
+import queue
 import threading
 from collections.abc import Callable
 from typing import NamedTuple
@@ -21,7 +21,7 @@ from events.log import Batch, EventStore, LogError, Outcome
 
 logger = logging.getLogger(__name__)
 
-GROUP = 64
+GROUP = 256
 """The most batches the writer takes at once: as many as one SQLite transaction takes
 (`events.sqlite_store.MAX_GROUP`), so that the first batch's reply waits for one commit."""
 
@@ -38,44 +38,53 @@ class Journal:
     """One writer thread for any number of stores and sessions. Thread-safe."""
 
     def __init__(self, name: str = "rejoin-journal") -> None:
-        self._queue: collections.deque[_Write] = collections.deque()
-        self._condition = threading.Condition()
+        # A SimpleQueue rather than a deque under a condition: the writer takes its batches
+        # without a lock the sessions' workers wait on while it waits for the GIL.
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._closing = threading.Lock()
+        """Held while a batch is queued or the journal closes: none is queued after the end."""
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def append(self, store: EventStore, batch: Batch, reply: Reply) -> None:
         """Queue `batch` for `store`; `reply` gets its envelopes once durable, or its refusal."""
-        with self._condition:
+        with self._closing:
             if not self._closed:
-                self._queue.append(_Write(store, batch, reply))
-                self._condition.notify()
+                self._queue.put(_Write(store, batch, reply))
                 return
         reply(LogError(f"stream {batch.stream}: not appended: the journal is closed"))
 
     @property
     def queued(self) -> int:
         """Batches waiting for the writer to take them."""
-        with self._condition:
-            return len(self._queue)
+        return self._queue.qsize()
 
     def close(self, timeout_s: float) -> None:
         """Write what is queued, then end the writer thread (waiting at most `timeout_s`)."""
-        with self._condition:
-            self._closed = True
-            self._condition.notify()
+        with self._closing:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(None)  # the end: the last item ever queued
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=timeout_s)
 
     def _run(self) -> None:
-        while True:
-            with self._condition:
-                while not self._queue and not self._closed:
-                    self._condition.wait()
-                if not self._queue:
-                    return
-                taken = [self._queue.popleft() for _ in range(min(GROUP, len(self._queue)))]
-            self._write(taken)
+        ended = False
+        while not ended:
+            taken: list[_Write] = []
+            item = self._queue.get()
+            while item is not None:
+                taken.append(item)
+                if len(taken) == GROUP:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            ended = item is None
+            if taken:
+                self._write(taken)
 
     def _write(self, taken: list[_Write]) -> None:
         by_store: dict[int, list[_Write]] = {}

@@ -28,6 +28,8 @@ Where the time goes, and what that asks of the code that runs here:
   that need a worker never get one (and the actors never do: a request and its reply are
   both messages).
 - Timer callbacks run on the timer thread, one after another: they should only tell actors.
+- The pool owns CPython's cyclic collector while it runs (`Collector`): it freezes what
+  survives, so that a connect storm makes no full collection of every session so far.
 
 Workers, the timer thread and the journal's thread are daemons: a process that exits without
 `shutdown()` does not wait for them, and its actors' `on_stop` hooks do not run.
@@ -36,6 +38,7 @@ Workers, the timer thread and the journal's thread are daemons: a process that e
 from __future__ import annotations
 
 import collections
+import gc
 import heapq
 import itertools
 import logging
@@ -44,14 +47,14 @@ import random
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+import msgspec
 import pykka
 from pykka._envelope import Envelope as PykkaEnvelope
 
-from actors.executor import Deadline, deliver
+from actors.executor import HeldRef, StoppedFlag, Timer, TimerHandle, deliver, uuid4_text
 from actors.journal import Journal
 
 A = TypeVar("A", bound=pykka.Actor)
@@ -66,24 +69,49 @@ SHUTDOWN_S = 5.0
 """How long `shutdown()` waits, in all, for the actors to stop and the threads to end."""
 
 
-class _Mailbox:
-    """A FIFO mailbox that puts its actor in the run queue when mail arrives for an actor that
-    is neither queued nor running."""
+class Collector(msgspec.Struct, frozen=True, kw_only=True):
+    """How the pool tends CPython's cyclic collector, which it owns while it runs.
 
-    __slots__ = ("_lock", "_queue", "_ready", "_scheduled", "owner")
+    By default CPython walks every tracked object again each time their number grows by a
+    quarter: while thousands of users connect, full passes of 100,000 objects and more, each
+    a pause of 0.1-0.5 s holding the GIL, which every input arriving meanwhile waits out. So
+    the pool's timer thread calls `gc.freeze()` every `freeze_every_s`: what has survived so
+    far (settled sessions and bridges) leaves the collector's generations, and young
+    collections go on as before. Frozen objects are still freed by their reference counts;
+    only garbage in a reference cycle waits, for the full collection the timer thread runs
+    every `collect_every_s` after `gc.unfreeze()`, or for `shutdown()`, which unfreezes.
+    So cyclic garbage lives at most that long, and a full pass comes at a fixed period
+    instead of with every quarter of growth."""
+
+    freeze_every_s: float = 0.1
+    collect_every_s: float = 600.0
+
+
+COLLECTOR = Collector()
+
+
+class _Mailbox(collections.deque[PykkaEnvelope[Any]]):
+    """An actor's runtime state in one object: its FIFO mailbox, which puts the actor in the
+    run queue when mail arrives for an actor that is neither queued nor running, whether it
+    has started, and its stopped flag (see `actors.executor.StoppedFlag`). One gc-tracked
+    object per actor, as on the deterministic executor, instead of four."""
+
+    __slots__ = ("_lock", "_ready", "_scheduled", "owner", "started", "stopped")
 
     def __init__(self, ready: queue.SimpleQueue[_Pooled | None]) -> None:
-        self._queue: collections.deque[PykkaEnvelope[Any]] = collections.deque()
+        super().__init__()
         self._lock = threading.Lock()
         self._ready = ready
         # Until its first turn (which runs on_start), the actor counts as queued: mail that
         # arrives before it starts waits for that turn.
         self._scheduled = True
         self.owner: _Pooled
+        self.started = False
+        self.stopped = False
 
     def put(self, envelope: PykkaEnvelope[Any], /) -> None:
         with self._lock:
-            self._queue.append(envelope)
+            self.append(envelope)
             if self._scheduled:
                 return
             self._scheduled = True
@@ -92,16 +120,22 @@ class _Mailbox:
     def get(self) -> PykkaEnvelope[Any]:
         # Only the worker running the owner's turn takes mail: no lock needed against another
         # taker, and a deque's append and popleft are atomic with respect to each other.
-        return self._queue.popleft()
+        return self.popleft()
 
     def empty(self) -> bool:
-        return not self._queue
+        return not self
+
+    def is_set(self) -> bool:
+        return self.stopped
+
+    def set(self) -> None:
+        self.stopped = True
 
     def release(self) -> bool:
         """End a turn: whether the actor still has mail (it stays queued, and the caller puts
         it back in the run queue) or not (the next `put` queues it)."""
         with self._lock:
-            if self._queue:
+            if self:
                 return True
             self._scheduled = False
             return False
@@ -112,7 +146,15 @@ class _Pooled(pykka.Actor):
     own: actors keep the executor they were given as `_executor`."""
 
     _pool: PoolExecutor
-    _started: bool = False
+    actor_stopped = StoppedFlag()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # What `pykka.Actor.__init__` does, without its `threading.Event` (the flag lives in
+        # the mailbox) and with a URN from the executor's generator instead of `uuid4`, which
+        # asks the OS for every actor.
+        self.actor_urn = self._pool._urn()
+        self.actor_inbox = self._create_actor_inbox()
+        self._actor_ref = HeldRef(self)
 
     def _start_actor_loop(self) -> None:
         inbox = cast("_Mailbox", self.actor_inbox)
@@ -123,22 +165,21 @@ class _Pooled(pykka.Actor):
         """Run `on_start` if it has not run yet, else up to `TURN` messages; then tear down
         if stopped (again, for mail that came late) and leave or rejoin the run queue."""
         inbox = cast("_Mailbox", self.actor_inbox)
-        stopped = self.actor_stopped
-        if not self._started:
-            self._started = True
+        if not inbox.started:
+            inbox.started = True
             self._actor_loop_setup()
         else:
             for _ in range(TURN):
-                if stopped.is_set() or inbox.empty():
+                if inbox.stopped or not inbox:
                     break
                 try:
-                    deliver(self, inbox.get())
+                    deliver(self, inbox.popleft())
                 except BaseException:
                     # What pykka's loop does then: stop every actor (of this executor, here).
                     logger.debug("%r in %s: stopping all actors", sys.exc_info()[1], self)
                     self._stop()
                     self._pool._stop_all()
-        if stopped.is_set():
+        if inbox.stopped:
             self._actor_loop_teardown()
             self._pool._forget(self)
         if inbox.release():
@@ -148,7 +189,9 @@ class _Pooled(pykka.Actor):
 class PoolExecutor:
     """Actors on `workers` threads, the real clocks, a single timer thread, and a journal."""
 
-    def __init__(self, workers: int = 4) -> None:
+    def __init__(self, workers: int = 4, collector: Collector | None = COLLECTOR) -> None:
+        """`collector`: how the pool tends the process's cyclic collector while it runs
+        (`None`: it leaves it alone)."""
         if workers < 1:
             msg = f"a pool needs at least one worker, not {workers}"
             raise ValueError(msg)
@@ -159,7 +202,10 @@ class PoolExecutor:
         self._live: dict[str, pykka.ActorRef[Any]] = {}
         """Live actors by URN, in the order they started."""
         self._live_lock = threading.Lock()
-        self._heap: list[tuple[int, int, Deadline]] = []
+        self._heap: list[tuple[int, int]] = []
+        """`(deadline, sequence)` of every timer (see `actors.executor.Timer`)."""
+        self._callbacks: dict[int, Callable[[], object]] = {}
+        """The callbacks of the timers neither fired nor cancelled, by sequence."""
         self._sequence = itertools.count()
         self._condition = threading.Condition()
         self._closed = False
@@ -171,6 +217,10 @@ class PoolExecutor:
         for thread in [*self._workers, self._timers]:
             thread.start()
         self._journal = Journal()
+        self._collector = collector
+        if collector is not None:
+            self._collect_at = self.now_ms() + int(collector.collect_every_s * 1000)
+            self._tend_collector()
 
     @property
     def random(self) -> random.Random:
@@ -222,17 +272,34 @@ class PoolExecutor:
     def wall_ms(self) -> int:
         return time.time_ns() // 1_000_000
 
-    def call_at(self, deadline_ms: int, callback: Callable[[], object]) -> Deadline:
-        timer = Deadline(callback)
+    def call_at(self, deadline_ms: int, callback: Callable[[], object]) -> TimerHandle:
         with self._condition:
-            heapq.heappush(self._heap, (deadline_ms, next(self._sequence), timer))
+            sequence = next(self._sequence)
+            self._callbacks[sequence] = callback
+            heapq.heappush(self._heap, (deadline_ms, sequence))
             self._condition.notify()
-        return timer
+        return Timer(self._callbacks, sequence)
+
+    def _tend_collector(self) -> None:
+        """Freeze what survived so far, after a full collection when one is due (see
+        `Collector`); then come back in `freeze_every_s`."""
+        collector = self._collector
+        assert collector is not None, "tended only when the pool owns the collector"
+        now = self.now_ms()
+        if now >= self._collect_at:
+            gc.unfreeze()
+            gc.collect()
+            self._collect_at = now + int(collector.collect_every_s * 1000)
+        gc.freeze()
+        self.call_at(now + int(collector.freeze_every_s * 1000), self._tend_collector)
 
     def new_id(self) -> str:
         # From the executor's own generator, seeded by the OS: `uuid4` asks the OS for every
         # id, a system call per event. Ids must be unique, not secret.
-        return str(uuid.UUID(int=self._random.getrandbits(128), version=4))
+        return uuid4_text(self._random.getrandbits(128))
+
+    def _urn(self) -> str:
+        return f"urn:uuid:{uuid4_text(self._random.getrandbits(128))}"
 
     def future(self) -> pykka.Future[Any]:
         return pykka.ThreadingFuture()
@@ -260,12 +327,16 @@ class PoolExecutor:
         self._journal.close(timeout_s=max(0.0, deadline - time.monotonic()))
         with self._condition:
             self._heap.clear()
+            self._callbacks.clear()
             self._condition.notify()
         for _ in self._workers:
             self._ready.put(None)
         for thread in [*self._workers, self._timers]:
             if thread is not threading.current_thread():
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if self._collector is not None:
+            # What was frozen goes back to the collector: its cycles are garbage it may free.
+            gc.unfreeze()
 
     def _work(self) -> None:
         ready = self._ready
@@ -280,8 +351,8 @@ class PoolExecutor:
                     self._condition.wait(timeout=wait_s)
                 if self._closed:
                     return
-                _, _, timer = heapq.heappop(self._heap)
-            callback = timer.callback  # read once: another thread may cancel it meanwhile
+                _, sequence = heapq.heappop(self._heap)
+                callback = self._callbacks.pop(sequence, None)
             if callback is not None:
                 try:
                     callback()

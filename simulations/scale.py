@@ -140,8 +140,6 @@ class ConnectScale(msgspec.Struct, frozen=True, kw_only=True):
 
     executor: str
     users: int
-    collector: str
-    """`default`, or `frozen`: see `durable_connects`."""
     shared_log: bool
     """Each connect was also recorded in its user's fleet stream."""
     offered_per_s: int | None
@@ -155,6 +153,9 @@ class ConnectScale(msgspec.Struct, frozen=True, kw_only=True):
     p99_ms: float
     """From the input to its acknowledgement: the session's turn, its decisions included,
     is in the log (an upper bound: acknowledgements are collected in input order)."""
+    cpu_us_per_input: float
+    """The process's CPU time (every thread's, the bench's own included) per input made
+    durable: less disturbed than the rates by other work on the machine."""
     commits: int
     """SQLite transactions: `inputs / commits` inputs shared each fsync."""
     os_threads: int
@@ -167,20 +168,15 @@ def durable_connects(
     users: int,
     offered_per_s: int | None,
     *,
-    frozen: bool = False,
     shared_log: bool = False,
 ) -> ConnectScale:
     """`users` glasses connect to one runtime on `executor`, with a durable SQLite log
     (`synchronous=FULL`) and `InstantRooms` with muted phones, at `offered_per_s` inputs a
-    second.
+    second. The pool executor tends the cyclic collector itself unless it was made with
+    `collector=None` (see `actors.pool_executor.Collector`).
 
     `shared_log`: the runtime is told a fleet shares its log, so each connect also records
-    itself in the user's fleet stream, one append of its own in the session's turn.
-
-    `frozen`: `gc.freeze()` after every 1,000 connects, as `simulated` can: with the default
-    collector, each full collection walks every session and bridge so far (about 57 objects a
-    user) while holding the GIL, a pause of 0.1-0.8 s at 10,000 users that every input
-    arriving meanwhile waits out."""
+    itself in the user's fleet stream, one append of its own in the session's turn."""
     store = SQLiteStore(folder / "connects.db")
     gc.collect()
     before = rss_bytes()
@@ -202,18 +198,16 @@ def durable_connects(
 
     collector = threading.Thread(target=collect, name="bench-acks")
     collector.start()
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     for number in range(users):
         if offered_per_s is not None:
             due = began + number / offered_per_s
             while (ahead := due - time.perf_counter()) > 0:
                 time.sleep(ahead)
         inputs.put((time.perf_counter(), runtime.glasses_connected(f"u{number}@example.com")))
-        if frozen and number % 1_000 == 999:
-            gc.freeze()
     inputs.put(None)
     collector.join()
-    seconds = time.perf_counter() - began
+    seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
     threads = os_threads()  # the collector's has ended
     gc.collect()
     added = rss_bytes() - before
@@ -221,20 +215,19 @@ def durable_connects(
     figures = ConnectScale(
         executor=type(executor).__name__,
         users=users,
-        collector="frozen" if frozen else "default",
         shared_log=shared_log,
         offered_per_s=offered_per_s,
         connects_per_s=round(users / seconds),
         inputs_per_s=round(store.grouped / seconds),
         p50_ms=round(latencies[len(latencies) // 2] * 1000, 2),
         p99_ms=round(latencies[int(len(latencies) * 0.99)] * 1000, 2),
+        cpu_us_per_input=round(cpu * 1e6 / store.grouped, 1),
         commits=store.commits,
         os_threads=threads,
         rss_per_user_kb=round(added / users / 1024, 1),
     )
     runtime.stop()
     store.close()
-    gc.unfreeze()
     return figures
 
 

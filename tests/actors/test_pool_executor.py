@@ -3,9 +3,11 @@ away and back, disposal after grace, and a stop that leaves no thread behind; an
 promises every actor: one message at a time, FIFO mailboxes, fair turns, pykka's semantics,
 timers, and a constant number of threads."""
 
+import gc
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -16,7 +18,7 @@ import pytest
 
 from actors import pool_executor
 from actors.bridge import AudioChunk
-from actors.pool_executor import TURN, PoolExecutor
+from actors.pool_executor import TURN, Collector, PoolExecutor
 from actors.runtime import Runtime
 from events.catalog import GraceStarted, SessionDisposed
 from events.memory_store import MemoryStore
@@ -417,5 +419,55 @@ def test_waiting_from_outside_times_out() -> None:
     try:
         with pytest.raises(pykka.Timeout):
             executor.wait(executor.future(), 0.05)
+    finally:
+        executor.shutdown()
+
+
+def test_an_idle_actor_is_four_objects_for_the_cyclic_collector() -> None:
+    """The actor, its mailbox (its stopped flag too), the mailbox's lock and its reference: a
+    full collection walks every idle actor."""
+    executor = PoolExecutor(collector=None)
+    try:
+        executor.wait(executor.spawn(Counter).ask("mail", block=False), 5)  # makes its class
+        gc.collect()
+        before = len(gc.get_objects())
+        refs = [executor.spawn(Counter) for _ in range(100)]
+        for ref in refs:
+            executor.wait(ref.ask("mail", block=False), 5)
+        gc.collect()
+        assert len(gc.get_objects()) - before <= 4 * len(refs) + 1  # the list of refs
+    finally:
+        executor.shutdown()
+
+
+class Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_pool_freezes_what_survives_and_unfreezes_it_at_shutdown() -> None:
+    executor = PoolExecutor(collector=Collector(freeze_every_s=0.01, collect_every_s=600))
+    try:
+        kept = Cycle()
+        frozen, count = weakref.ref(kept), gc.get_freeze_count()
+        assert eventually(lambda: gc.get_freeze_count() > count)
+        del kept
+        gc.collect()
+        assert frozen() is not None, "a frozen cycle waits for the periodic collection"
+    finally:
+        executor.shutdown()
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert frozen() is None
+
+
+def test_a_frozen_cycle_is_freed_by_the_periodic_full_collection() -> None:
+    executor = PoolExecutor(collector=Collector(freeze_every_s=0.01, collect_every_s=0.2))
+    try:
+        kept = Cycle()
+        frozen, count = weakref.ref(kept), gc.get_freeze_count()
+        assert eventually(lambda: gc.get_freeze_count() > count)
+        del kept
+        assert eventually(lambda: frozen() is None)
     finally:
         executor.shutdown()

@@ -509,11 +509,11 @@ def test_a_group_handed_over_at_once_commits_in_groups_of_max_group(tmp_path: Pa
     store.close()
 
 
-def test_a_group_is_checked_with_three_queries_and_a_batch_written_with_one_insert(
+def test_a_group_is_checked_with_three_queries_and_written_with_one_insert(
     tmp_path: Path,
 ) -> None:
     """Each statement gives up the GIL, and the writer may wait up to a switch interval to get
-    it back: a group's statements do not grow with its batches' checks or their events."""
+    it back: a group's statements do not grow with its batches, their checks or their events."""
     store = SQLiteStore(tmp_path / "log.db")
     store.append("prod/u0/1", 0, [connected("first", 1, "u0")])
     statements: list[str] = []
@@ -529,8 +529,34 @@ def test_a_group_is_checked_with_three_queries_and_a_batch_written_with_one_inse
     store._db.set_trace_callback(None)
     assert all(isinstance(outcome, list) for outcome in outcomes)
     assert sum(statement.startswith("SELECT") for statement in statements) == 3
-    assert sum(statement.startswith("INSERT INTO events") for statement in statements) == 10
+    assert sum(statement.startswith("INSERT INTO events") for statement in statements) == 1
+    assert len(statements) == 8, "and BEGIN, a savepoint, its release, COMMIT"
     assert [e.version for e in store.read_stream("prod/u0/1")] == [1, 2, 3, 4]
+    assert [e.position for e in store.read_all()] == list(range(1, 32))
+    store.close()
+
+
+def test_a_batch_sqlite_refuses_in_a_group_written_at_once_is_refused_alone(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "log.db")
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    ok_a, too_big, ok_b = store.append_group(
+        [
+            Batch("prod/a/1", 0, [opening("prod/a/1", "a")]),
+            Batch("prod/f/1", 0, [opening("prod/f/1", "f"), connected("f2", 2**63)]),
+            Batch("prod/b/1", 0, [connected("b1", 1)]),
+        ]
+    )
+    store._db.set_trace_callback(None)
+    assert "ROLLBACK TO group_at_once" in statements
+    assert isinstance(too_big, LogError)
+    assert str(too_big).startswith("stream prod/f/1: a number in the batch does not fit the log")
+    assert isinstance(ok_a, list)
+    assert isinstance(ok_b, list)
+    assert [e.event_id for e in store.read_all()] == [ok_a[0].event_id, "b1"]
+    assert store.open_streams("prod") == ["prod/a/1"], "f's opening rolled back"
     store.close()
 
 

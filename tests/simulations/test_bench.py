@@ -1,7 +1,6 @@
 """`rejoin bench` runs: every figure it reports is computed, at sizes small enough for a test.
 No timing is asserted; a bench that no longer runs against the runtime is what this catches."""
 
-import gc
 from pathlib import Path
 
 import pytest
@@ -64,16 +63,6 @@ def test_durable_connects_are_acknowledged_through_the_pool(tmp_path: Path) -> N
     finally:
         executor.shutdown()
     assert connects.users == 50
-    assert connects.collector == "default"
+    assert connects.cpu_us_per_input > 0
     assert 0 < connects.p50_ms <= connects.p99_ms
     assert connects.commits >= 1
-
-
-def test_durable_connects_with_a_frozen_collector_unfreeze_it_after(tmp_path: Path) -> None:
-    executor = PoolExecutor()
-    try:
-        connects = scale.durable_connects(executor, tmp_path, 1_000, None, frozen=True)
-    finally:
-        executor.shutdown()
-    assert connects.collector == "frozen"
-    assert gc.get_freeze_count() == 0
