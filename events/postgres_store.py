@@ -22,6 +22,7 @@ checks of all its batches in one query, its rows in one COPY, one commit.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import operator
 import re
@@ -115,7 +116,8 @@ def shown_url(url: str) -> str:
             (key, value)
             for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
             if key != "password"
-        ]
+        ],
+        safe="/",  # a socket's folder reads as it was written
     )
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
@@ -347,12 +349,22 @@ class PostgresStore:
             raise DuplicateEventId(msg)
         return stored
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of the pool, for one read: its failure is a `LogError`."""
+        try:
+            with self._pool.connection() as db:
+                yield db
+        except psycopg.Error as error:
+            msg = f"{self.url}: cannot read the log: {_one_line(error)}"
+            raise LogError(msg) from None
+
     def read_all(self, from_position: int = 1) -> Iterator[Envelope]:
         return itertools.chain.from_iterable(self._chunks(max(from_position, 1)))
 
     def _chunks(self, start: int) -> Iterator[list[Envelope]]:
         while True:
-            with self._pool.connection() as db:
+            with self._reading() as db:
                 rows: list[Stored] = db.execute(
                     f"SELECT {_READ} FROM rejoin_events WHERE position >= %s"
                     f" ORDER BY position LIMIT {_CHUNK}",
@@ -398,7 +410,7 @@ class PostgresStore:
         return envelopes
 
     def read_stream(self, stream: str) -> list[Envelope]:
-        with self._pool.connection() as db:
+        with self._reading() as db:
             rows: list[Stored] = db.execute(
                 f"SELECT {_READ} FROM rejoin_events WHERE stream = %s ORDER BY version",
                 (stream,),
@@ -407,14 +419,14 @@ class PostgresStore:
         return [self._decode(row) for row in rows]
 
     def stream_version(self, stream: str) -> int:
-        with self._pool.connection() as db:
+        with self._reading() as db:
             found = db.execute(
                 "SELECT COALESCE(MAX(version), 0) FROM rejoin_events WHERE stream = %s", (stream,)
             ).fetchone()
         return int(found[0]) if found is not None else 0
 
     def open_streams(self, server: str) -> list[str]:
-        with self._pool.connection() as db:
+        with self._reading() as db:
             rows = db.execute(
                 "SELECT stream FROM rejoin_sessions WHERE server = %s AND open"
                 " ORDER BY incarnation, stream",
@@ -423,7 +435,7 @@ class PostgresStore:
         return [str(stream) for (stream,) in rows]
 
     def last_incarnation(self, server: str, user: str) -> int:
-        with self._pool.connection() as db:
+        with self._reading() as db:
             found = db.execute(
                 "SELECT COALESCE(MAX(incarnation), 0) FROM rejoin_sessions"
                 ' WHERE server = %s AND "user" = %s',
