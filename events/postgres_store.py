@@ -25,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import operator
-import re
-import urllib.parse
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -38,6 +36,7 @@ from psycopg_pool import ConnectionPool
 from events.catalog import SCHEMA_VERSION
 from events.codec import UndecodableEvent, decode_current_lines, decode_envelope, encode_envelope
 from events.envelope import Envelope, Pending
+from events.locations import shown_location
 from events.log import (
     Batch,
     CorruptLog,
@@ -50,7 +49,7 @@ from events.log import (
     session_change,
 )
 
-__all__ = ["FORMAT", "VERSION", "PostgresStore", "is_postgres_url", "shown_url"]
+__all__ = ["FORMAT", "VERSION", "PostgresStore"]
 
 FORMAT = "rejoin-event-log/postgresql"
 VERSION = 1
@@ -99,29 +98,6 @@ _SCHEMA_OF: Callable[[Envelope], int] = operator.attrgetter("schema")
 Stored = tuple[int, int, bytes, int]
 
 
-def is_postgres_url(location: str) -> bool:
-    """Whether `location` names a PostgreSQL database rather than a file."""
-    return re.match(r"(?i)postgres(ql)?://", location) is not None
-
-
-def shown_url(url: str) -> str:
-    """`url` without its password, to name the log in messages."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        netloc = f"{userinfo.split(':', 1)[0]}@{host}"
-    query = urllib.parse.urlencode(
-        [
-            (key, value)
-            for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-            if key != "password"
-        ],
-        safe="/",  # a socket's folder reads as it was written
-    )
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
 def _crc(schema: int, record: bytes) -> int:
     return zlib.crc32(record, schema)
 
@@ -152,7 +128,7 @@ class PostgresStore:
         if max_group < 1:
             msg = f"max_group is {max_group}; a group holds at least one append"
             raise ValueError(msg)
-        self.url = shown_url(url)
+        self.url = shown_location(url)
         """The log's URL without its password: how messages name it."""
         self.read_only = read_only
         self.max_group = max_group

@@ -15,8 +15,9 @@ import pytest
 
 from events.catalog import GlassesConnected
 from events.envelope import Pending
+from events.locations import shown_location
 from events.log import Batch, LogError, UnreadableLog
-from events.postgres_store import VERSION, PostgresStore, shown_url
+from events.postgres_store import VERSION, PostgresStore
 
 
 def connected(event_id: str, user: str = "a") -> Pending:
@@ -127,11 +128,11 @@ def test_a_log_that_cannot_be_reached_is_named_in_one_line_without_its_password(
     assert "\n" not in message
 
 
-def test_a_shown_url_keeps_everything_but_the_password() -> None:
-    assert shown_url("postgresql://u:p@db.example:5433/log?sslmode=require&password=q") == (
+def test_a_url_is_shown_with_everything_but_the_password() -> None:
+    assert shown_location("postgresql://u:p@db.example:5433/log?sslmode=require&password=q") == (
         "postgresql://u@db.example:5433/log?sslmode=require"
     )
-    assert shown_url("postgres://db/log") == "postgres://db/log"
+    assert shown_location("postgres://db/log") == "postgres://db/log"
 
 
 def test_a_batch_the_database_cannot_hold_is_refused_alone_in_its_group(
