@@ -34,7 +34,7 @@ import psycopg.sql
 from psycopg_pool import ConnectionPool
 
 from events.catalog import SCHEMA_VERSION
-from events.codec import UndecodableEvent, decode_current_lines, decode_envelope, encode_envelope
+from events.codec import UndecodableEvent, decode_current_lines, encode_envelope
 from events.envelope import Envelope, Pending
 from events.locations import shown_location
 from events.log import (
@@ -46,6 +46,7 @@ from events.log import (
     UnreadableLog,
     WrongExpectedVersion,
     check_batch,
+    decode_record,
     session_change,
 )
 
@@ -427,16 +428,7 @@ class PostgresStore:
         position, schema, record, crc = row
         if _crc(schema, record) != crc:
             raise CorruptLog(self.url, position, "checksum mismatch")
-        try:
-            envelope = decode_envelope(schema, record)
-        except UndecodableEvent as error:
-            raise CorruptLog(self.url, position, str(error)) from error
-        if envelope.position != position:
-            raise CorruptLog(self.url, position, f"it says it is at {envelope.position}")
-        if schema == SCHEMA_VERSION and envelope.schema != schema:
-            msg = f"its schema column says {schema}, the record {envelope.schema}"
-            raise CorruptLog(self.url, position, msg)
-        return envelope
+        return decode_record(self.url, position, schema, record)
 
 
 def _check_storable(batch: Batch) -> None:
