@@ -15,7 +15,6 @@ import pytest
 
 from events.catalog import GlassesConnected
 from events.envelope import Pending
-from events.locations import shown_location
 from events.log import Batch, LogError, UnreadableLog
 from events.postgres_store import VERSION, PostgresStore
 
@@ -126,13 +125,6 @@ def test_a_log_that_cannot_be_reached_is_named_in_one_line_without_its_password(
     assert message.startswith(f"postgresql://rejoin@/rejoin?host={tmp_path}: cannot open the log")
     assert "hunter" not in message
     assert "\n" not in message
-
-
-def test_a_url_is_shown_with_everything_but_the_password() -> None:
-    assert shown_location("postgresql://u:p@db.example:5433/log?sslmode=require&password=q") == (
-        "postgresql://u@db.example:5433/log?sslmode=require"
-    )
-    assert shown_location("postgres://db/log") == "postgres://db/log"
 
 
 def test_a_batch_the_database_cannot_hold_is_refused_alone_in_its_group(
