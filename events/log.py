@@ -6,7 +6,8 @@ gap-free global positions starting at 1. A stream's versions start at 1; an empt
 Appends from many threads at once each keep this contract, and each refusal is raised to its
 own caller only. `append_group(batches)` appends several batches as `append` would, one after
 another, each keeping that contract, and reports each batch's envelopes or refusal to that batch
-alone: a store that can (SQLite) commits them together, so that they share one fsync.
+alone: a store that can (SQLite, PostgreSQL) commits them together, so that they share one
+fsync.
 
 Every store also keeps an index of sessions, updated by the same atomic append: which streams
 a `SessionOpened` opened and no `SessionDisposed` has closed yet, and each user's latest
