@@ -2,6 +2,7 @@
 ids, gap-free global positions; and by every durable store: events that outlive the store's
 process, and a damaged record reported at its position after every record before it."""
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -364,7 +365,8 @@ def durable(request: pytest.FixtureRequest, tmp_path: Path) -> Durable:
 
 def test_events_survive_reopening(durable: Durable) -> None:
     durable.fill(3)
-    assert [e.event_id for e in durable.open().read_all()] == ["e0", "e1", "e2"]
+    with contextlib.closing(durable.open()) as store:
+        assert [e.event_id for e in store.read_all()] == ["e0", "e1", "e2"]
 
 
 def test_a_flipped_byte_is_reported_at_its_position_after_the_valid_prefix(
@@ -372,19 +374,20 @@ def test_a_flipped_byte_is_reported_at_its_position_after_the_valid_prefix(
 ) -> None:
     durable.fill(5)
     durable.replace_in_record(4, b'epoch":3', b'epoch":4')
-    store = durable.open()
-    envelopes, error = read_valid_prefix(store)
-    assert [e.position for e in envelopes] == [1, 2, 3]
-    assert isinstance(error, CorruptLog)
-    assert (error.position, error.reason) == (4, "checksum mismatch")
-    with pytest.raises(CorruptLog, match="position 4 is corrupt: checksum mismatch"):
-        store.read_stream("prod/a/1")
+    with contextlib.closing(durable.open()) as store:
+        envelopes, error = read_valid_prefix(store)
+        assert [e.position for e in envelopes] == [1, 2, 3]
+        assert isinstance(error, CorruptLog)
+        assert (error.position, error.reason) == (4, "checksum mismatch")
+        with pytest.raises(CorruptLog, match="position 4 is corrupt: checksum mismatch"):
+            store.read_stream("prod/a/1")
 
 
 def test_a_missing_record_is_reported_as_a_gap(durable: Durable) -> None:
     durable.fill(5)
     durable.sql("DELETE FROM {events} WHERE position = ?", (2,))
-    envelopes, error = read_valid_prefix(durable.open())
+    with contextlib.closing(durable.open()) as store:
+        envelopes, error = read_valid_prefix(store)
     assert [e.position for e in envelopes] == [1]
     assert error is not None
     assert (error.position, error.reason) == (2, "the record is missing")
