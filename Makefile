@@ -1,5 +1,6 @@
 # `make demo` and `make test` work on a fresh machine: they install uv if it is missing, create
-# the virtual environment from uv.lock, and run.
+# the virtual environment from uv.lock, and run. `make test` also installs PostgreSQL's server
+# programs if they are missing: the tests of the PostgreSQL log start a throwaway server.
 
 UV := $(shell command -v uv 2>/dev/null)
 ifeq ($(UV),)
@@ -8,7 +9,7 @@ endif
 RUN := $(UV) run --frozen
 export HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: demo test lint typecheck unit bootstrap clean
+.PHONY: demo test lint typecheck unit bootstrap postgres clean
 
 bootstrap: .venv/.synced
 
@@ -29,8 +30,11 @@ lint: bootstrap
 typecheck: bootstrap
 	$(RUN) mypy
 
-unit: bootstrap
+unit: bootstrap postgres
 	$(RUN) pytest --durations=10
+
+postgres:
+	scripts/ensure-postgres
 
 clean:
 	rm -rf .venv .mypy_cache .pytest_cache .ruff_cache .hypothesis

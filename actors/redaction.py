@@ -2,10 +2,10 @@
 
 Two kinds of secret are hidden: the values registered here (API secrets, as settings are made)
 and anything shaped like a credential whoever produced the text: a JWT (LiveKit's access
-tokens are JWTs, even one a server echoes back in an error body), a bearer header, and the query
+tokens are JWTs, even one a server echoes back in an error body), a bearer header, the query
 values that carry a token (`access_token`, and the `join_request` the SDK's v1 signal path
-packs one into). Error messages are redacted where they are printed, log records by
-`RedactingFilter` on the handler.
+packs one into), and a password in a URL or its query (a PostgreSQL log's URL). Error messages
+are redacted where they are printed, log records by `RedactingFilter` on the handler.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ __all__ = ["RedactingFilter", "redact", "register_secret"]
 
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s\"',;]+")
-_QUERY = re.compile(r"(?i)\b(access_token|join_request|token)=[^&\s\"',;]+")
+_QUERY = re.compile(r"(?i)\b(access_token|join_request|token|password)=[^&\s\"',;]+")
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@]*:)[^\s/@]+@")
+"""The password of a URL's user (`postgresql://rejoin:PASSWORD@db/log`)."""
 MASK = "[redacted]"
 
 _lock = threading.Lock()
@@ -44,6 +46,7 @@ def redact(text: str) -> str:
         text = text.replace(secret, MASK)
     text = _JWT.sub(MASK, text)
     text = _QUERY.sub(rf"\g<1>={MASK}", text)
+    text = _URL_PASSWORD.sub(rf"\g<1>{MASK}@", text)
     return _BEARER.sub(rf"\g<1>{MASK}", text)
 
 

@@ -6,7 +6,8 @@ gap-free global positions starting at 1. A stream's versions start at 1; an empt
 Appends from many threads at once each keep this contract, and each refusal is raised to its
 own caller only. `append_group(batches)` appends several batches as `append` would, one after
 another, each keeping that contract, and reports each batch's envelopes or refusal to that batch
-alone: a store that can (SQLite) commits them together, so that they share one fsync.
+alone: a store that can (SQLite, PostgreSQL) commits them together, so that they share one
+fsync.
 
 Every store also keeps an index of sessions, updated by the same atomic append: which streams
 a `SessionOpened` opened and no `SessionDisposed` has closed yet, and each user's latest
@@ -19,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple, Protocol, TypeAlias
 
-from events.catalog import HealthState, SessionDisposed, SessionOpened
+from events.catalog import SCHEMA_VERSION, HealthState, SessionDisposed, SessionOpened
+from events.codec import UndecodableEvent, decode_envelope
 from events.envelope import Envelope, Pending, stream_name
 from events.projection import replay_stream
 
@@ -48,6 +50,22 @@ class CorruptLog(LogError):
         self.source = source
         self.position = position
         self.reason = reason
+
+
+def decode_record(source: str, position: int, schema: int, record: bytes) -> Envelope:
+    """The envelope of the record stored at `position` of `source` with `schema` beside it,
+    its checksum already checked; `CorruptLog` at that position for a record that does not
+    decode, says it is elsewhere, or holds another schema than the one stored beside it."""
+    try:
+        envelope = decode_envelope(schema, record)
+    except UndecodableEvent as error:
+        raise CorruptLog(source, position, str(error)) from error
+    if envelope.position != position:
+        raise CorruptLog(source, position, f"it says it is at {envelope.position}")
+    if schema == SCHEMA_VERSION and envelope.schema != schema:
+        msg = f"its schema column says {schema}, the record {envelope.schema}"
+        raise CorruptLog(source, position, msg)
+    return envelope
 
 
 class UnreadableLog(LogError):

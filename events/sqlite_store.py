@@ -55,6 +55,7 @@ from events.log import (
     UnreadableLog,
     WrongExpectedVersion,
     check_batch,
+    decode_record,
     session_change,
 )
 
@@ -786,16 +787,7 @@ class SQLiteStore:
             good = _chained_crc(record, before or 0) == crc
         if not good:
             raise CorruptLog(self.path, position, "checksum mismatch")
-        try:
-            envelope = decode_envelope(schema, record)
-        except UndecodableEvent as error:
-            raise CorruptLog(self.path, position, str(error)) from error
-        if envelope.position != position:
-            raise CorruptLog(self.path, position, f"it says it is at {envelope.position}")
-        if schema == SCHEMA_VERSION and envelope.schema != schema:
-            msg = f"its schema column says {schema}, the record {envelope.schema}"
-            raise CorruptLog(self.path, position, msg)
-        return envelope
+        return decode_record(self.path, position, schema, record)
 
 
 class _Known:

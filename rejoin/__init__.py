@@ -26,8 +26,10 @@ if TYPE_CHECKING:
     from actors.pool_executor import PoolExecutor
     from actors.runtime import Runtime, Status
     from events.catalog import HealthState
+    from events.locations import open_log
     from events.log import CorruptLog, EventStore, LogError, WrongExpectedVersion
     from events.memory_store import MemoryStore
+    from events.postgres_store import PostgresStore
     from events.projection import Health, SessionView, replay
     from events.sqlite_store import SQLiteStore
     from rejoin.aio import AsyncRuntime, Stream
@@ -56,6 +58,7 @@ __all__ = [
     "MemoryStore",
     "Policy",
     "PoolExecutor",
+    "PostgresStore",
     "RoomConnector",
     "Runtime",
     "SQLiteStore",
@@ -66,6 +69,7 @@ __all__ = [
     "Status",
     "Stream",
     "WrongExpectedVersion",
+    "open_log",
     "replay",
 ]
 
@@ -89,6 +93,7 @@ _HOMES = {
     "POLICIES": "actors.policy",
     "Policy": "actors.policy",
     "PoolExecutor": "actors.pool_executor",
+    "PostgresStore": "events.postgres_store",
     "RoomConnector": "actors.connector",
     "Runtime": "actors.runtime",
     "SQLiteStore": "events.sqlite_store",
@@ -101,6 +106,7 @@ _HOMES = {
     "Stream": "rejoin.aio",
     "VARIABLES": "rejoin.settings",
     "WrongExpectedVersion": "events.log",
+    "open_log": "events.locations",
     "replay": "events.projection",
 }
 """Where each name lives. A name is imported when first used, so that `rejoin`'s command line

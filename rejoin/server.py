@@ -11,9 +11,9 @@ from actors.executor import Executor
 from actors.livekit_connector import LiveKitConnector
 from actors.pool_executor import PoolExecutor
 from actors.runtime import Runtime, discard_audio
+from events.locations import open_log
 from events.log import EventStore
 from events.observed_store import AppendObserver, ObservedStore
-from events.sqlite_store import SQLiteStore
 from rejoin.logs import DecisionLog
 from rejoin.settings import Settings
 
@@ -21,10 +21,11 @@ __all__ = ["Server"]
 
 
 class Server:
-    """The runtime of `settings.server`, on a `PoolExecutor`, with the SQLite log at
-    `settings.log` and the LiveKit of `settings.livekit`. Starting it recovers every open
-    session from the log; `close()` stops it (bridges leave their rooms) and releases what it
-    made. A store, connector or executor passed in is used instead, and left open.
+    """The runtime of `settings.server`, on a `PoolExecutor`, with the log at `settings.log`
+    (a SQLite file or a PostgreSQL database) and the LiveKit of `settings.livekit`. Starting
+    it recovers every open session from the log; `close()` stops it (bridges leave their
+    rooms) and releases what it made. A store, connector or executor passed in is used
+    instead, and left open.
 
     `audio_sink` is called on a worker of the pool for every chunk of phone audio: it must be
     thread-safe and return at once (`AsyncRuntime` hands chunks to an asyncio loop). Every
@@ -46,7 +47,7 @@ class Server:
         self._own_store = store is None
         self._own_connector: LiveKitConnector | None = None
         self._own_executor = executor is None
-        log = store if store is not None else SQLiteStore(settings.log)
+        log = store if store is not None else open_log(settings.log)
         self.store: EventStore = ObservedStore(log, [DecisionLog(settings), *observers])
         if connector is None:
             connector = self._own_connector = LiveKitConnector(settings.livekit)

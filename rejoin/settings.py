@@ -25,6 +25,7 @@ from actors.connector import Deadlines
 from actors.livekit_connector import LiveKitSettings
 from actors.policy import POLICIES, Policy
 from actors.redaction import register_secret
+from events.locations import is_postgres_url, shown_location
 
 __all__ = ["VARIABLES", "Settings", "SettingsError", "livekit_from_environment"]
 
@@ -48,7 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """This server's name in the log and in LiveKit identities (`prod`, `debug`, ...)."""
     livekit: LiveKitSettings
     log: str
-    """Where the event log lives: a SQLite file."""
+    """Where the event log lives: a SQLite file, or a PostgreSQL database's URL."""
     shared_log: bool = False
     """Every server of the fleet writes to this log, and fences by it."""
     policy: Policy
@@ -69,8 +70,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def __repr__(self) -> str:
         key = "***" if self.pseudonym_key is not None else "None"
         return (
-            f"Settings(server={self.server!r}, livekit={self.livekit!r}, log={self.log!r}, "
-            f"shared_log={self.shared_log}, "
+            f"Settings(server={self.server!r}, livekit={self.livekit!r}, "
+            f"log={shown_location(self.log)!r}, shared_log={self.shared_log}, "
             f"policy={self.policy.name!r}, grace_ms={self.grace_ms}, "
             f"join_rate_per_s={self.join_rate_per_s}, host={self.host!r}, port={self.port}, "
             f"drain_timeout_s={self.drain_timeout_s}, log_format={self.log_format!r}, "
@@ -106,7 +107,8 @@ VARIABLES: dict[str, str] = {
     "LIVEKIT_API_KEY": "its API key (required)",
     "LIVEKIT_API_SECRET": "its API secret (required; never printed)",
     "REJOIN_SERVER": "this server's name, as in the log (default: the host name)",
-    "REJOIN_LOG": "the SQLite event log (default: rejoin.db)",
+    "REJOIN_LOG": "the event log: a SQLite file, or a postgresql:// URL (default: rejoin.db; "
+    "its password is never printed)",
     "REJOIN_SHARED_LOG": "true: every server of the fleet writes to that one log, and a bridge "
     "kicked by a late join is fenced by it, room service or not (default: false)",
     "REJOIN_POLICY": f"the reconnect policy: {', '.join(POLICIES)} (default: supervised)",
@@ -153,7 +155,7 @@ class _Reader:
         settings = Settings(
             server=self._get("REJOIN_SERVER", socket.gethostname(), _name),
             livekit=livekit,
-            log=self._get("REJOIN_LOG", "rejoin.db", _text),
+            log=self._get("REJOIN_LOG", "rejoin.db", _log),
             shared_log=self._get("REJOIN_SHARED_LOG", "false", _boolean),
             policy=self._get("REJOIN_POLICY", "supervised", _policy),
             grace_ms=round(1000 * self._get("REJOIN_GRACE_S", "60", _seconds(0.1, 86_400))),
@@ -234,6 +236,13 @@ def _shown(url: str) -> str:
 
 
 def _text(text: str) -> str:
+    return text
+
+
+def _log(text: str) -> str:
+    """A log's location, its password (a URL's) registered as a secret as soon as it is read."""
+    if is_postgres_url(text):
+        register_secret(urllib.parse.urlsplit(text).password or "")
     return text
 
 

@@ -6,6 +6,7 @@ Medians over repeats, because these machines are noisy; nothing here is asserted
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import statistics
 import tempfile
 import threading
@@ -13,7 +14,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 import pykka
@@ -30,12 +31,14 @@ from actors.connector import (
 )
 from actors.deterministic_executor import DeterministicExecutor
 from actors.health_feed import HealthFeed
+from actors.journal import GROUP
 from actors.policy import POLICIES, SUPERVISED
 from actors.runtime import Runtime
 from actors.session import Session
 from events.catalog import GlassesConnected
 from events.envelope import Envelope, Pending, stream_name
-from events.log import EventStore
+from events.locations import open_log
+from events.log import Batch, EventStore
 from events.memory_store import MemoryStore
 from events.projection import SessionView, replay
 from events.sqlite_store import SQLiteStore
@@ -300,20 +303,94 @@ def sqlite_appends(
     return AppendFigures(*(statistics.median(figure) for figure in zip(*runs, strict=True)))
 
 
-def replay_events_per_s(events: int = 100_000, repeats: int = 3) -> float:
+def replay_events_per_s(events: int = 100_000, repeats: int = 3, log: str | None = None) -> float:
     """Read, decode and fold a log of real runtime events: copies of the seed's turns, each
-    appended as the runtime appended it, until the log holds at least `events`."""
+    appended as the runtime appended it, until the log holds at least `events`. The log is a
+    new SQLite file, or the new, empty log at `log` (a PostgreSQL URL, say)."""
     with tempfile.TemporaryDirectory() as folder:
-        store = SQLiteStore(Path(folder) / "bench.db", synchronous="NORMAL")
+        if log is None:
+            store: EventStore = SQLiteStore(Path(folder) / "bench.db", synchronous="NORMAL")
+        else:
+            store = open_log(log)
         turns_per_copy = sum(len(turns) for turns in seed_turns())
         events_per_copy = sum(len(turn.events) for turns in seed_turns() for turn in turns)
         copies = -(-events // events_per_copy)
-        for turn in _copies(seed_turns(), "replay", copies * turns_per_copy):
-            store.append(turn.stream, turn.expected_version, turn.events)
+        turns = _copies(seed_turns(), "replay", copies * turns_per_copy)
+        for start in range(0, len(turns), GROUP):
+            store.append_group([Batch(*turn) for turn in turns[start : start + GROUP]])
         stored = sum(1 for _ in store.read_all())
         seconds = _median_s(lambda: replay(store.read_all()), repeats)
         store.close()
     return stored / seconds
+
+
+def process_appends(log: str, *, writers: int, group: int, inputs: int) -> AppendFigures:
+    """`writers` processes, each with the log at `log` open, append `inputs` turns in all, each
+    to streams of its own: one turn per `append` (`group` 1), or `group` turns per
+    `append_group`, as the journal hands them over. Latency is per call, so a turn of a group
+    waits for the whole group, as it does in the runtime."""
+    per_writer = max(inputs // writers, 1)
+    open_log(log).close()  # the log exists before its writers start, as a fleet's does
+    spawn = multiprocessing.get_context("spawn")
+    ready = spawn.Barrier(writers + 1)
+    results = spawn.Queue()
+    processes = [
+        spawn.Process(
+            target=_append_share,
+            args=(_Share(log, f"w{writer}", per_writer, group), ready, results),
+        )
+        for writer in range(writers)
+    ]
+    for process in processes:
+        process.start()
+    ready.wait(timeout=120)
+    shares: list[tuple[float, float, list[float]]] = [results.get(timeout=600) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+        if process.exitcode != 0:
+            msg = f"a writer process failed with exit code {process.exitcode}"
+            raise RuntimeError(msg)
+    seconds = max(end for _, end, _ in shares) - min(began for began, _, _ in shares)
+    every = sorted(latency for _, _, spent in shares for latency in spent)
+    turns = _copies(seed_turns(), "w0", per_writer)
+    return AppendFigures(
+        inputs_per_s=per_writer * writers / seconds,
+        events_per_input=sum(len(turn.events) for turn in turns) / len(turns),
+        p50_ms=every[len(every) // 2] * 1000,
+        p99_ms=every[int(len(every) * 0.99)] * 1000,
+    )
+
+
+class _Share(NamedTuple):
+    """What one writer process of `process_appends` appends, and where."""
+
+    log: str
+    owner: str
+    turns: int
+    group: int
+
+
+def _append_share(share: _Share, ready: Any, results: Any) -> None:
+    """One writer process of `process_appends`: its share, then its times on `results`."""
+    store = open_log(share.log)
+    group = share.group
+    turns = _copies(seed_turns(), share.owner, share.turns)
+    spent: list[float] = []
+    ready.wait(timeout=120)
+    began = time.perf_counter()
+    for start in range(0, len(turns), group):
+        batches = [Batch(*turn) for turn in turns[start : start + group]]
+        before = time.perf_counter()
+        if group == 1:
+            store.append(*batches[0])
+        else:
+            refused = [o for o in store.append_group(batches) if isinstance(o, Exception)]
+            if refused:
+                raise refused[0]
+        spent.extend([time.perf_counter() - before] * len(batches))
+    ended = time.perf_counter()
+    store.close()
+    results.put((began, ended, spent))
 
 
 def one_sessions_life() -> list[list[Pending]]:

@@ -98,7 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--policy", default="supervised", choices=list(POLICIES))
     simulate.add_argument("--seed", type=seed, help="override the scenarios' seeds")
     simulate.add_argument("--json", action="store_true", help="print the results as JSON")
-    simulate.add_argument("--events", type=Path, metavar="PATH", help="write the event log here")
+    simulate.add_argument(
+        "--events",
+        metavar="LOG",
+        help="write the event log here: a new SQLite file, or a postgresql:// URL",
+    )
     simulate.add_argument(
         "--sfu",
         choices=["sim", "loopback", "livekit"],
@@ -130,7 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     loopback.set_defaults(command=simulating.loopback_server)
 
     replay = commands.add_parser("replay", help="rebuild sessions from an event log")
-    replay.add_argument("log", type=Path, metavar="LOG")
+    replay.add_argument(
+        "log", metavar="LOG", help="a SQLite file, or a postgresql:// URL of a database"
+    )
     replay.add_argument("--user", help="only this user's timeline")
     replay.add_argument(
         "--policy", choices=list(POLICIES), help="re-run the recorded run under this policy"

@@ -11,8 +11,8 @@ import msgspec
 from actors.policy import POLICIES
 from events.catalog import RunEnded, RunStarted
 from events.envelope import Envelope
+from events.locations import is_postgres_url, open_log, shown_location
 from events.log import read_valid_prefix
-from events.sqlite_store import SQLiteStore
 from rejoin.cli.usage import UsageError, print_json
 from simulations.metrics import RUN_STREAM, Metrics, compute
 from simulations.report import printable, result_lines, timeline_lines
@@ -40,7 +40,8 @@ class RecordedRun(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def replay(args: argparse.Namespace) -> int:
-    store = SQLiteStore(args.log, read_only=True)
+    log = shown_location(args.log)
+    store = open_log(args.log, read_only=True)
     try:
         envelopes, corrupt = read_valid_prefix(store)
     finally:
@@ -50,20 +51,20 @@ def replay(args: argparse.Namespace) -> int:
             f"rejoin: {printable(str(corrupt))}; replaying the {len(envelopes)} records before it",
             file=sys.stderr,
         )
-    recorded = _recorded_run(args.log, envelopes)
+    recorded = _recorded_run(log, envelopes)
     if args.policy is not None:
         return _rerun(args, recorded)
     events = [e for e in envelopes if e.stream != RUN_STREAM]
     if args.user is not None and all(e.user != args.user for e in events):
         users = sorted({e.user for e in events})
         listed = ", ".join(repr(u) for u in users[:5]) + (", ..." if len(users) > 5 else "")
-        msg = f"{args.log}: no user {args.user!r} in this log (it has {listed or 'none'})"
+        msg = f"{log}: no user {args.user!r} in this log (it has {listed or 'none'})"
         raise UsageError(msg)
     last_ms = max((e.time_ms for e in events), default=None)
     if recorded is not None and recorded.ended_ms is None and corrupt is None:
         until = "" if last_ms is None else f" up to {(last_ms - recorded.started_ms) / 1000:g} s"
         print(
-            f"rejoin: {args.log}: the run did not finish (its end is not in the log); "
+            f"rejoin: {log}: the run did not finish (its end is not in the log); "
             f"the figures cover it{until}",
             file=sys.stderr,
         )
@@ -86,14 +87,18 @@ def replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_picture(log: Path, picture: Path, events: list[Envelope]) -> None:
+def _write_picture(location: str, picture: Path, events: list[Envelope]) -> None:
     from rejoin.timeline import html_page  # noqa: PLC0415
 
-    if picture.exists() and picture.resolve() == log.resolve():
+    if is_postgres_url(location):
+        title = shown_location(location)
+    elif picture.exists() and picture.resolve() == Path(location).resolve():
         msg = f"{picture}: is the log being replayed; a replay never writes to its log"
         raise UsageError(msg)
+    else:
+        title = Path(location).name
     try:
-        picture.write_text(html_page(events, f"rejoin replay {log.name}"), encoding="utf-8")
+        picture.write_text(html_page(events, f"rejoin replay {title}"), encoding="utf-8")
     except OSError as error:
         msg = f"{picture}: cannot write the picture: {error.strerror}"
         raise UsageError(msg) from None
@@ -102,7 +107,10 @@ def _write_picture(log: Path, picture: Path, events: list[Envelope]) -> None:
 
 def _rerun(args: argparse.Namespace, recorded: RecordedRun | None) -> int:
     if recorded is None:
-        msg = f"{args.log}: holds no recorded run to re-run (it was not written by simulate)"
+        msg = (
+            f"{shown_location(args.log)}: holds no recorded run to re-run "
+            "(it was not written by simulate)"
+        )
         raise UsageError(msg)
     result = run(recorded.scenario, POLICIES[args.policy])
     if args.json:
@@ -112,7 +120,7 @@ def _rerun(args: argparse.Namespace, recorded: RecordedRun | None) -> int:
     return 0 if result.passed else 1
 
 
-def _recorded_run(log: Path, envelopes: list[Envelope]) -> RecordedRun | None:
+def _recorded_run(log: str, envelopes: list[Envelope]) -> RecordedRun | None:
     """The scenario (with the seed it ran on), the policy and the end a log's run recorded."""
     started = next((e for e in envelopes if isinstance(e.event, RunStarted)), None)
     if started is None or not isinstance(started.event, RunStarted):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from actors.policy import POLICIES, Policy
 from actors.redaction import register_secret
-from events.sqlite_store import SQLiteStore
+from events.locations import is_postgres_url, open_log, shown_location
+from events.log import EventStore
 from rejoin.cli.usage import UsageError, print_json
 from simulations.report import comparison_table, result_lines
 from simulations.scenario import Scenario, load
@@ -78,13 +79,7 @@ def _simulate_live(
 
     for scenario in scenarios:
         refuse_unsupported(scenario, loopback=args.sfu == "loopback")
-    if args.events is not None and len(scenarios) != 1:
-        msg = f"{args.events}: --events records one run; name one scenario"
-        raise UsageError(msg)
-    if args.events is not None and args.events.exists():
-        msg = f"{args.events}: already exists; --events writes a new log"
-        raise UsageError(msg)
-    store = SQLiteStore(args.events) if args.events is not None else None
+    store = _new_log(args.events, scenarios) if args.events is not None else None
     loopback = None
     try:
         if args.sfu == "loopback":
@@ -132,16 +127,28 @@ def loopback_server(args: argparse.Namespace) -> int:
 
 
 def _simulate_into(
-    path: Path, scenarios: list[Scenario], policy: Policy, seed: int | None
+    location: str, scenarios: list[Scenario], policy: Policy, seed: int | None
 ) -> RunResult:
-    if len(scenarios) != 1:
-        msg = f"{path}: --events records one run; name one scenario"
-        raise UsageError(msg)
-    if path.exists():
-        msg = f"{path}: already exists; --events writes a new log"
-        raise UsageError(msg)
-    store = SQLiteStore(path)
+    store = _new_log(location, scenarios)
     try:
         return run(scenarios[0], policy, seed=seed, store=store)
     finally:
         store.close()
+
+
+def _new_log(location: str, scenarios: list[Scenario]) -> EventStore:
+    """The new log `--events` names, for one scenario's run: a file that does not exist yet,
+    or a database that holds no events yet."""
+    shown = shown_location(location)
+    if len(scenarios) != 1:
+        msg = f"{shown}: --events records one run; name one scenario"
+        raise UsageError(msg)
+    if not is_postgres_url(location) and Path(location).exists():
+        msg = f"{shown}: already exists; --events writes a new log"
+        raise UsageError(msg)
+    store = open_log(location)
+    if next(iter(store.read_all()), None) is not None:
+        store.close()
+        msg = f"{shown}: already holds events; --events writes a new log"
+        raise UsageError(msg)
+    return store

@@ -28,6 +28,18 @@ def test_the_join_request_the_sdk_packs_its_token_in_is_hidden() -> None:
     assert redact(url) == f"ws://h/rtc/v1/validate?join_request={MASK}&x=1"
 
 
+def test_the_password_of_a_logs_url_is_hidden_wherever_the_url_puts_it() -> None:
+    assert redact("postgresql://rejoin:s3cr%40t@db:5432/log failed") == (
+        f"postgresql://rejoin:{MASK}@db:5432/log failed"
+    )
+    assert redact("postgres://db/log?user=rejoin&password=s3cret&sslmode=require") == (
+        f"postgres://db/log?user=rejoin&password={MASK}&sslmode=require"
+    )
+    assert (
+        redact("ws://127.0.0.1:7880/rtc and rejoin@db") == "ws://127.0.0.1:7880/rtc and rejoin@db"
+    )
+
+
 def test_a_bearer_credential_of_any_shape_is_hidden() -> None:
     assert redact("Authorization: Bearer abc.def") == f"Authorization: Bearer {MASK}"
 

@@ -1,28 +1,44 @@
 """The log's contract, held by every store: atomic batches, expected versions, idempotent event
-ids, gap-free global positions."""
+ids, gap-free global positions; and by every durable store: events that outlive the store's
+process, and a damaged record reported at its position after every record before it."""
 
+import contextlib
+import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from events.catalog import GlassesConnected, GlassesDisconnected, SessionDisposed, SessionOpened
 from events.envelope import Envelope, Pending
-from events.log import Batch, DuplicateEventId, EventStore, LogError, WrongExpectedVersion
+from events.log import (
+    Batch,
+    CorruptLog,
+    DuplicateEventId,
+    EventStore,
+    LogError,
+    WrongExpectedVersion,
+    read_valid_prefix,
+)
 from events.memory_store import MemoryStore
 from events.observed_store import ObservedStore
+from events.postgres_store import PostgresStore
 from events.sqlite_store import SQLiteStore
 from simulations.faulty_store import FaultyStore
 
 
-@pytest.fixture(params=["memory", "sqlite", "faulty", "observed"])
+@pytest.fixture(params=["memory", "sqlite", "postgres", "faulty", "observed"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore]:
     made: EventStore
     if request.param == "memory":
         made = MemoryStore()
     elif request.param == "sqlite":
         made = SQLiteStore(tmp_path / "log.db")
+    elif request.param == "postgres":
+        made = PostgresStore(request.getfixturevalue("postgres_url"))
     elif request.param == "faulty":
         made = FaultyStore(SQLiteStore(tmp_path / "log.db"), lambda: 0)  # no fault on
     else:
@@ -293,3 +309,85 @@ def test_a_failing_disk_refuses_every_batch_of_a_group_and_writes_nothing() -> N
     now = 1_000
     (stored,) = log.append_group([Batch("prod/a/1", 0, [pending("a1")])])
     assert ids(stored) == ["a1"]
+
+
+class Durable:
+    """A durable store under test: a way to open it again, and to change its rows behind its
+    back. Statements name the events' table `{events}` and mark parameters with `?`."""
+
+    def __init__(
+        self,
+        open_store: Callable[[], EventStore],
+        sql: Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]],
+    ) -> None:
+        self.open = open_store
+        self.sql = sql
+
+    def fill(self, count: int) -> None:
+        store = self.open()
+        for version in range(count):
+            store.append("prod/a/1", version, [pending(f"e{version}", version)])
+        store.close()
+
+    def replace_in_record(self, position: int, old: bytes, new: bytes) -> None:
+        ((record,),) = self.sql("SELECT record FROM {events} WHERE position = ?", (position,))
+        assert old in record
+        self.sql(
+            "UPDATE {events} SET record = ? WHERE position = ?",
+            (bytes(record).replace(old, new), position),
+        )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def durable(request: pytest.FixtureRequest, tmp_path: Path) -> Durable:
+    if request.param == "sqlite":
+        path = tmp_path / "log.db"
+
+        def sqlite_sql(statement: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+            db = sqlite3.connect(path)
+            rows = db.execute(statement.format(events="events"), parameters).fetchall()
+            db.commit()
+            db.close()
+            return rows
+
+        return Durable(lambda: SQLiteStore(path), sqlite_sql)
+    url = request.getfixturevalue("postgres_url")
+
+    def postgres_sql(statement: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with psycopg.connect(url, autocommit=True) as db:
+            found = db.execute(
+                statement.format(events="rejoin_events").replace("?", "%s").encode(), parameters
+            )
+            return found.fetchall() if found.description else []
+
+    return Durable(lambda: PostgresStore(url), postgres_sql)
+
+
+def test_events_survive_reopening(durable: Durable) -> None:
+    durable.fill(3)
+    with contextlib.closing(durable.open()) as store:
+        assert [e.event_id for e in store.read_all()] == ["e0", "e1", "e2"]
+
+
+def test_a_flipped_byte_is_reported_at_its_position_after_the_valid_prefix(
+    durable: Durable,
+) -> None:
+    durable.fill(5)
+    durable.replace_in_record(4, b'epoch":3', b'epoch":4')
+    with contextlib.closing(durable.open()) as store:
+        envelopes, error = read_valid_prefix(store)
+        assert [e.position for e in envelopes] == [1, 2, 3]
+        assert isinstance(error, CorruptLog)
+        assert (error.position, error.reason) == (4, "checksum mismatch")
+        with pytest.raises(CorruptLog, match="position 4 is corrupt: checksum mismatch"):
+            store.read_stream("prod/a/1")
+
+
+def test_a_missing_record_is_reported_as_a_gap(durable: Durable) -> None:
+    durable.fill(5)
+    durable.sql("DELETE FROM {events} WHERE position = ?", (2,))
+    with contextlib.closing(durable.open()) as store:
+        envelopes, error = read_valid_prefix(store)
+    assert [e.position for e in envelopes] == [1]
+    assert error is not None
+    assert (error.position, error.reason) == (2, "the record is missing")

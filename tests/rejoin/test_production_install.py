@@ -1,5 +1,6 @@
-"""A production install (`pip install rejoin`) has neither the test tools nor the loopback
-server's WebRTC stack; the public API and the simulation commands work without them."""
+"""A production install (`pip install rejoin`) has neither the test tools, nor the loopback
+server's WebRTC stack, nor the PostgreSQL driver; the public API and the simulation commands
+work without them."""
 
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent.parent
-DEVELOPMENT_ONLY = {"hypothesis", "aiortc", "pytest"}
+DEVELOPMENT_ONLY = {"hypothesis", "aiortc", "pytest", "psycopg", "psycopg_pool"}
 
 WITHOUT_DEVELOPMENT_PACKAGES = f"""
 import sys
@@ -59,4 +60,15 @@ def test_a_loopback_run_without_its_extra_says_what_to_install() -> None:
     assert done.returncode == 2
     assert done.stderr == (
         "rejoin: --sfu loopback needs aiortc: pip install 'rejoin[loopback]'\n"
+    ), done.stderr
+
+
+def test_a_postgresql_log_without_its_extra_says_what_to_install() -> None:
+    done = run(
+        "from rejoin.cli import main; sys.exit(main(['replay', 'postgresql://u:hunter2@db/log']))"
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "rejoin: postgresql://u@db/log: a PostgreSQL log needs psycopg: "
+        "pip install 'rejoin[postgres]'\n"
     ), done.stderr

@@ -1,5 +1,7 @@
-"""A server of a fleet whose log is shared (`REJOIN_SHARED_LOG`) tells the fleet of each glasses
-connection through that log; one with a log of its own writes nothing beyond its sessions."""
+"""A server built from settings opens the log `REJOIN_LOG` names, a SQLite file or a
+PostgreSQL database that a fleet's servers share; a server of a fleet whose log is shared
+(`REJOIN_SHARED_LOG`) tells the fleet of each glasses connection through that log, and one with
+a log of its own writes nothing beyond its sessions."""
 
 from pathlib import Path
 
@@ -40,3 +42,22 @@ def test_each_server_of_a_fleet_records_its_glasses_connections_in_the_shared_lo
     expected = [("prod", 1), ("debug", 2)] if shared == "true" else []
     assert [(server, event.epoch) for server, event in fleet] == expected
     assert all(isinstance(event, ConnectionRecorded) for _, event in fleet)
+
+
+def settings(server: str, log: str) -> Settings:
+    return Settings.from_environment({**ENVIRONMENT, "REJOIN_SERVER": server, "REJOIN_LOG": log})
+
+
+def test_servers_share_a_postgresql_log_and_a_restarted_one_recovers_its_sessions(
+    postgres_url: str,
+) -> None:
+    log = postgres_url.replace("postgresql://rejoin@", "postgresql://rejoin:pa55@")
+    with Server(settings("prod", log), connector=InstantRooms()) as prod:
+        prod.runtime.glasses_connected(USER).wait(timeout_s=5)
+        with Server(settings("debug", log), connector=InstantRooms()) as debug:
+            debug.runtime.glasses_connected("bob@example.com").wait(timeout_s=5)
+            assert debug.runtime.session(USER) is None, "each server reads its own sessions"
+    with Server(settings("prod", log), connector=InstantRooms()) as restarted:
+        assert restarted.runtime.session(USER) is not None, "recovered from the shared log"
+        assert restarted.store.open_streams("prod") == ["prod/ada@example.com/1"]
+        assert restarted.store.open_streams("debug") == ["debug/bob@example.com/1"]

@@ -100,6 +100,15 @@ def test_no_secret_reaches_an_error_or_a_repr() -> None:
         assert secret not in redact(f"an error that quotes {secret}")
 
 
+def test_a_postgresql_logs_password_reaches_no_repr_and_no_message() -> None:
+    log = "postgresql://rejoin:l0g-pa55@db.internal/rejoin"
+    settings = Settings.from_environment({**LIVEKIT, "REJOIN_LOG": log})
+    assert settings.log == log
+    assert "l0g-pa55" not in repr(settings)
+    assert "log='postgresql://rejoin@db.internal/rejoin'" in repr(settings)
+    assert redact("libpq quoted l0g-pa55 alone") == "libpq quoted [redacted] alone"
+
+
 def test_pseudonyms_are_stable_under_one_key_and_hide_the_address() -> None:
     environment = {**LIVEKIT, "REJOIN_PSEUDONYMISE": "yes", "REJOIN_PSEUDONYM_KEY": "fleet-key-one"}
     first = Settings.from_environment(environment)

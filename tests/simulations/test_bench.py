@@ -1,12 +1,14 @@
 """`rejoin bench` runs: every figure it reports is computed, at sizes small enough for a test.
 No timing is asserted; a bench that no longer runs against the runtime is what this catches."""
 
+import contextlib
 from pathlib import Path
 
 import pytest
 
 from actors.pool_executor import PoolExecutor
 from events.catalog import Input
+from events.locations import open_log
 from events.memory_store import MemoryStore
 from simulations import bench, scale
 
@@ -47,6 +49,25 @@ def test_sqlite_appends_are_measured_durable_and_from_several_threads() -> None:
         figures = bench.sqlite_appends(synchronous, threads=threads, inputs=32, repeats=1)
         assert 0 < figures.p50_ms <= figures.p99_ms
         assert figures.inputs_per_s > 0
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_appends_from_writer_processes_and_replay_are_measured_on_either_log(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    def new_log(name: str) -> str:
+        if store == "postgres":
+            return str(request.getfixturevalue("postgres").new_database())
+        return str(tmp_path / f"{name}.db")
+
+    for writers, group in ((1, 1), (3, 4)):
+        log = new_log(f"appends-{writers}")
+        figures = bench.process_appends(log, writers=writers, group=group, inputs=24)
+        assert 0 < figures.p50_ms <= figures.p99_ms
+        with contextlib.closing(open_log(log, read_only=True)) as written:
+            owners = {e.stream.split("~")[1].split(".")[0] for e in written.read_all()}
+        assert owners == {f"w{writer}" for writer in range(writers)}, "every writer appended"
+    assert bench.replay_events_per_s(200, 1, log=new_log("replay")) > 0
 
 
 def test_the_scale_run_simulates_idle_users_whose_sessions_all_settle() -> None:

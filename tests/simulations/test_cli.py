@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from aiohttp import web
 
@@ -200,6 +201,54 @@ def test_events_refuses_to_overwrite_a_log(
     code, _, err = rejoin(capsys, "simulate", "rapid-switch", "--events", str(log))
     assert code == 2
     assert "already exists" in err
+
+
+def with_password(url: str) -> str:
+    """`url` with a password, which trust authentication accepts and ignores."""
+    return url.replace("postgresql://rejoin@", "postgresql://rejoin:hunter2@")
+
+
+def test_a_run_recorded_in_postgresql_replays_and_its_password_is_never_printed(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = with_password(postgres_url)
+    code, out, err = rejoin(capsys, "simulate", "rapid-switch", "--events", log, "--json")
+    assert code == 0
+    simulated = json.loads(out)[0]
+    code, out, err = rejoin(capsys, "replay", log, "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out)[0]["metrics"] == simulated["metrics"]
+    code, out, err = rejoin(capsys, "replay", log, "--user", "nobody")
+    assert code == 2
+    assert err.startswith(f"rejoin: {postgres_url}: no user 'nobody' in this log")
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        found = db.execute("SELECT MAX(position) FROM rejoin_events").fetchone()
+        assert found is not None
+        last = found[0]
+        db.execute("UPDATE rejoin_events SET record = '\\x00' WHERE position = %s", (last - 2,))
+    code, out, err = rejoin(capsys, "replay", log, "--json")
+    assert code == 0
+    assert err == (
+        f"rejoin: {postgres_url}: record at position {last - 2} is corrupt: checksum mismatch; "
+        f"replaying the {last - 3} records before it\n"
+    )
+    code, out, err = rejoin(capsys, "simulate", "rapid-switch", "--events", log)
+    assert (code, err) == (
+        2,
+        f"rejoin: {postgres_url}: already holds events; --events writes a new log\n",
+    )
+
+
+def test_a_replay_of_a_database_without_a_log_is_refused_and_creates_nothing(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = rejoin(capsys, "replay", with_password(postgres_url))
+    assert (code, out) == (2, "")
+    assert err == f"rejoin: {postgres_url}: not a rejoin event log (it has no rejoin_meta table)\n"
+    with psycopg.connect(postgres_url) as db:
+        assert db.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone() == (0,)
 
 
 def rejoin_process(*argv: str, setup: str = "") -> tuple[int, str, str]:
