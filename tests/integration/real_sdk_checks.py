@@ -410,6 +410,17 @@ class LeakRig:
         self.generation += 1
         return self.generation
 
+    def supersede(self, older: RoomHandle) -> None:
+        """A newer join of the identity: once it is in the room and `older` is released (kicked,
+        or waited out), it leaves."""
+        events = Recorder()
+        newer = self.connector.join(join_request(self.next_generation()), events)
+        _joined(events)
+        _released(older)
+        newer.leave()
+        _released(newer)
+        self.kicked_newer += events.kicked()
+
     def connectors(self) -> list[LiveKitConnector]:
         live = [self.connector]
         if self.process is not None:
@@ -437,32 +448,21 @@ class LeakRig:
 def kick_cycle(rig: LeakRig) -> None:
     """A second join of the identity kicks the first, which lets go by itself; the second
     leaves."""
-    first, second = Recorder(), Recorder()
+    first = Recorder()
     older = rig.connector.join(join_request(rig.next_generation()), first)
     _joined(first)
-    newer = rig.connector.join(join_request(rig.next_generation()), second)
-    _joined(second)
-    _released(older)
-    newer.leave()
-    _released(newer)
-    rig.kicked_newer += second.kicked()
+    rig.supersede(older)
 
 
 def abandon_cycle(rig: LeakRig, delay_s: float = 0.5) -> None:
     """A join caught in flight is left; a newer one of the identity follows at once, and
     leaves once in the room."""
-    abandoned, newer_events = Recorder(), Recorder()
     rig.proxy.delay_s = delay_s
-    older = rig.connector.join(join_request(rig.next_generation()), abandoned)
+    older = rig.connector.join(join_request(rig.next_generation()), Recorder())
     time.sleep(delay_s / 5)
     older.leave()
     rig.proxy.delay_s = 0.0
-    newer = rig.connector.join(join_request(rig.next_generation()), newer_events)
-    _joined(newer_events)
-    _released(older)
-    newer.leave()
-    _released(newer)
-    rig.kicked_newer += newer_events.kicked()
+    rig.supersede(older)
 
 
 def reconnect_cycle(rig: LeakRig) -> None:

@@ -116,6 +116,7 @@ def test_cycles_of_kicks_abandoned_joins_and_crashes_leave_nothing_behind() -> N
         # The SDK's native threads enter Python lazily ("Dummy-N"): a pool that fills once is
         # fine, growth that goes on with the cycles is a leak.
         assert after["threads"] <= max(before["threads"], middle["threads"]), kind
+        assert after["os_threads"] <= max(before["os_threads"], middle["os_threads"]), kind
         assert after["asyncio_tasks"] <= before["asyncio_tasks"], kind
         assert after["fds"] <= before["fds"], kind
         assert after["udp_sockets"] <= before["udp_sockets"], kind
