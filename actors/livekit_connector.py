@@ -351,7 +351,8 @@ class LiveKitHandle:
 
     async def _run(self) -> None:
         try:
-            await self._after_previous()
+            if not self._left.is_set():
+                await self._after_previous()
             if not self._left.is_set():
                 await self._connect_and_stay()
         except Exception:
