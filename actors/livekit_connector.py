@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import json
 import logging
 import re
@@ -62,10 +63,13 @@ class LiveKitSettings(msgspec.Struct, frozen=True, kw_only=True):
     connect_timeout_s: float = 10.0
     lookup_timeout_s: float = 5.0
     leave_timeout_s: float = 5.0
-    settle_timeout_s: float = 60.0
-    """How long a join the bridge gave up on is waited out before the next join of its identity
-    goes ahead anyway: `Room.connect` cannot be cancelled safely (see `LiveKitHandle`), and it
-    ends by itself well within this (the SDK's own signal and join timeouts)."""
+    settle_timeout_s: float = 5.0
+    """How long after a join began connecting the next join of its identity waits for it to
+    settle (see `LiveKitHandle`). The SDK gives up on a join the server has not answered within
+    5 s (its join-response timeout), and one the server answered is in the room, where the next
+    join kicks it: past this, an earlier join can land late only through the SDK's own retries.
+    A connect the server answered can take 15 s more to return when it was kicked meanwhile;
+    it is still waited out and left, but no longer holds up the next join."""
     single_peer_connection: bool | None = None
     """`None` lets the SDK choose (single PC, falling back on a 404); the loopback server speaks
     only the two-PC protocol, and `False` skips the fallback's noise."""
@@ -303,8 +307,9 @@ class LiveKitHandle:
     the SDK send SIGTERM to the whole process 15 s later (python-sdks#784;
     `scripts/bench-abandon` measures both). A join given up on (left, or past
     `connect_timeout_s`) is waited out and then left, and the next join of its identity starts
-    only after that (or once the one before is in the room, where it can only be kicked): a
-    late join can neither act for a newer bridge nor kick it.
+    once the one before has settled: it is in the room (where it can only be kicked), released,
+    or connecting for `settle_timeout_s` already. A late join can neither act for a newer
+    bridge nor kick it.
     """
 
     def __init__(
@@ -327,6 +332,8 @@ class LiveKitHandle:
         self._settled = asyncio.Event()
         """Set on the loop once this join can no longer reach the server late (it is in the
         room, or released): the next join of its identity may start."""
+        self._connecting_since: float | None = None
+        """When `Room.connect` began (the loop's clock)."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -362,18 +369,21 @@ class LiveKitHandle:
             await self._release()
 
     async def _after_previous(self) -> None:
-        """Wait until the join made before this one for the same identity has settled."""
+        """Wait until the join made before this one for the same identity has settled, or has
+        been connecting for `settle_timeout_s`."""
         previous = self._connector._latest.get(self.key)
         self._connector._latest[self.key] = self
         if previous is None:
             return
-        timeout = self._connector.settings.settle_timeout_s
-        try:
-            await asyncio.wait_for(previous._settled.wait(), timeout=timeout)
-        except TimeoutError:
-            logger.warning(
-                "a join given up on has not ended within %g s: the next one goes ahead", timeout
-            )
+        loop, patience = asyncio.get_running_loop(), self._connector.settings.settle_timeout_s
+        while not previous._settled.is_set():
+            since = previous._connecting_since
+            # One still waiting for its own predecessor has not begun: it may yet land.
+            wait = patience if since is None else since + patience - loop.time()
+            if wait <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(previous._settled.wait(), timeout=wait)
 
     async def _connect_and_stay(self) -> None:
         settings, request = self._connector.settings, self._request
@@ -392,6 +402,7 @@ class LiveKitHandle:
         room.on("track_muted", self._mute_changed)
         room.on("track_unmuted", self._mute_changed)
         options = settings.room_options(auto_subscribe=True)
+        self._connecting_since = asyncio.get_running_loop().time()
         connect = asyncio.ensure_future(room.connect(settings.url, token, options))
         await asyncio.wait({connect}, timeout=settings.connect_timeout_s)
         if not connect.done():
