@@ -366,6 +366,8 @@ def abandoned_join(delay_s: float = 1.0, settle_s: float = 2.5) -> dict[str, Any
         time.sleep(delay_s / 5 if patience_s is None else patience_s + 0.1)
         handle.leave()
         proxy.delay_s = 0.0
+        # The newer join gets the usual patience: only the older one was to run out of it.
+        connector.settings = slow
         asked = time.monotonic()
         latest = connector.join(join_request(2), newer)
         newer.joined.wait(15)
