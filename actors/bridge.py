@@ -31,6 +31,7 @@ from actors.connector import (
     RoomJoined,
     RoomJoinFailed,
     RoomReconnecting,
+    RoomTokenRefreshed,
 )
 from actors.executor import Executor, TimerHandle, tell
 from actors.messages import BridgeExited, GateAudio, ReportQuery, StatusRequest
@@ -40,7 +41,10 @@ from events.catalog import (
     BridgeDisconnected,
     BridgeJoined,
     BridgeJoinFailed,
+    BridgeReconnected,
+    BridgeReconnecting,
     BridgeStatusObserved,
+    BridgeTokenRefreshed,
     DisconnectReason,
     FirstAudio,
     PhonePresenceObserved,
@@ -198,8 +202,11 @@ class Bridge(pykka.Actor):
             case PhoneMuted(muted=muted) if muted != self._phone_muted:
                 self._phone_muted = muted
                 self._phone_changed()
-            case RoomReconnecting(reconnecting=reconnecting) if self._sdk != "disconnected":
-                self._sdk = "reconnecting" if reconnecting else "connected"
+            case RoomReconnecting(reconnecting=reconnecting):
+                self._reconnecting(reconnecting=reconnecting)
+            case RoomTokenRefreshed(expires_ms=expires_ms):
+                refreshed = BridgeTokenRefreshed(generation=generation, expires_ms=expires_ms)
+                tell(self._session, refreshed)
             case _Watchdog():
                 self._watchdog = None
                 self._look_at_silence()
@@ -248,6 +255,16 @@ class Bridge(pykka.Actor):
             stalled=self._stalled,
             last_disconnect_reason=self._last_reason,
         )
+
+    def _reconnecting(self, *, reconnecting: bool) -> None:
+        """The SDK began, or ended, resuming its connection: the session records each change."""
+        if self._sdk not in ("connected", "reconnecting"):
+            return
+        sdk: SdkState = "reconnecting" if reconnecting else "connected"
+        if sdk != self._sdk:
+            self._sdk = sdk
+            change = BridgeReconnecting if reconnecting else BridgeReconnected
+            tell(self._session, change(generation=self.generation))
 
     # The watchdog
 

@@ -84,6 +84,13 @@ class RoomReconnecting(msgspec.Struct, frozen=True, kw_only=True):
     reconnecting: bool
 
 
+class RoomTokenRefreshed(msgspec.Struct, frozen=True, kw_only=True):
+    """The server handed the SDK a fresh token, which a resume uses: without one, a resume
+    after the join token's expiry fails. `expires_ms` is its expiry (wall-clock), if it says."""
+
+    expires_ms: int | None
+
+
 RoomEvent = (
     RoomJoined
     | RoomJoinFailed
@@ -92,6 +99,7 @@ RoomEvent = (
     | PhonePresence
     | PhoneMuted
     | RoomReconnecting
+    | RoomTokenRefreshed
 )
 
 

@@ -11,7 +11,9 @@ No token or secret ever reaches a log or an error message.
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
+import contextlib
 import json
 import logging
 import re
@@ -39,6 +41,7 @@ from actors.connector import (
     RoomJoined,
     RoomJoinFailed,
     RoomReconnecting,
+    RoomTokenRefreshed,
 )
 from actors.redaction import redact, register_secret
 from events.catalog import DisconnectReason
@@ -60,6 +63,13 @@ class LiveKitSettings(msgspec.Struct, frozen=True, kw_only=True):
     connect_timeout_s: float = 10.0
     lookup_timeout_s: float = 5.0
     leave_timeout_s: float = 5.0
+    settle_timeout_s: float = 5.0
+    """How long after a join began connecting the next join of its identity waits for it to
+    settle (see `LiveKitHandle`). The SDK gives up on a join the server has not answered within
+    5 s (its join-response timeout), and one the server answered is in the room, where the next
+    join kicks it: past this, an earlier join can land late only through the SDK's own retries.
+    A connect the server answered can take 15 s more to return when it was kicked meanwhile;
+    it is still waited out and left, but no longer holds up the next join."""
     single_peer_connection: bool | None = None
     """`None` lets the SDK choose (single PC, falling back on a 404); the loopback server speaks
     only the two-PC protocol, and `False` skips the fallback's noise."""
@@ -161,6 +171,11 @@ class LiveKitConnector:
         self._loop = loop or EventLoopThread()
         self._handles: set[LiveKitHandle] = set()
         self._lock = threading.Lock()
+        self._latest: dict[tuple[str, str], LiveKitHandle] = {}
+        """The newest handle of each room and identity, touched on the loop only: the next join
+        of that identity waits for it to settle."""
+        self._background: set[asyncio.Future[None]] = set()
+        """Leaves that outlasted their timeout, kept until they finish."""
         self._api: api.LiveKitAPI | None = None
 
     @property
@@ -176,8 +191,20 @@ class LiveKitConnector:
         return handle
 
     def _forget(self, handle: LiveKitHandle) -> None:
+        if self._latest.get(handle.key) is handle:
+            del self._latest[handle.key]
         with self._lock:
             self._handles.discard(handle)
+
+    def _settle(self, work: asyncio.Future[None]) -> None:
+        """Let `work` finish in the background if it has not: never cancelled, never lost."""
+        if work.done():
+            if not work.cancelled() and work.exception() is not None:
+                logger.warning("leaving the room failed: %s", redact(str(work.exception())))
+            return
+        logger.warning("leaving the room takes longer than its timeout; it goes on meanwhile")
+        self._background.add(work)
+        work.add_done_callback(self._background.discard)
 
     def lookup_holder(
         self, room: str, identity: str, reply: Callable[[LookupAnswer], object]
@@ -223,13 +250,28 @@ class LiveKitConnector:
             handles = list(self._handles)
         for handle in handles:
             handle.leave()
+        # A join in flight is waited out: stopping the loop under it would strand the SDK's
+        # room-event handshake, and the SDK would SIGTERM the process (see `LiveKitHandle`).
+        wait_s = self.settings.connect_timeout_s + self.settings.leave_timeout_s
         for handle in handles:
-            handle.wait_released(timeout_s=5)
+            handle.wait_released(timeout_s=wait_s)
         if self._api is not None:
             self._loop.submit(self._api.aclose()).result(timeout=5)
             self._api = None
         if self._owns_loop:
             self._loop.stop()
+
+
+def token_expiry_ms(token: str) -> int | None:
+    """When an access token expires (its `exp` claim, wall-clock ms), read without verifying
+    it: the server that signed it handed it over; `None` if it does not say."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    expiry = claims.get("exp") if isinstance(claims, dict) else None
+    return expiry * 1000 if isinstance(expiry, int) else None
 
 
 def _holder(metadata: str) -> IdentityHolder:
@@ -255,7 +297,20 @@ def _muted(phone: rtc.Participant) -> bool:
 
 
 class LiveKitHandle:
-    """One join of one bridge: the SDK room, its event handlers, and its release."""
+    """One join of one bridge: the SDK room, its event handlers, and its release.
+
+    A handle is one task on the connector's loop: wait until the join before it of the same
+    identity has settled, connect, stay until asked to leave or disconnected, then disconnect.
+    It never cancels `Room.connect`: with the pinned SDK a cancelled connect goes on in its Rust
+    core, joins late and kicks the newer join of the identity as a duplicate
+    (livekit/python-sdks#804), and, never told that Python is ready for its room's events, makes
+    the SDK send SIGTERM to the whole process 15 s later (python-sdks#784;
+    `scripts/bench-abandon` measures both). A join given up on (left, or past
+    `connect_timeout_s`) is waited out and then left, and the next join of its identity starts
+    once the one before has settled: it is in the room (where it can only be kicked), released,
+    or connecting for `settle_timeout_s` already. A late join can neither act for a newer
+    bridge nor kick it.
+    """
 
     def __init__(
         self,
@@ -269,7 +324,20 @@ class LiveKitHandle:
         self._room: rtc.Room | None = None
         self._readers: list[asyncio.Task[None]] = []
         self._left = threading.Event()
+        """Nothing more reaches the bridge: it left, or was told the join failed."""
         self._released = threading.Event()
+        # Bound to the connector's loop when first awaited there (Python 3.10+).
+        self._leaving = asyncio.Event()
+        """Set on the loop: leave now (asked to, or the room disconnected by itself)."""
+        self._settled = asyncio.Event()
+        """Set on the loop once this join can no longer reach the server late (it is in the
+        room, or released): the next join of its identity may start."""
+        self._connecting_since: float | None = None
+        """When `Room.connect` began (the loop's clock)."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self._request.room, self._request.identity)
 
     def start(self, loop: EventLoopThread) -> None:
         self._loop = loop
@@ -279,15 +347,45 @@ class LiveKitHandle:
         if self._left.is_set():
             return
         self._left.set()
-        self._loop.submit(self._release())
+        self._loop.loop.call_soon_threadsafe(self._leaving.set)
 
     def wait_released(self, timeout_s: float) -> bool:
         return self._released.wait(timeout_s)
 
+    def _tell(self, event: RoomEvent) -> None:
+        if not self._left.is_set():
+            self._on_event(event)
+
     async def _run(self) -> None:
-        if self._left.is_set():
+        try:
+            if not self._left.is_set():
+                await self._after_previous()
+            if not self._left.is_set():
+                await self._connect_and_stay()
+        except Exception:
+            logger.exception("a join of %s failed unexpectedly", self._request.room)
+            self._tell(RoomJoinFailed(error="the connector failed; see its log"))
+        finally:
             await self._release()
+
+    async def _after_previous(self) -> None:
+        """Wait until the join made before this one for the same identity has settled, or has
+        been connecting for `settle_timeout_s`."""
+        previous = self._connector._latest.get(self.key)
+        self._connector._latest[self.key] = self
+        if previous is None:
             return
+        loop, patience = asyncio.get_running_loop(), self._connector.settings.settle_timeout_s
+        while not previous._settled.is_set():
+            since = previous._connecting_since
+            # One still waiting for its own predecessor has not begun: it may yet land.
+            wait = patience if since is None else since + patience - loop.time()
+            if wait <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(previous._settled.wait(), timeout=wait)
+
+    async def _connect_and_stay(self) -> None:
         settings, request = self._connector.settings, self._request
         token = bridge_token(settings, request)
         room = rtc.Room(loop=asyncio.get_running_loop())
@@ -297,27 +395,28 @@ class LiveKitHandle:
         room.on("participant_connected", self._participant_connected)
         room.on("participant_disconnected", self._participant_disconnected)
         room.on("track_subscribed", self._track_subscribed)
-        room.on("reconnecting", lambda: self._on_event(RoomReconnecting(reconnecting=True)))
-        room.on("reconnected", lambda: self._on_event(RoomReconnecting(reconnecting=False)))
+        room.on("reconnecting", lambda: self._tell(RoomReconnecting(reconnecting=True)))
+        room.on("reconnected", lambda: self._tell(RoomReconnecting(reconnecting=False)))
+        room.on("token_refreshed", self._token_refreshed)
         room.on("participant_attributes_changed", self._attributes_changed)
         room.on("track_muted", self._mute_changed)
         room.on("track_unmuted", self._mute_changed)
-        try:
-            await asyncio.wait_for(
-                room.connect(settings.url, token, settings.room_options(auto_subscribe=True)),
-                timeout=settings.connect_timeout_s,
-            )
-        except Exception as error:
-            if not self._left.is_set():
-                message = redact(str(error) or type(error).__name__)
-                self._on_event(RoomJoinFailed(error=message, permanent=is_permanent(message)))
-            await self._release()
+        options = settings.room_options(auto_subscribe=True)
+        self._connecting_since = asyncio.get_running_loop().time()
+        connect = asyncio.ensure_future(room.connect(settings.url, token, options))
+        await asyncio.wait({connect}, timeout=settings.connect_timeout_s)
+        if not connect.done():
+            self._tell(RoomJoinFailed(error=f"no join within {settings.connect_timeout_s:g} s"))
+            self._left.set()
+            await asyncio.wait({connect})
+        if connect.exception() is not None:
+            message = redact(str(connect.exception()) or type(connect.exception()).__name__)
+            self._tell(RoomJoinFailed(error=message, permanent=is_permanent(message)))
             return
         if self._left.is_set():
-            await self._release()
             return
         phone = room.remote_participants.get(request.phone_identity)
-        self._on_event(
+        self._tell(
             RoomJoined(
                 participant_sid=room.local_participant.sid,
                 participant_count=len(room.remote_participants) + 1,
@@ -325,15 +424,24 @@ class LiveKitHandle:
                 phone_muted=phone is not None and _muted(phone),
             )
         )
+        # In the room, it can only be kicked by a newer join now, never kick one.
+        self._settled.set()
+        await self._leaving.wait()
 
     def _disconnected(self, reason: int) -> None:
-        if not self._left.is_set():
-            self._on_event(RoomDisconnected(reason=reason_name(reason)))
+        self._tell(RoomDisconnected(reason=reason_name(reason)))
+        # A room that ended by itself (a kick, say) holds nothing worth keeping, whether or not
+        # its bridge is still there to leave it.
+        self._leaving.set()
+
+    def _token_refreshed(self) -> None:
+        token = getattr(self._room, "_token", None)
+        self._tell(RoomTokenRefreshed(expires_ms=token_expiry_ms(token) if token else None))
 
     def _data_received(self, packet: rtc.DataPacket) -> None:
         sender = packet.participant
         if sender is not None and sender.identity == self._request.phone_identity:
-            self._on_event(RoomData(payload=bytes(packet.data)))
+            self._tell(RoomData(payload=bytes(packet.data)))
 
     def _track_subscribed(
         self,
@@ -358,40 +466,42 @@ class LiveKitHandle:
         try:
             async for event in stream:
                 pcm = bytes(event.frame.data.cast("B"))
-                self._on_event(RoomData(payload=bytes([sequence]) + pcm))
+                self._tell(RoomData(payload=bytes([sequence]) + pcm))
                 sequence = (sequence + 1) % 256
         finally:
             await stream.aclose()
 
     def _participant_connected(self, participant: rtc.RemoteParticipant) -> None:
         if participant.identity == self._request.phone_identity:
-            self._on_event(PhonePresence(present=True))
+            self._tell(PhonePresence(present=True))
             if _muted(participant):
-                self._on_event(PhoneMuted(muted=True))
+                self._tell(PhoneMuted(muted=True))
 
     def _attributes_changed(self, _changed: dict[str, str], participant: rtc.Participant) -> None:
         self._mute_changed(participant)
 
     def _mute_changed(self, participant: rtc.Participant, *_publication: object) -> None:
         if participant.identity == self._request.phone_identity:
-            self._on_event(PhoneMuted(muted=_muted(participant)))
+            self._tell(PhoneMuted(muted=_muted(participant)))
 
     def _participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
         if participant.identity == self._request.phone_identity:
-            self._on_event(PhonePresence(present=False))
+            self._tell(PhonePresence(present=False))
 
     async def _release(self) -> None:
+        self._left.set()
         readers, self._readers = self._readers, []
         for reader in readers:
             reader.cancel()
         if readers:
             await asyncio.gather(*readers, return_exceptions=True)
         room, self._room = self._room, None
-        if room is not None:
-            try:
-                timeout = self._connector.settings.leave_timeout_s
-                await asyncio.wait_for(room.disconnect(), timeout=timeout)
-            except Exception as error:
-                logger.warning("leaving the room failed: %s", redact(str(error)))
+        if room is not None and room.isconnected():
+            # Never cancelled either: a cancelled close keeps the room's UDP sockets
+            # (livekit/rust-sdks#1334). One that takes too long finishes in the background.
+            leaving = asyncio.ensure_future(room.disconnect())
+            await asyncio.wait({leaving}, timeout=self._connector.settings.leave_timeout_s)
+            self._connector._settle(leaving)
         self._connector._forget(self)
+        self._settled.set()
         self._released.set()

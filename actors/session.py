@@ -69,10 +69,13 @@ from events.catalog import (
     BridgeJoined,
     BridgeJoinFailed,
     BridgeKept,
+    BridgeReconnected,
+    BridgeReconnecting,
     BridgeStarted,
     BridgeStatusObserved,
     BridgeStatusRequested,
     BridgeStopped,
+    BridgeTokenRefreshed,
     ConnectionRecorded,
     Decision,
     DisconnectReason,
@@ -430,6 +433,9 @@ class Session(pykka.Actor):
                 | AudioStalled(generation=generation)
                 | AudioResumed(generation=generation)
                 | PhonePresenceObserved(generation=generation)
+                | BridgeReconnecting(generation=generation)
+                | BridgeReconnected(generation=generation)
+                | BridgeTokenRefreshed(generation=generation)
             ) if self._view is not None and generation != self._view.generation:
                 self._decide_that(
                     StaleInputIgnored(

@@ -148,6 +148,31 @@ class PhonePresenceObserved(Input, frozen=True, kw_only=True):
     muted: bool = False
 
 
+class BridgeReconnecting(Input, frozen=True, kw_only=True):
+    """The bridge's SDK lost its connection to the room and is resuming it on its own. Recorded
+    so that a replay shows the resume, and the host is told `connecting`: a second join now
+    would race the resume, so the session leaves it to the SDK and to the audio watch, which
+    goes on counting the silence (a resume can leave the data path dead: livekit/agents#4028)."""
+
+    generation: int
+
+
+class BridgeReconnected(Input, frozen=True, kw_only=True):
+    """The bridge's SDK resumed its connection; whether audio came back with it is the audio
+    watch's to judge."""
+
+    generation: int
+
+
+class BridgeTokenRefreshed(Input, frozen=True, kw_only=True):
+    """The server handed the bridge's SDK a fresh token, which its next resume uses: without
+    one, a resume after the join token's expiry fails. The token itself is never recorded."""
+
+    generation: int
+    expires_ms: int | None = None
+    """When the new token expires (wall-clock), if it says."""
+
+
 class IdentityHolderObserved(Input, frozen=True, kw_only=True):
     """Who holds the bridge identity in the room now, as the room service reports it: a holder,
     nobody (no holder, no error), or, with `error`, that the service could not say."""
@@ -314,6 +339,9 @@ AnyEvent = (
     | AudioStalled
     | AudioResumed
     | PhonePresenceObserved
+    | BridgeReconnecting
+    | BridgeReconnected
+    | BridgeTokenRefreshed
     | IdentityHolderObserved
     | TimerFired
     | RunStarted

@@ -18,6 +18,8 @@ from events.catalog import (
     BridgeDisconnected,
     BridgeJoined,
     BridgeJoinFailed,
+    BridgeReconnected,
+    BridgeReconnecting,
     BridgeStarted,
     BridgeStatusObserved,
     BridgeStatusRequested,
@@ -111,6 +113,8 @@ class SessionView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     phone_due_ms: int | None = None
     """When a phone missing from the room is reported absent."""
     phone_absent: bool = False
+    reconnecting: bool = False
+    """The current bridge's SDK is resuming its connection."""
     health: Health | None = None
     """What the host was last told; `None` while the glasses are away."""
 
@@ -213,6 +217,7 @@ def _disposed(view: SessionView, event: SessionDisposed, time_ms: int) -> Sessio
         health=None,
         phone_due_ms=None,
         bridge="down",
+        reconnecting=False,
         grace_deadline_ms=None,
         backoff_due_ms=None,
         escalated_until_ms=None,
@@ -237,6 +242,7 @@ def _started(view: SessionView, event: BridgeStarted, time_ms: int) -> SessionVi
         join_deadline_ms=event.join_deadline_ms,
         lookup_retry_due_ms=None,
         stalled_ms=None,
+        reconnecting=False,
     )
 
 
@@ -263,6 +269,7 @@ def _join_failed(view: SessionView, event: BridgeJoinFailed, time_ms: int) -> Se
         awaiting_status=False,
         join_deadline_ms=None,
         stalled_ms=None,
+        reconnecting=False,
     )
 
 
@@ -277,6 +284,7 @@ def _disconnected(view: SessionView, event: BridgeDisconnected, time_ms: int) ->
         awaiting_status=False,
         join_deadline_ms=None,
         stalled_ms=None,
+        reconnecting=False,
     )
 
 
@@ -301,6 +309,16 @@ def _presence(view: SessionView, event: PhonePresenceObserved, time_ms: int) -> 
     return _replace(view, **_phone(present=event.present, muted=event.muted))
 
 
+@_changes(BridgeReconnecting)
+@_changes(BridgeReconnected)
+def _resuming(
+    view: SessionView, event: BridgeReconnecting | BridgeReconnected, time_ms: int
+) -> SessionView:
+    if event.generation != view.generation:
+        return view
+    return _replace(view, reconnecting=isinstance(event, BridgeReconnecting))
+
+
 @_changes(BridgeStatusObserved)
 def _status(view: SessionView, event: BridgeStatusObserved, time_ms: int) -> SessionView:
     if event.generation != view.generation:
@@ -312,7 +330,7 @@ def _status(view: SessionView, event: BridgeStatusObserved, time_ms: int) -> Ses
 def _stopped(view: SessionView, event: BridgeStopped, time_ms: int) -> SessionView:
     if event.generation != view.generation:
         return view
-    return _replace(view, bridge="down", join_deadline_ms=None, stalled_ms=None)
+    return _replace(view, bridge="down", join_deadline_ms=None, stalled_ms=None, reconnecting=False)
 
 
 @_changes(FirstAudio)
@@ -381,6 +399,7 @@ def _process_restarted(view: SessionView, event: ProcessRestarted, time_ms: int)
         awaiting_status=False,
         stalled_ms=None,
         phone_due_ms=None,
+        reconnecting=False,
     )
 
 
@@ -471,6 +490,10 @@ def health_of(view: SessionView) -> Health | None:
         return Health(
             state="unavailable",
             reason=f"the bridge is not in the room ({who}); it returns when the glasses reconnect",
+        )
+    if view.reconnecting and view.bridge == "up":
+        return Health(
+            state="connecting", reason="the bridge lost its connection; the SDK is resuming it"
         )
     if view.phone_absent:
         return Health(state="phone_absent", reason="the phone has left the room")

@@ -7,6 +7,8 @@ It follows what the real server and SDK do (research/livekit-wire-protocol.md):
 - a dropped signal makes the SDK try to resume for about 16.8 s: it resumes if the server is
   reachable and the token still valid, fails with `JOIN_FAILURE` on an expired token, learns of a
   kick that happened meanwhile, and gives up with `UNKNOWN_REASON`;
+- with `token_refresh_ms`, the server refreshes the token of each participant whose signal is
+  up, which keeps its resumes valid past the join token's TTL;
 - admin removal and room deletion disconnect with `PARTICIPANT_REMOVED` and `ROOM_DELETED`;
 - the room service can fail for one server's lookups, each failing at once or hanging unanswered;
 - a server's credentials can be refused (every join and lookup fails for good: HTTP 401), and
@@ -47,6 +49,7 @@ from actors.connector import (
     RoomJoined,
     RoomJoinFailed,
     RoomReconnecting,
+    RoomTokenRefreshed,
 )
 from actors.executor import Executor
 from events.catalog import DisconnectReason
@@ -69,6 +72,9 @@ class SfuConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     lookup_latency_ms: tuple[int, int] = (5, 30)
     resume_attempt_ms: tuple[int, int] = (300, 1_500)
     token_ttl_ms: int = 600_000
+    token_refresh_ms: int | None = None
+    """How often the server hands each participant whose signal is up a fresh token, as
+    LiveKit does (`None`: never, so a resume past `token_ttl_ms` fails)."""
     audio_chunk_ms: int = 100
     join_rate_per_s: int | None = None
     """The most joins admitted within any second, for all servers together (`None`: no limit).
@@ -214,6 +220,7 @@ class SimLiveKit:
             room[connection.identity] = connection
             connection.state = "up"
             self.joins += 1
+            self._schedule_refresh(connection)
             connection.on_event(
                 RoomJoined(
                     participant_sid=connection.sid,
@@ -222,6 +229,22 @@ class SimLiveKit:
                     phone_muted=connection.request.room in self._muted,
                 )
             )
+
+    def _schedule_refresh(self, connection: _Connection) -> None:
+        every = self.config.token_refresh_ms
+        if every is not None:
+            due = self._executor.now_ms() + every
+            self._executor.call_at(due, lambda: self._refresh_token(connection))
+
+    def _refresh_token(self, connection: _Connection) -> None:
+        with self._lock:
+            if connection.state in ("gone", "orphaned"):
+                return
+            if connection.state == "up":
+                ttl = self.config.token_ttl_ms
+                connection.token_expires_ms = self._executor.now_ms() + ttl
+                connection.on_event(RoomTokenRefreshed(expires_ms=self._executor.wall_ms() + ttl))
+            self._schedule_refresh(connection)
 
     def leave(self, connection: _Connection) -> None:
         with self._lock:

@@ -10,11 +10,15 @@ from actors.policy import SUPERVISED
 from actors.restart_budget import RestartBudget
 from events.catalog import (
     BridgeKept,
+    BridgeReconnected,
+    BridgeReconnecting,
     BridgeStarted,
     BridgeStatusRequested,
     BridgeStopped,
+    BridgeTokenRefreshed,
     Event,
     GraceStarted,
+    HealthChanged,
     IdentityHolderRequested,
     ProcessRestarted,
     RejoinDecided,
@@ -205,6 +209,23 @@ def test_an_expired_token_on_resume_is_replaced_by_a_fresh_join() -> None:
     assert "JOIN_FAILURE" in restart[0].why
     assert len(decisions(world, "prod", BridgeStarted)) == 2
     assert heard(world, "prod", 4_000)
+
+
+def test_refreshed_tokens_keep_a_resume_valid_and_the_resume_is_in_the_log() -> None:
+    world = World(servers=["prod"], seed=2, sfu=SfuConfig(token_ttl_ms=1_000, token_refresh_ms=400))
+    world.connect(USER, "prod")
+    world.run_for(2_000)
+    world.signal_loss("prod", USER)
+    world.run_for(5_000)
+    kinds = [type(e) for e in events(world, "prod")]
+    assert BridgeTokenRefreshed in kinds
+    resume = [k for k in kinds if k in (BridgeReconnecting, BridgeReconnected)]
+    assert resume == [BridgeReconnecting, BridgeReconnected]
+    told = [e.reason for e in decisions(world, "prod", HealthChanged)]
+    assert "the bridge lost its connection; the SDK is resuming it" in told
+    assert told[-1] == "the phone's audio reaches the bridge"
+    assert len(decisions(world, "prod", BridgeStarted)) == 1, "the resume kept the bridge"
+    assert all_violations(world) == []
 
 
 def test_a_spent_budget_escalates_then_retries_after_the_cooldown() -> None:

@@ -8,12 +8,14 @@ import asyncio
 import gc
 import json
 import math
-import resource
+import os
 import secrets
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -21,16 +23,33 @@ from livekit import api, rtc
 from livekit.protocol import models
 from livekit.protocol import rtc as rtc_proto
 
-from actors.connector import JoinRequest, RoomData, RoomEvent, RoomJoined
-from actors.livekit_connector import EventLoopThread, LiveKitConnector, LiveKitSettings
+from actors.connector import (
+    JoinRequest,
+    LookupAnswer,
+    RoomData,
+    RoomDisconnected,
+    RoomEvent,
+    RoomHandle,
+    RoomJoined,
+    RoomReconnecting,
+)
+from actors.livekit_connector import (
+    EventLoopThread,
+    LiveKitConnector,
+    LiveKitHandle,
+    LiveKitSettings,
+)
 from actors.policy import SUPERVISED
 from actors.pool_executor import PoolExecutor
 from actors.runtime import Runtime
 from events.catalog import AudioStalled, BridgeJoined, BridgeJoinFailed, BridgeStarted
 from events.memory_store import MemoryStore
+from events.sqlite_store import SQLiteStore
+from simulations.delay_proxy import DelayProxy
 from simulations.live_runner import run_live
 from simulations.loopback import LoopbackServer, LoopbackThread
 from simulations.phone import Phone
+from simulations.process_resources import snapshot as resources
 from simulations.scenario import Scenario, load
 
 PORT = 7881
@@ -411,70 +430,306 @@ def refused_credentials(seconds: float = 6.0) -> dict[str, Any]:
     }
 
 
-def leak_cycles(cycles: int = 50, warm_up: int = 5) -> dict[str, Any]:
-    """Join, get kicked by a second join of the same identity, rejoin: `cycles` times, after
-    `warm_up` cycles that let the SDK and aiortc start their pools (one-time, not growth)."""
-    server, settings = loopback()
-    loop = EventLoopThread()
-    connector = LiveKitConnector(settings, loop)
-    joined = threading.Semaphore(0)
+def join_request(generation: int) -> JoinRequest:
+    return JoinRequest(
+        room="ada",
+        identity="cloud-agent:ada",
+        server="prod",
+        epoch=generation,
+        generation=generation,
+        phone_identity="ada",
+    )
 
-    def on_event(event: RoomEvent) -> None:
+
+class Recorder:
+    """A bridge's callback: the events one join reported, and when it joined."""
+
+    def __init__(self) -> None:
+        self.events: list[RoomEvent] = []
+        self.joined = threading.Event()
+        self.joined_at: float | None = None
+        self.reconnected = threading.Event()
+
+    def __call__(self, event: RoomEvent) -> None:
+        self.events.append(event)
+        if isinstance(event, RoomReconnecting) and not event.reconnecting:
+            self.reconnected.set()
         if isinstance(event, RoomJoined):
-            joined.release()
+            self.joined_at = time.monotonic()
+            self.joined.set()
 
-    def request(generation: int) -> JoinRequest:
-        return JoinRequest(
-            room="ada",
-            identity="cloud-agent:ada",
-            server="prod",
-            epoch=generation,
-            generation=generation,
-            phone_identity="ada",
+    def kinds(self) -> list[str]:
+        return [type(e).__name__ for e in self.events if not isinstance(e, RoomData)]
+
+    def kicked(self) -> bool:
+        return any(
+            isinstance(e, RoomDisconnected) and e.reason == "DUPLICATE_IDENTITY"
+            for e in self.events
         )
 
-    def snapshot() -> dict[str, Any]:
-        gc.collect()
-        tasks = loop.submit(_count_tasks()).result(timeout=5)
-        names = sorted(t.name for t in threading.enumerate())
-        return {
-            "threads": len(names),
-            "our_threads": [name for name in names if not name.startswith("Dummy-")],
-            "asyncio_tasks": tasks,
-            "sdk_handles": connector.live_handles,
-            "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        }
 
-    warm = [connector.join(request(0), on_event)]
-    joined.acquire(timeout=20)
-    before: dict[str, Any] = {}
-    middle: dict[str, Any] = {}
-    for cycle in range(1, warm_up + cycles + 1):
-        if cycle == warm_up + 1:
-            before = snapshot()
-        if cycle == warm_up + cycles // 2 + 1:
-            middle = snapshot()
-        newer = connector.join(request(cycle), on_event)
-        if not joined.acquire(timeout=20):
-            return {"error": f"cycle {cycle}: no join within 20 s"}
-        warm.pop().leave()
-        warm.append(newer)
-    for handle in warm:
+def abandoned_join(delay_s: float = 1.0, settle_s: float = 2.5) -> dict[str, Any]:
+    """A join caught in flight on a slow path to the server, given up on two ways: its bridge
+    leaves it, or it outlasts `connect_timeout_s`; then a newer join of the same identity takes
+    the fast path. The late one must neither report to its bridge nor kick the newer one."""
+    server, settings = loopback()
+    loop = EventLoopThread()
+    proxy = DelayProxy("127.0.0.1", PORT, delay_s)
+    loop.submit(proxy.start()).result(timeout=5)
+    slow = msgspec.structs.replace(settings, url=f"ws://127.0.0.1:{proxy.port}")
+    outcome: dict[str, Any] = {}
+    for way, patience_s in (("left", None), ("timed_out", delay_s / 4)):
+        connect_timeout_s = patience_s or slow.connect_timeout_s
+        connector = LiveKitConnector(
+            msgspec.structs.replace(slow, connect_timeout_s=connect_timeout_s), loop
+        )
+        proxy.delay_s = delay_s
+        older, newer = Recorder(), Recorder()
+        handle = connector.join(join_request(1), older)
+        time.sleep(delay_s / 5 if patience_s is None else patience_s + 0.1)
         handle.leave()
-        handle.wait_released(10)
-    time.sleep(1)
-    after = snapshot()
-    participants = len(server.server.participants("ada"))
-    connector.close()
+        proxy.delay_s = 0.0
+        # The newer join gets the usual patience: only the older one was to run out of it.
+        connector.settings = slow
+        asked = time.monotonic()
+        latest = connector.join(join_request(2), newer)
+        newer.joined.wait(15)
+        time.sleep(settle_s)
+        outcome[way] = {
+            "older": older.kinds(),
+            "newer": newer.kinds(),
+            "newer_joined_after_s": (
+                round(newer.joined_at - asked, 2) if newer.joined_at is not None else None
+            ),
+            "participants": [p.metadata for p in server.participants("ada")],
+            "handles": connector.live_handles,
+        }
+        latest.leave()
+        latest.wait_released(10)
+        outcome[way]["handles_after_leave"] = connector.live_handles
+        connector.close()
+    loop.submit(proxy.stop()).result(timeout=5)
     loop.stop()
     server.stop()
-    return {
-        "cycles": cycles,
-        "before": before,
-        "middle": middle,
-        "after": after,
-        "participants": participants,
-    }
+    return outcome
+
+
+class LeakRig:
+    """What the leak cycles share: one loopback server, one SDK event loop, a slow path to the
+    server (for joins caught in flight) and a durable log (for crashes and restarts)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.server, self.settings = loopback()
+        self.loop = EventLoopThread()
+        self.proxy = DelayProxy("127.0.0.1", PORT, 0.0)
+        self.loop.submit(self.proxy.start()).result(timeout=5)
+        slow = msgspec.structs.replace(self.settings, url=f"ws://127.0.0.1:{self.proxy.port}")
+        self.connector = LiveKitConnector(slow, self.loop)
+        self.generation = 0
+        self.kicked_newer = 0
+        """Joins kicked by one made before them: a late join acting against a newer one."""
+        self.log = folder / "rejoin.db"
+        self.process: Process | None = None
+
+    def next_generation(self) -> int:
+        self.generation += 1
+        return self.generation
+
+    def supersede(self, older: RoomHandle) -> None:
+        """A newer join of the identity: once it is in the room and `older` is released (kicked,
+        or waited out), it leaves."""
+        events = Recorder()
+        newer = self.connector.join(join_request(self.next_generation()), events)
+        _joined(events)
+        _released(older)
+        newer.leave()
+        _released(newer)
+        self.kicked_newer += events.kicked()
+
+    def connectors(self) -> list[LiveKitConnector]:
+        live = [self.connector]
+        if self.process is not None:
+            live.append(self.process.connector.inner)
+        return live
+
+    def snapshot(self) -> dict[str, Any]:
+        gc.collect()
+        tasks = self.loop.submit(_count_tasks()).result(timeout=5)
+        return msgspec.to_builtins(resources()) | {  # type: ignore[no-any-return]
+            "asyncio_tasks": tasks,
+            "sdk_handles": sum(c.live_handles for c in self.connectors()),
+            "participants": len(self.server.participants("ada")),
+        }
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+        self.connector.close()
+        self.loop.submit(self.proxy.stop()).result(timeout=5)
+        self.loop.stop()
+        self.server.stop()
+
+
+def kick_cycle(rig: LeakRig) -> None:
+    """A second join of the identity kicks the first, which lets go by itself; the second
+    leaves."""
+    first = Recorder()
+    older = rig.connector.join(join_request(rig.next_generation()), first)
+    _joined(first)
+    rig.supersede(older)
+
+
+def abandon_cycle(rig: LeakRig, delay_s: float = 0.5) -> None:
+    """A join caught in flight is left; a newer one of the identity follows at once, and
+    leaves once in the room."""
+    rig.proxy.delay_s = delay_s
+    older = rig.connector.join(join_request(rig.next_generation()), Recorder())
+    time.sleep(delay_s / 5)
+    older.leave()
+    rig.proxy.delay_s = 0.0
+    rig.supersede(older)
+
+
+def reconnect_cycle(rig: LeakRig) -> None:
+    """The server drops the bridge's signal without a leave; the SDK reconnects by itself (a
+    full rejoin: the loopback server refuses resumes for now), and the bridge then leaves."""
+    events = Recorder()
+    handle = rig.connector.join(join_request(rig.next_generation()), events)
+    _joined(events)
+    if not rig.server.drop_signal("ada", "cloud-agent:ada"):
+        raise AssertionError("the bridge was not in the room")
+    if not events.reconnected.wait(20):
+        raise AssertionError(f"the SDK did not reconnect within 20 s: {events.kinds()}")
+    handle.leave()
+    _released(handle)
+
+
+def crash_cycle(rig: LeakRig) -> None:
+    """The runtime dies without leaving its room, and a new one starts on the same log in the
+    same process; its bridge's join kicks the one the dead runtime left behind."""
+    if rig.process is None:
+        rig.process = Process(rig)
+        rig.process.connect()
+    dead = rig.process
+    dead.crash()
+    rig.process = Process(rig)
+    rig.process.connect()
+    dead.connector.inner.close()
+    if dead.connector.inner.live_handles:
+        raise AssertionError("the dead runtime's bridge was never released")
+
+
+class Severed:
+    """A connector whose process died: its bridges' leaves never reach the room."""
+
+    def __init__(self, inner: LiveKitConnector) -> None:
+        self.inner = inner
+        self.dead = False
+
+    def join(self, request: JoinRequest, on_event: Callable[[RoomEvent], object]) -> RoomHandle:
+        return _SeveredHandle(self, self.inner.join(request, on_event))
+
+    def lookup_holder(
+        self, room: str, identity: str, reply: Callable[[LookupAnswer], object]
+    ) -> None:
+        self.inner.lookup_holder(room, identity, reply)
+
+
+class _SeveredHandle:
+    def __init__(self, owner: Severed, inner: RoomHandle) -> None:
+        self._owner = owner
+        self._inner = inner
+
+    def leave(self) -> None:
+        if not self._owner.dead:
+            self._inner.leave()
+
+
+class Process:
+    """One runtime on the rig's log, as one server process runs it."""
+
+    def __init__(self, rig: LeakRig) -> None:
+        self.connector = Severed(LiveKitConnector(rig.settings, rig.loop))
+        self.executor = PoolExecutor()
+        self.store = SQLiteStore(rig.log)
+        self.runtime = Runtime(
+            server="prod", executor=self.executor, store=self.store, connector=self.connector
+        )
+
+    def connect(self) -> None:
+        self.runtime.glasses_connected("ada").wait(timeout_s=5)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            status = self.runtime.status("ada")
+            bridge = status.bridge if status is not None else None
+            if bridge is not None and bridge.sdk_state == "connected":
+                return
+            time.sleep(0.02)
+        raise AssertionError("the runtime's bridge did not join within 20 s")
+
+    def crash(self) -> None:
+        """Die as a process does: no leave reaches the room; the log's file is closed."""
+        self.connector.dead = True
+        self.executor.shutdown()
+        self.store.close()
+
+    def stop(self) -> None:
+        self.runtime.stop()
+        self.executor.shutdown()
+        self.connector.inner.close()
+        self.store.close()
+
+
+CYCLES: dict[str, Callable[[LeakRig], None]] = {
+    "kick": kick_cycle,
+    "abandoned_join": abandon_cycle,
+    "reconnect": reconnect_cycle,
+    "crash_restart": crash_cycle,
+}
+"""The kinds of cycle the leak check repeats: one function each."""
+
+
+def leak_cycles(cycles: int | None = None, warm_up: int = 5) -> dict[str, Any]:
+    """Each kind of cycle `cycles` times (`REJOIN_LEAK_CYCLES`, default 10), after `warm_up`
+    cycles that let the SDK and aiortc start their pools (once, not growth); what the process
+    holds before, half-way and after each kind."""
+    count = cycles or int(os.environ.get("REJOIN_LEAK_CYCLES", "10"))
+    with tempfile.TemporaryDirectory() as folder:
+        rig = LeakRig(Path(folder))
+        kinds: dict[str, Any] = {}
+        try:
+            for name, cycle in CYCLES.items():
+                for _ in range(warm_up):
+                    cycle(rig)
+                before = middle = rig.snapshot()
+                started = time.monotonic()
+                for done in range(1, count + 1):
+                    cycle(rig)
+                    if done == count // 2:
+                        middle = rig.snapshot()
+                seconds = time.monotonic() - started
+                time.sleep(1)
+                kinds[name] = {
+                    "before": before,
+                    "middle": middle,
+                    "after": rig.snapshot(),
+                    "ms_per_cycle": round(1000 * seconds / count),
+                }
+            kicked = rig.kicked_newer
+        finally:
+            rig.close()
+    return {"cycles": count, "kinds": kinds, "kicked_newer": kicked}
+
+
+def _joined(recorder: Recorder) -> None:
+    if not recorder.joined.wait(20):
+        raise AssertionError(f"no join within 20 s: {recorder.kinds()}")
+
+
+def _released(handle: RoomHandle) -> None:
+    assert isinstance(handle, LiveKitHandle)
+    if not handle.wait_released(20):
+        raise AssertionError("a handle was not released within 20 s")
 
 
 def track_audio(seconds: float = 2.0) -> dict[str, Any]:
@@ -567,6 +822,7 @@ CHECKS = {
     "bad-token": bad_token,
     "refused-credentials": refused_credentials,
     "leak-cycles": leak_cycles,
+    "abandoned-join": abandoned_join,
     "track-audio": track_audio,
     "drills": drills,
     "crash": crash,
