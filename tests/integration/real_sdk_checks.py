@@ -157,22 +157,25 @@ def live_story(
     """Run a scenario live on the loopback server, with `faults` done to the server at their
     times (seconds from the start); its result, the log as a story (one `Event: reason or why`
     line per event), the SID of each bridge join, what each fault returned, and each change
-    of what `watch` returned, polled every 50 ms."""
+    of what `watch` returned, polled every 50 ms, with the seconds since the start it was seen."""
     scenario = msgspec.convert(document, Scenario)
     server, settings = loopback()
     store = MemoryStore()
     returned: list[Any] = [None] * len(faults)
     watched: list[Any] = []
+    watched_at: list[float] = []
     done = threading.Event()
 
     def do(index: int, fault: Fault) -> None:
         returned[index] = fault(server)
 
     def poll() -> None:
+        began = time.monotonic()
         while watch is not None and not done.wait(0.05):
             seen = watch(server)
             if not watched or watched[-1] != seen:
                 watched.append(seen)
+                watched_at.append(round(time.monotonic() - began, 3))
 
     timers = [threading.Timer(at, do, (i, fault)) for i, (at, fault) in enumerate(faults)]
     poller = threading.Thread(target=poll, daemon=True)
@@ -197,6 +200,7 @@ def live_story(
         "bridge_sids": sids,
         "faults": msgspec.to_builtins(returned),
         "watched": watched,
+        "watched_at": watched_at,
     }
 
 

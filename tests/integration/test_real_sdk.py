@@ -97,7 +97,9 @@ def test_a_join_given_up_in_flight_is_waited_out_and_never_kicks_the_newer_one()
     result = in_netns("abandoned-join")
     for way in ("left", "timed_out"):
         found = result[way]
-        assert found["newer"] == ["RoomJoined"], (way, found)
+        # The server pushes a refreshed token at each join, sometimes before `connect` returns.
+        newer = [kind for kind in found["newer"] if kind != "RoomTokenRefreshed"]
+        assert newer == ["RoomJoined"], (way, found)
         assert len(found["participants"]) == 1, (way, found)
         assert '"epoch": 2' in found["participants"][0], "the newer join holds the identity"
         assert found["handles"] == 1
@@ -140,13 +142,24 @@ def test_a_resumed_bridge_keeps_its_sid_and_needs_no_rejoin() -> None:
     assert faults["sid-after-resume"] == before
 
 
+REPLACEMENT_S = 1.0
+"""Longer than the loopback server takes to close a replaced participant, shorter than the
+crashed process's restart (about 3.4 s here)."""
+
+
 def test_a_crash_leaves_a_stale_bridge_until_the_restarts_join_replaces_it() -> None:
     result = in_netns("crash")
     assert result["passed"], result["expectations"]
     first, second = result["bridge_sids"]
-    # Never empty in between: the dead process's bridge stayed until its successor replaced
-    # it; the last bridge leaves when the run stops.
-    assert result["watched"] == [[], [first], [second], []]
+    # The dead process's bridge stayed until its successor replaced it; the last bridge leaves
+    # when the run stops. A poll may catch the replacement itself, the moment the server takes
+    # the old bridge out and before it lets the new one in: that moment is short, where a
+    # bridge dropped at the crash would leave the room empty the seconds a restart takes.
+    watched, at = result["watched"], result["watched_at"]
+    if watched == [[], [first], [], [second], []]:
+        assert at[3] - at[2] < REPLACEMENT_S, f"the room was empty from {at[2]} s to {at[3]} s"
+    else:
+        assert watched == [[], [first], [second], []]
     assert "ProcessRestarted: " in result["story"]
 
 
