@@ -25,9 +25,9 @@ _run_decoder = msgspec.msgpack.Decoder(list[Envelope | None])
 
 RECORD_SEPARATOR = b"\xc0"
 """What joins the records of a run: msgpack's nil. With an array header before it, a run is one
-msgpack array, decoded in one call, the records at its even places. A record never ends with
-the separator (its last field is its schema, an integer), so it also marks where each record
-ends for a CRC over the run."""
+msgpack array, decoded in one call, the records at its even places. A record begins with a map
+header and ends with its schema, an integer, never with the separator: so a boundary between
+two records that moved changes the run's bytes, and a CRC over the run sees it."""
 
 
 class UndecodableEvent(ValueError):

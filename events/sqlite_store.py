@@ -125,9 +125,6 @@ _POSITION: Callable[[Envelope], int] = operator.attrgetter("position")
 _SCHEMA_OF: Callable[[Envelope], int] = operator.attrgetter("schema")
 MAX_GROUP = 64
 """Batches one transaction takes at most: bounds the work, and so the wait, of a group."""
-_MAPPED = 2**31
-"""Bytes of the file SQLite reads through a memory map rather than a system call per page
-(copying each page cost a tenth of a replay); its default build caps it at about 2 GB."""
 
 Row = tuple[int, str, int, str, int, str, str, int, bytes, int]
 Stored = tuple[int, int, bytes, int]
@@ -216,7 +213,6 @@ class SQLiteStore:
             found = self._check_format(db) if tables else None
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={synchronous}")
-            db.execute(f"PRAGMA mmap_size={_MAPPED}")
             if found is None:
                 db.executescript(_SCHEMA)
                 for statement in _SESSIONS:
@@ -253,7 +249,6 @@ class SQLiteStore:
         try:
             db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA cell_size_check=ON")
-            db.execute(f"PRAGMA mmap_size={_MAPPED}")
             self._check_format(db)
         except sqlite3.OperationalError as error:
             if pending and "unable to open" in str(error):
