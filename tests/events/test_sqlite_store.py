@@ -320,6 +320,26 @@ def test_an_upgraded_log_checks_its_old_records_as_written_and_its_new_ones_pack
         assert (error.position, error.reason) == (position, "checksum mismatch")
 
 
+def test_an_upgraded_log_is_read_a_chunk_at_a_time_on_each_side_of_its_upgrade(
+    tmp_path: Path,
+) -> None:
+    """A chunk of JSON records ends where the msgpack ones begin: each is read in one query,
+    none record by record."""
+    path = tmp_path / "log.db"
+    fill(path, 300)
+    as_older_format(path, 4)
+    writer = SQLiteStore(path)
+    writer.append("prod/a/1", 300, [connected(f"e{n}", n) for n in range(300, 600)])
+    writer.close()
+    store = SQLiteStore(path, read_only=True)
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    assert [e.event_id for e in store.read_all()] == [f"e{n}" for n in range(600)]
+    starts = [int(s.split("position >= ")[1].split()[0]) for s in statements if "group_concat" in s]
+    assert starts == [1, 257, 301, 557, 601], "JSON 1-256, 257-300; msgpack 301-556, 557-600"
+    assert len(statements) == len(starts)
+
+
 def test_a_record_boundary_moved_between_two_records_is_caught(tmp_path: Path) -> None:
     """The last byte of one record moved to the front of the next leaves the records' bytes,
     joined, as they were: the separator SQLite puts between them is what a chunk's CRC sees
