@@ -1,4 +1,5 @@
-"""Bytes in and out of the log: one JSON document per event, upcast when its schema is older."""
+"""Bytes in and out of the log: one msgpack record per envelope (JSON in logs written before
+format 5), its event upcast when its schema is older."""
 
 from __future__ import annotations
 
@@ -18,6 +19,15 @@ UPCASTERS: dict[int, Upcaster] = {}
 _encoder = msgspec.json.Encoder()
 _event_decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
 _envelope_decoder = msgspec.json.Decoder(Envelope)
+_packer = msgspec.msgpack.Encoder()
+_record_decoder = msgspec.msgpack.Decoder(Envelope)
+_run_decoder = msgspec.msgpack.Decoder(list[Envelope | None])
+
+RECORD_SEPARATOR = b"\xc0"
+"""What joins the records of a run: msgpack's nil. With an array header before it, a run is one
+msgpack array, decoded in one call, the records at its even places. A record begins with a map
+header and ends with its schema, an integer, never with the separator: so a boundary between
+two records that moved changes the run's bytes, and a CRC over the run sees it."""
 
 
 class UndecodableEvent(ValueError):
@@ -65,17 +75,66 @@ def decode_current_lines(records: bytes) -> list[Envelope]:
 
 
 def decode_envelope(schema: int, record: bytes) -> Envelope:
-    """Decode an envelope record whose event was written with `schema`, upcasting the event."""
+    """Decode a JSON envelope record whose event was written with `schema`, upcasting the
+    event."""
     if schema == SCHEMA_VERSION:
         try:
             return _envelope_decoder.decode(record)
         except msgspec.DecodeError as error:
             raise UndecodableEvent(str(error)) from error
     try:
-        document = msgspec.json.decode(record)
+        return _upcast_envelope(schema, msgspec.json.decode(record))
+    except msgspec.DecodeError as error:
+        msg = f"cannot read the envelope: {error}"
+        raise UndecodableEvent(msg) from error
+
+
+def encode_record(envelope: Envelope) -> bytes:
+    """One envelope as the log stores it from format 5 on: msgpack."""
+    return _packer.encode(envelope)
+
+
+def decode_record(schema: int, record: bytes) -> Envelope:
+    """Decode a record of `encode_record` whose event was written with `schema`, upcasting the
+    event."""
+    try:
+        if schema == SCHEMA_VERSION:
+            return _record_decoder.decode(record)
+        return _upcast_envelope(schema, msgspec.msgpack.decode(record))
+    except msgspec.DecodeError as error:
+        msg = f"cannot read the envelope: {error}"
+        raise UndecodableEvent(msg) from error
+
+
+def decode_current_records(records: bytes, count: int) -> list[Envelope]:
+    """Decode `count` records of `encode_record`, each followed by `RECORD_SEPARATOR` but the
+    last, in one call. As `decode_current_lines`, a record of another schema decodes as if it
+    were current, so the caller checks each `schema`."""
+    try:
+        run = _run_decoder.decode(b"".join((_array_header(2 * count - 1), records)))
+    except msgspec.DecodeError as error:
+        raise UndecodableEvent(str(error)) from error
+    envelopes = list(filter(None, run[::2]))  # a record is never false: this drops only None
+    if len(envelopes) != count or run[1::2].count(None) != count - 1:
+        msg = f"the {count} records of a run are not framed as a run"
+        raise UndecodableEvent(msg)
+    return envelopes
+
+
+def _array_header(length: int) -> bytes:
+    """The msgpack header of an array of `length` items (array 32: any length a run has)."""
+    return b"\xdd" + length.to_bytes(4, "big")
+
+
+def _upcast_envelope(schema: int, document: object) -> Envelope:
+    """The envelope of a decoded record whose event has `schema`, its event upcast."""
+    if not isinstance(document, dict):
+        msg = f"cannot read the envelope: a {type(document).__name__}, not a map"
+        raise UndecodableEvent(msg)
+    try:
         event = decode_event(schema, msgspec.json.encode(document.pop("event")))
         document["schema"] = SCHEMA_VERSION
         return msgspec.convert(document | {"event": msgspec.to_builtins(event)}, Envelope)
-    except (msgspec.DecodeError, AttributeError, KeyError, TypeError) as error:
+    except (msgspec.ValidationError, KeyError, TypeError) as error:
         msg = f"cannot read the envelope: {error}"
         raise UndecodableEvent(msg) from error

@@ -17,7 +17,7 @@ length of the history behind them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple, Protocol, TypeAlias
 
 from events.catalog import SCHEMA_VERSION, HealthState, SessionDisposed, SessionOpened
@@ -52,12 +52,19 @@ class CorruptLog(LogError):
         self.reason = reason
 
 
-def decode_record(source: str, position: int, schema: int, record: bytes) -> Envelope:
+def checked_envelope(
+    source: str,
+    position: int,
+    schema: int,
+    record: bytes,
+    decode: Callable[[int, bytes], Envelope] = decode_envelope,
+) -> Envelope:
     """The envelope of the record stored at `position` of `source` with `schema` beside it,
-    its checksum already checked; `CorruptLog` at that position for a record that does not
-    decode, says it is elsewhere, or holds another schema than the one stored beside it."""
+    its checksum already checked, decoded by `decode` (a JSON record by default); `CorruptLog`
+    at that position for a record that does not decode, says it is elsewhere, or holds another
+    schema than the one stored beside it."""
     try:
-        envelope = decode_envelope(schema, record)
+        envelope = decode(schema, record)
     except UndecodableEvent as error:
         raise CorruptLog(source, position, str(error)) from error
     if envelope.position != position:

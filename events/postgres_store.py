@@ -46,7 +46,7 @@ from events.log import (
     UnreadableLog,
     WrongExpectedVersion,
     check_batch,
-    decode_record,
+    checked_envelope,
     session_change,
 )
 
@@ -428,7 +428,7 @@ class PostgresStore:
         position, schema, record, crc = row
         if _crc(schema, record) != crc:
             raise CorruptLog(self.url, position, "checksum mismatch")
-        return decode_record(self.url, position, schema, record)
+        return checked_envelope(self.url, position, schema, record)
 
 
 def _check_storable(batch: Batch) -> None:

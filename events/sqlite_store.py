@@ -18,10 +18,11 @@ pool executor's journal), and writes them the same way, in groups of at most `ma
 The `sessions` table is the index of open sessions (format 3). Format 4 chains the CRCs: each
 record's CRC continues the one stored at the position before it, so a run of records is checked
 by one CRC over all of them, and replay reads, checks and decodes a chunk of the log in one
-query, one CRC and one decode rather than record by record. A writer that opens an older log
-upgrades it (format 2 builds the index once from the events) and chains the records it appends
-from then on; the records before keep the CRCs they were written with. A reader reads every
-format.
+query, one CRC and one decode rather than record by record. Format 5 stores each record in
+msgpack instead of JSON (`events.codec`), which costs less to read. A writer that opens an
+older log upgrades it (format 2 builds the index once from the events) and chains and packs the
+records it appends from then on; the records before keep the encoding and the CRCs they were
+written with. A reader reads every format.
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ from typing import Literal
 
 from events.catalog import SCHEMA_VERSION
 from events.codec import (
+    RECORD_SEPARATOR,
     UndecodableEvent,
     decode_current_lines,
+    decode_current_records,
     decode_envelope,
-    encode_envelope,
+    decode_record,
+    encode_record,
 )
 from events.envelope import Envelope, Pending
 from events.log import (
@@ -55,15 +59,18 @@ from events.log import (
     UnreadableLog,
     WrongExpectedVersion,
     check_batch,
-    decode_record,
+    checked_envelope,
     session_change,
 )
 
-FORMAT = "rejoin-event-log/4"
-READABLE = frozenset({"rejoin-event-log/2", "rejoin-event-log/3", FORMAT})
-"""Formats a reader reads; a writer upgrades a format 2 or 3 log to 4 when it opens it."""
-_UNCHAINED = 2**63
-"""Where the chained CRCs begin in a log of format 2 or 3: nowhere."""
+FORMAT = "rejoin-event-log/5"
+READABLE = frozenset({"rejoin-event-log/2", "rejoin-event-log/3", "rejoin-event-log/4", FORMAT})
+"""Formats a reader reads; a writer upgrades a log of an older one to 5 when it opens it."""
+_NOWHERE = 2**63
+"""Where the chained CRCs begin in a log of format 2 or 3, and the msgpack records in one of
+format 2 to 4: nowhere."""
+_LINE = b"\n"
+"""What joins the JSON records of a run, and ends each in its chained CRC (format 4)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -110,12 +117,12 @@ _CHUNK_RECORDS = 256
 """Records in a chunk: the envelopes of 4,096 at once outgrew the CPU's cache, and the fold
 that took them next ran at half speed."""
 _CHUNK = f"""SELECT max(position), crc, count(*), sum(schema != ?),
-    CAST(group_concat(record, x'0a') AS BLOB)
-FROM (SELECT {_READ} FROM events WHERE position >= ? ORDER BY position LIMIT {_CHUNK_RECORDS})"""
+    CAST(group_concat(record, ?) AS BLOB)
+FROM (SELECT {_READ} FROM events WHERE position >= ? ORDER BY position LIMIT ?)"""
 """A chunk of the log as one row: its last position with that record's CRC (SQLite takes a bare
 column from the row of the single `max`), how many records, how many of another schema than
-the current one, and the records one a line in one BLOB, which SQLite joins in C: fetched as
-rows, they cost more than checking and decoding them."""
+the current one, and the records joined by a separator in one BLOB, which SQLite joins in C:
+fetched as rows, they cost more than checking and decoding them."""
 _POSITION: Callable[[Envelope], int] = operator.attrgetter("position")
 _SCHEMA_OF: Callable[[Envelope], int] = operator.attrgetter("schema")
 MAX_GROUP = 256
@@ -133,14 +140,16 @@ def _crc(schema: int, record: bytes) -> int:
     return zlib.crc32(record, schema)
 
 
-def _chained_crc(record: bytes, before: int) -> int:
-    """CRC-32 of a record of format 4: of the record and a newline, continuing `before`, the
+def _chained_crc(record: bytes, before: int, separator: bytes) -> int:
+    """CRC-32 of a chained record: of the record and the separator of its encoding (a newline
+    after JSON, format 4; `RECORD_SEPARATOR` after msgpack, format 5), continuing `before`, the
     CRC stored at the position before it (0 at position 1). So this of a run of records joined
-    by newlines, with the CRC before the run, is the CRC stored with its last record.
+    by their separator, with the CRC before the run, is the CRC stored with its last record;
+    the separators, which SQLite puts between the records, make it cover where each ends.
 
     Its schema column is not covered: each record holds its schema too, and a reader checks
     that the two agree."""
-    return zlib.crc32(b"\n", zlib.crc32(record, before))
+    return zlib.crc32(separator, zlib.crc32(record, before))
 
 
 class SQLiteStore:
@@ -179,8 +188,10 @@ class SQLiteStore:
         self._leading = False
         """Set while a caller leads: writes a group, or has been woken to write the next."""
         self._db = self._open_reader() if read_only else self._open_writer(synchronous)
-        self._chained_from = self._read_chained_from(self._db)
+        self._chained_from = self._read_position(self._db, "chained_from", 4)
         """The first position whose CRC is chained (format 4); the ones before are not."""
+        self._packed_from = self._read_position(self._db, "packed_from", 5)
+        """The first position whose record is msgpack (format 5); the ones before are JSON."""
         self._reads, self._reads_lock = self._db, self._lock
         if not read_only:
             # A writer's point reads (a new session's incarnation, a restarted session's
@@ -212,6 +223,7 @@ class SQLiteStore:
                     db.execute(statement)
                 db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
                 db.execute("INSERT INTO meta VALUES ('chained_from', 1)")
+                db.execute("INSERT INTO meta VALUES ('packed_from', 1)")
             elif found != FORMAT:
                 self._upgrade(db, found)
         except sqlite3.Error as error:
@@ -273,9 +285,10 @@ class SQLiteStore:
         return str(found[0])
 
     def _upgrade(self, db: sqlite3.Connection, found: str) -> None:
-        """Format 2 or 3 to 4, in one transaction: from 2, build the index of sessions from the
-        events; then chain the CRCs of the records appended from now on. Records already
-        written keep theirs: recomputing them would hide any damage they have."""
+        """Format 2, 3 or 4 to 5, in one transaction: from 2, build the index of sessions from
+        the events; from 2 or 3, chain the CRCs of the records appended from now on; then pack
+        those records in msgpack. Records already written keep their JSON and their CRCs:
+        recomputing them would hide any damage they have."""
         db.execute("BEGIN IMMEDIATE")
         try:
             if found == "rejoin-event-log/2":
@@ -285,25 +298,29 @@ class SQLiteStore:
                     "SELECT stream, schema, record FROM events ORDER BY position"
                 ).fetchall()
                 self._index(db, [(row[0], decode_envelope(row[1], row[2])) for row in rows])
-            db.execute(
-                "INSERT INTO meta SELECT 'chained_from', COALESCE(MAX(position), 0) + 1 FROM events"
-            )
+            chained = found == "rejoin-event-log/4"
+            for key in ("packed_from",) if chained else ("chained_from", "packed_from"):
+                db.execute(
+                    "INSERT INTO meta SELECT ?, COALESCE(MAX(position), 0) + 1 FROM events", (key,)
+                )
             db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (FORMAT,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
 
-    def _read_chained_from(self, db: sqlite3.Connection) -> int:
-        """The first position whose CRC is chained: 1 for a log created in format 4, the first
-        appended after the upgrade for an older one, none for a log still in format 2 or 3."""
+    def _read_position(self, db: sqlite3.Connection, key: str, since: int) -> int:
+        """The first position from which the records are as `key` says (`chained_from`,
+        `packed_from`): 1 for a log created in format `since` or a later one, the first
+        appended after the upgrade for an older one, none for a log still older than `since`."""
         try:
-            found = db.execute("SELECT value FROM meta WHERE key = 'chained_from'").fetchone()
+            found = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             if found is None:
-                if self._check_format(db) == FORMAT:
-                    msg = f"{self.path}: a format 4 log that does not say where its CRCs chain"
+                number = int(self._check_format(db).rsplit("/", 1)[1])
+                if number >= since:
+                    msg = f"{self.path}: a format {number} log that does not say its {key}"
                     raise UnreadableLog(msg)
-                return _UNCHAINED
+                return _NOWHERE
             return int(found[0])
         except (sqlite3.Error, ValueError, TypeError) as error:
             msg = f"{self.path}: not a readable rejoin event log ({error})"
@@ -630,11 +647,15 @@ class SQLiteStore:
     def _chunk(self, start: int, before: int | None) -> tuple[list[Envelope], int | None] | None:
         """The next chunk of the log from `start` on, read, checked and decoded at once (one
         query, one CRC, one decode), and the CRC of its last record; `None` if the chunk is
-        not whole (a record missing, damaged, out of place, or of another schema)."""
+        not whole (a record missing, damaged, out of place, or of another schema). A chunk of
+        JSON records ends where the msgpack ones begin."""
+        packed = start >= self._packed_from
+        separator = RECORD_SEPARATOR if packed else _LINE
+        size = _CHUNK_RECORDS if packed else min(_CHUNK_RECORDS, self._packed_from - start)
         with self._lock:
             try:
                 last, crc, count, others, records = self._db.execute(
-                    _CHUNK, (SCHEMA_VERSION, start)
+                    _CHUNK, (SCHEMA_VERSION, separator, start, size)
                 ).fetchone()
             except sqlite3.DatabaseError:
                 return None
@@ -642,10 +663,13 @@ class SQLiteStore:
             return [], before
         if before is None or last - start + 1 != count or others:
             return None
-        if _chained_crc(records, before) != crc:
+        if _chained_crc(records, before, separator) != crc:
             return None
         try:
-            envelopes = decode_current_lines(records)
+            if packed:
+                envelopes = decode_current_records(records, count)
+            else:
+                envelopes = decode_current_lines(records)
         except UndecodableEvent:
             return None
         # Each envelope's own position and schema, checked in C: a record is whole, but the
@@ -779,15 +803,17 @@ class SQLiteStore:
         """The envelope of one record, checked on its own; `before` is the CRC stored at the
         position before it (`None`: there is no record there)."""
         position, schema, record, crc = row
+        packed = position >= self._packed_from
         if position < self._chained_from:
             good = _crc(schema, record) == crc
         elif before is None and position > 1:
             raise CorruptLog(self.path, position - 1, "the record is missing")
         else:
-            good = _chained_crc(record, before or 0) == crc
+            good = _chained_crc(record, before or 0, RECORD_SEPARATOR if packed else _LINE) == crc
         if not good:
             raise CorruptLog(self.path, position, "checksum mismatch")
-        return decode_record(self.path, position, schema, record)
+        decode = decode_record if packed else decode_envelope
+        return checked_envelope(self.path, position, schema, record, decode)
 
 
 class _Known:
@@ -858,7 +884,7 @@ def _caused_by(error: LogError, cause: BaseException) -> LogError:
 def _row(envelope: Envelope, before: int) -> Row:
     """The row of `envelope`, its CRC chained to `before`, the CRC of the row before it."""
     e = envelope
-    record = encode_envelope(e)
+    record = encode_record(e)
     return (
         e.position,
         e.stream,
@@ -869,5 +895,5 @@ def _row(envelope: Envelope, before: int) -> Row:
         e.user,
         e.schema,
         record,
-        _chained_crc(record, before),
+        _chained_crc(record, before, RECORD_SEPARATOR),
     )

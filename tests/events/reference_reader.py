@@ -2,8 +2,9 @@
 the file immutable (it writes nothing), checks that it is a rejoin log, and reads record after
 record by position until one cannot be read. It checks each record's CRC as its format
 defines it: on its own, seeded with the schema (formats 2 and 3, and the records of an upgraded
-log written before its upgrade), or over the record and a newline, continuing the CRC stored
-before it (format 4)."""
+log written before its upgrade), or over the record and a newline (format 4) or msgpack's nil
+(format 5), continuing the CRC stored before it; and decodes it as JSON (formats 2 to 4) or
+msgpack (format 5)."""
 
 import contextlib
 import itertools
@@ -12,7 +13,7 @@ import urllib.parse
 import zlib
 from pathlib import Path
 
-from events.codec import UndecodableEvent, decode_envelope
+from events.codec import RECORD_SEPARATOR, UndecodableEvent, decode_envelope, decode_record
 from events.sqlite_store import READABLE
 
 
@@ -30,6 +31,8 @@ def readable_records(path: Path) -> int:
             return 0
         chained = db.execute("SELECT value FROM meta WHERE key = 'chained_from'").fetchone()
         chained_from = int(chained[0]) if chained else None
+        packed = db.execute("SELECT value FROM meta WHERE key = 'packed_from'").fetchone()
+        packed_from = int(packed[0]) if packed else None
         before = 0
         for position in itertools.count(1):
             row = db.execute(
@@ -37,14 +40,18 @@ def readable_records(path: Path) -> int:
             ).fetchone()
             if row is None:
                 break
-            if chained_from is not None and position >= chained_from:
+            is_packed = packed_from is not None and position >= packed_from
+            if is_packed:
+                crc = zlib.crc32(row[1] + RECORD_SEPARATOR, before)
+            elif chained_from is not None and position >= chained_from:
                 crc = zlib.crc32(row[1] + b"\n", before)
             else:
                 crc = zlib.crc32(row[1], row[0])
             if crc != row[2]:
                 break
             before = row[2]
-            if decode_envelope(row[0], row[1]).position != position:
+            decode = decode_record if is_packed else decode_envelope
+            if decode(row[0], row[1]).position != position:
                 break
             count = position
     return count

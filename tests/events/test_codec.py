@@ -2,11 +2,20 @@
 
 from typing import Any, get_args
 
+import msgspec
 import pytest
 
 from events import codec
 from events.catalog import SCHEMA_VERSION, AnyEvent, Event, GlassesConnected
-from events.codec import UndecodableEvent, decode_event, encode_event
+from events.codec import (
+    RECORD_SEPARATOR,
+    UndecodableEvent,
+    decode_current_records,
+    decode_event,
+    encode_event,
+    encode_record,
+)
+from events.envelope import Envelope
 
 
 def test_every_event_class_is_in_the_decodable_union() -> None:
@@ -53,13 +62,48 @@ def test_a_stored_envelope_of_an_older_schema_is_upcast_on_read(
         document["epoch"] = document.pop("counter")
         return document
 
-    old = (
-        b'{"position": 7, "stream": "prod/a/1", "version": 2, "event_id": "e", "time_ms": 5,'
-        b' "server": "prod", "user": "a", "schema": 1,'
-        b' "event": {"type": "GlassesConnected", "counter": 3}}'
-    )
+    old = {
+        "position": 7,
+        "stream": "prod/a/1",
+        "version": 2,
+        "event_id": "e",
+        "time_ms": 5,
+        "server": "prod",
+        "user": "a",
+        "schema": 1,
+        "event": {"type": "GlassesConnected", "counter": 3},
+    }
     monkeypatch.setattr(codec, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
     monkeypatch.setitem(codec.UPCASTERS, SCHEMA_VERSION, rename_counter)
-    envelope = codec.decode_envelope(SCHEMA_VERSION, old)
-    assert envelope.event == GlassesConnected(epoch=3)
-    assert (envelope.position, envelope.stream, envelope.version) == (7, "prod/a/1", 2)
+    for envelope in (
+        codec.decode_envelope(SCHEMA_VERSION, msgspec.json.encode(old)),
+        codec.decode_record(SCHEMA_VERSION, msgspec.msgpack.encode(old)),
+    ):
+        assert envelope.event == GlassesConnected(epoch=3)
+        assert (envelope.position, envelope.stream, envelope.version) == (7, "prod/a/1", 2)
+
+
+def envelope_at(position: int) -> Envelope:
+    return Envelope(
+        position=position,
+        stream="prod/a/1",
+        version=position,
+        event_id=f"e{position}",
+        time_ms=position,
+        server="prod",
+        user="a",
+        event=GlassesConnected(epoch=position),
+    )
+
+
+def test_a_run_of_records_decodes_in_one_call_and_only_as_framed() -> None:
+    envelopes = [envelope_at(position) for position in range(1, 4)]
+    records = [encode_record(envelope) for envelope in envelopes]
+    assert decode_current_records(RECORD_SEPARATOR.join(records), 3) == envelopes
+    for misframed in (
+        b"".join(records),
+        RECORD_SEPARATOR.join([records[0], RECORD_SEPARATOR, records[2]]),
+        RECORD_SEPARATOR.join(records) + RECORD_SEPARATOR,
+    ):
+        with pytest.raises(UndecodableEvent):
+            decode_current_records(misframed, 3)

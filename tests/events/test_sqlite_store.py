@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from events.catalog import GlassesConnected, SessionOpened
+from events.codec import RECORD_SEPARATOR, decode_record, encode_envelope
 from events.envelope import Envelope, Pending
 from events.log import (
     Batch,
@@ -47,6 +48,18 @@ def fill(path: Path, count: int) -> None:
 def tamper(path: Path, sql: str) -> None:
     db = sqlite3.connect(path)
     db.execute(sql)
+    db.commit()
+    db.close()
+
+
+def rewrite_record(path: Path, position: int, old: bytes, new: bytes) -> None:
+    """Replace `old` in the record at `position` by `new`, leaving its CRC as it was."""
+    db = sqlite3.connect(path)
+    (record,) = db.execute("SELECT record FROM events WHERE position = ?", (position,)).fetchone()
+    assert old in record
+    db.execute(
+        "UPDATE events SET record = ? WHERE position = ?", (record.replace(old, new), position)
+    )
     db.commit()
     db.close()
 
@@ -88,7 +101,7 @@ def test_a_damaged_page_loses_no_record_before_it_and_names_the_first_bad_one(
 ) -> None:
     path = tmp_path / "log.db"
     big_log(path, 6_000)
-    zero_page_holding(path, b'"event_id":"e5000"')
+    zero_page_holding(path, b"event_id\xa5e5000")
     readable = readable_records(path)
     assert 4_096 < readable < 5_001, "the page is in the second batch of records, after 4,096"
     envelopes, error = read_valid_prefix(SQLiteStore(path, read_only=True))
@@ -179,19 +192,38 @@ def test_a_log_copied_with_its_write_ahead_log_reads_in_full(tmp_path: Path) -> 
 
 
 def as_older_format(path: Path, version: int) -> None:
-    """Make the log at `path` one that a writer of format `version` (2 or 3) wrote: each
-    record's CRC on its own, seeded with its schema; format 2 had no index of sessions."""
+    """Make the log at `path` one that a writer of format `version` (2, 3 or 4) wrote: each
+    record in JSON; its CRC chained over the record and a newline (4), or on its own, seeded
+    with its schema (2 and 3); format 2 had no index of sessions."""
     db = sqlite3.connect(path)
-    rows = db.execute("SELECT position, schema, record FROM events").fetchall()
+    rows = db.execute("SELECT position, schema, record FROM events ORDER BY position").fetchall()
+    before = 0
     for position, schema, record in rows:
-        crc = zlib.crc32(record, schema)
-        db.execute("UPDATE events SET crc = ? WHERE position = ?", (crc, position))
-    db.execute("DELETE FROM meta WHERE key = 'chained_from'")
+        line = encode_envelope(decode_record(schema, record))
+        crc = zlib.crc32(line + b"\n", before) if version == 4 else zlib.crc32(line, schema)
+        db.execute(
+            "UPDATE events SET record = ?, crc = ? WHERE position = ?", (line, crc, position)
+        )
+        before = crc
+    db.execute("DELETE FROM meta WHERE key = 'packed_from'")
+    if version < 4:
+        db.execute("DELETE FROM meta WHERE key = 'chained_from'")
     db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (f"rejoin-event-log/{version}",))
     if version == 2:
         db.execute("DROP TABLE sessions")
     db.commit()
     db.close()
+
+
+@pytest.mark.parametrize("key", ["chained_from", "packed_from"])
+def test_a_log_that_does_not_say_where_its_records_change_is_refused(
+    tmp_path: Path, key: str
+) -> None:
+    path = tmp_path / "log.db"
+    fill(path, 1)
+    tamper(path, f"DELETE FROM meta WHERE key = '{key}'")
+    with pytest.raises(UnreadableLog, match=f"a format 5 log that does not say its {key}"):
+        SQLiteStore(path, read_only=True)
 
 
 def meta(path: Path) -> dict[str, str]:
@@ -201,7 +233,10 @@ def meta(path: Path) -> dict[str, str]:
     return found
 
 
-def test_a_format_2_log_is_read_as_it_is_and_upgraded_by_a_writer(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("version", "chained_from"), [(2, "2"), (4, "1")])
+def test_an_older_log_is_read_untouched_and_upgraded_by_a_writer(
+    tmp_path: Path, version: int, chained_from: str
+) -> None:
     path = tmp_path / "log.db"
     store = SQLiteStore(path)
     opened = SessionOpened(cause="c", why="first", incarnation=1, epoch=1)
@@ -209,43 +244,93 @@ def test_a_format_2_log_is_read_as_it_is_and_upgraded_by_a_writer(tmp_path: Path
         "prod/a/1", 0, [Pending(event_id="o", time_ms=0, server="prod", user="a", event=opened)]
     )
     store.close()
-    as_older_format(path, 2)
+    as_older_format(path, version)
     before = path.read_bytes()
     reader = SQLiteStore(path, read_only=True)
     assert [e.event_id for e in reader.read_all()] == ["o"]
     reader.close()
     assert path.read_bytes() == before, "a reader does not upgrade"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.db"]
     writer = SQLiteStore(path)
     assert writer.open_streams("prod") == ["prod/a/1"]
     assert writer.last_incarnation("prod", "a") == 1
     writer.close()
-    assert meta(path) == {"format": "rejoin-event-log/4", "chained_from": "2"}
+    assert meta(path) == {
+        "format": "rejoin-event-log/5",
+        "chained_from": chained_from,
+        "packed_from": "2",
+    }
 
 
-def test_an_upgraded_log_checks_its_old_records_alone_and_its_new_ones_chained(
-    tmp_path: Path,
+@pytest.mark.parametrize(("version", "chained_from"), [(3, "4"), (4, "1")])
+def test_an_upgraded_log_checks_its_old_records_as_written_and_its_new_ones_packed(
+    tmp_path: Path, version: int, chained_from: str
 ) -> None:
     path = tmp_path / "log.db"
     fill(path, 3)
-    as_older_format(path, 3)
+    as_older_format(path, version)
     writer = SQLiteStore(path)
     writer.append("prod/a/1", 3, [connected("e3", 3), connected("e4", 4)])
     writer.close()
-    assert meta(path) == {"format": "rejoin-event-log/4", "chained_from": "4"}
+    assert meta(path) == {
+        "format": "rejoin-event-log/5",
+        "chained_from": chained_from,
+        "packed_from": "4",
+    }
+    db = sqlite3.connect(path)
+    firsts = [record[:1] for (record,) in db.execute("SELECT record FROM events ORDER BY position")]
+    db.close()
+    assert firsts == [b"{"] * 3 + [b"\x89"] * 2, "JSON as written, then msgpack maps"
     assert [e.event_id for e in SQLiteStore(path).read_all()] == ["e0", "e1", "e2", "e3", "e4"]
     assert readable_records(path) == 5
     for position in (2, 5):
         damaged = tmp_path / f"damaged-{position}.db"
         shutil.copy(path, damaged)
-        tamper(
-            damaged,
-            "UPDATE events SET record = CAST(REPLACE(record, 'epoch\":', 'epoch\": ') AS BLOB)"
-            f" WHERE position = {position}",
-        )
+        rewrite_record(damaged, position, b"epoch", b"epocH")
         envelopes, error = read_valid_prefix(SQLiteStore(damaged, read_only=True))
         assert [e.position for e in envelopes] == list(range(1, position))
         assert error is not None
         assert (error.position, error.reason) == (position, "checksum mismatch")
+
+
+def test_an_upgraded_log_is_read_a_chunk_at_a_time_on_each_side_of_its_upgrade(
+    tmp_path: Path,
+) -> None:
+    """A chunk of JSON records ends where the msgpack ones begin: each is read in one query,
+    none record by record."""
+    path = tmp_path / "log.db"
+    fill(path, 300)
+    as_older_format(path, 4)
+    writer = SQLiteStore(path)
+    writer.append("prod/a/1", 300, [connected(f"e{n}", n) for n in range(300, 600)])
+    writer.close()
+    store = SQLiteStore(path, read_only=True)
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    assert [e.event_id for e in store.read_all()] == [f"e{n}" for n in range(600)]
+    starts = [int(s.split("position >= ")[1].split()[0]) for s in statements if "group_concat" in s]
+    assert starts == [1, 257, 301, 557, 601], "JSON 1-256, 257-300; msgpack 301-556, 557-600"
+    assert len(statements) == len(starts)
+
+
+def test_a_record_boundary_moved_between_two_records_is_caught(tmp_path: Path) -> None:
+    """The last byte of one record moved to the front of the next leaves the records' bytes,
+    joined, as they were: the separator SQLite puts between them is what a chunk's CRC sees
+    move."""
+    path = tmp_path / "log.db"
+    fill(path, 5)
+    db = sqlite3.connect(path)
+    (second,), (third,) = db.execute(
+        "SELECT record FROM events WHERE position IN (2, 3) ORDER BY position"
+    ).fetchall()
+    db.execute("UPDATE events SET record = ? WHERE position = 2", (second[:-1],))
+    db.execute("UPDATE events SET record = ? WHERE position = 3", (second[-1:] + third,))
+    db.commit()
+    db.close()
+    envelopes, error = read_valid_prefix(SQLiteStore(path, read_only=True))
+    assert [e.position for e in envelopes] == [1]
+    assert error is not None
+    assert (error.position, error.reason) == (2, "checksum mismatch")
 
 
 def test_a_changed_crc_is_reported_by_each_read_that_relies_on_it(tmp_path: Path) -> None:
@@ -287,8 +372,8 @@ def test_a_schema_column_that_disagrees_with_its_record_names_the_record(
     db = sqlite3.connect(path)
     before = 0
     for position, stored in db.execute("SELECT position, record FROM events").fetchall():
-        record = stored.replace(b'"schema":1', b'"schema":2') if position == 2 else stored
-        before = zlib.crc32(record + b"\n", before)
+        record = stored.replace(b"schema\x01", b"schema\x02") if position == 2 else stored
+        before = zlib.crc32(record + RECORD_SEPARATOR, before)
         db.execute(
             "UPDATE events SET record = ?, crc = ? WHERE position = ?", (record, before, position)
         )

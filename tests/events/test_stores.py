@@ -312,16 +312,19 @@ def test_a_failing_disk_refuses_every_batch_of_a_group_and_writes_nothing() -> N
 
 
 class Durable:
-    """A durable store under test: a way to open it again, and to change its rows behind its
-    back. Statements name the events' table `{events}` and mark parameters with `?`."""
+    """A durable store under test: a way to open it again, to change its rows behind its
+    back, and how its records spell an epoch. Statements name the events' table `{events}` and
+    mark parameters with `?`."""
 
     def __init__(
         self,
         open_store: Callable[[], EventStore],
         sql: Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]],
+        epoch: Callable[[int], bytes],
     ) -> None:
         self.open = open_store
         self.sql = sql
+        self.epoch = epoch
 
     def fill(self, count: int) -> None:
         store = self.open()
@@ -350,7 +353,8 @@ def durable(request: pytest.FixtureRequest, tmp_path: Path) -> Durable:
             db.close()
             return rows
 
-        return Durable(lambda: SQLiteStore(path), sqlite_sql)
+        # msgpack: the key, then a small int in one byte.
+        return Durable(lambda: SQLiteStore(path), sqlite_sql, lambda n: b"epoch" + bytes([n]))
     url = request.getfixturevalue("postgres_url")
 
     def postgres_sql(statement: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -360,7 +364,7 @@ def durable(request: pytest.FixtureRequest, tmp_path: Path) -> Durable:
             )
             return found.fetchall() if found.description else []
 
-    return Durable(lambda: PostgresStore(url), postgres_sql)
+    return Durable(lambda: PostgresStore(url), postgres_sql, lambda n: b'epoch":%d' % n)
 
 
 def test_events_survive_reopening(durable: Durable) -> None:
@@ -373,7 +377,7 @@ def test_a_flipped_byte_is_reported_at_its_position_after_the_valid_prefix(
     durable: Durable,
 ) -> None:
     durable.fill(5)
-    durable.replace_in_record(4, b'epoch":3', b'epoch":4')
+    durable.replace_in_record(4, durable.epoch(3), durable.epoch(4))
     with contextlib.closing(durable.open()) as store:
         envelopes, error = read_valid_prefix(store)
         assert [e.position for e in envelopes] == [1, 2, 3]
