@@ -232,7 +232,7 @@ def test_the_machine_reaches_the_states_that_matter() -> None:
     The examples are fixed, in every profile, so that this says what the fixed set covers;
     the machine itself explores new examples in the `dev` profile."""
     RejoinMachine.reached.clear()
-    fixed = settings(max_examples=60, derandomize=True, database=None)
+    fixed = settings(max_examples=100, derandomize=True, database=None)
     run_state_machine_as_test(RejoinMachine, settings=fixed)
     reached = RejoinMachine.reached
     for outcome in [
