@@ -445,13 +445,18 @@ class Cycle:
         self.me = self
 
 
+def a_frozen_cycle() -> weakref.ref[Cycle]:
+    """A reference cycle that a running pool has frozen, and nothing else references."""
+    kept = Cycle()
+    frozen, count = weakref.ref(kept), gc.get_freeze_count()
+    assert eventually(lambda: gc.get_freeze_count() > count)
+    return frozen
+
+
 def test_the_pool_freezes_what_survives_and_unfreezes_it_at_shutdown() -> None:
     executor = PoolExecutor(collector=Collector(freeze_every_s=0.01, collect_every_s=600))
     try:
-        kept = Cycle()
-        frozen, count = weakref.ref(kept), gc.get_freeze_count()
-        assert eventually(lambda: gc.get_freeze_count() > count)
-        del kept
+        frozen = a_frozen_cycle()
         gc.collect()
         assert frozen() is not None, "a frozen cycle waits for the periodic collection"
     finally:
@@ -464,10 +469,7 @@ def test_the_pool_freezes_what_survives_and_unfreezes_it_at_shutdown() -> None:
 def test_a_frozen_cycle_is_freed_by_the_periodic_full_collection() -> None:
     executor = PoolExecutor(collector=Collector(freeze_every_s=0.01, collect_every_s=0.2))
     try:
-        kept = Cycle()
-        frozen, count = weakref.ref(kept), gc.get_freeze_count()
-        assert eventually(lambda: gc.get_freeze_count() > count)
-        del kept
+        frozen = a_frozen_cycle()
         assert eventually(lambda: frozen() is None)
     finally:
         executor.shutdown()
