@@ -110,25 +110,16 @@ def test_sessions_recovered_at_start_count_and_the_log_since_is_newer() -> None:
     metrics.observe([grace], 0.001)
     recovered = [
         SessionView(
-            stream=stream,
+            stream=f"prod/{user}/1",
             server="prod",
-            user="a@example.com",
+            user=user,
             incarnation=1,
             version=4,
             state="ACTIVE",
             epoch=1,
             time_ms=0,
-        ),
-        SessionView(
-            stream="prod/b@example.com/1",
-            server="prod",
-            user="b@example.com",
-            incarnation=1,
-            version=4,
-            state="ACTIVE",
-            epoch=1,
-            time_ms=0,
-        ),
+        )
+        for user in ("a@example.com", "b@example.com")
     ]
     metrics.recovered(recovered)
     assert metrics.connected_users() == 1, "a is in grace, as the log said after its recovery"
