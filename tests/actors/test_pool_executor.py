@@ -473,3 +473,31 @@ def test_a_frozen_cycle_is_freed_by_the_periodic_full_collection() -> None:
         assert eventually(lambda: frozen() is None)
     finally:
         executor.shutdown()
+
+
+def test_actors_that_stopped_bring_the_full_collection_forward() -> None:
+    executor = PoolExecutor(
+        collector=Collector(freeze_every_s=0.01, collect_every_s=600, stopped_at_least=10)
+    )
+    try:
+        refs = [executor.spawn(Counter) for _ in range(11)]
+        frozen = a_frozen_cycle()
+        for ref in refs:
+            executor.wait(ref.stop(block=False), 5)
+        assert eventually(lambda: frozen() is None)
+    finally:
+        executor.shutdown()
+
+
+def test_a_starting_pool_never_freezes_garbage_made_before_it() -> None:
+    gc.disable()  # so that only the pool's own collection can free the cycle
+    try:
+        garbage = weakref.ref(Cycle())
+        assert garbage() is not None
+        executor = PoolExecutor(collector=Collector(freeze_every_s=0.01, collect_every_s=600))
+    finally:
+        gc.enable()
+    try:
+        assert garbage() is None
+    finally:
+        executor.shutdown()
