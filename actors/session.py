@@ -993,6 +993,8 @@ class Session(pykka.Actor):
     def _disarm_join(self) -> None:
         if self._before is not None and self._before.join_deadline_ms is not None:
             self._disarm("join")
+            if self._policy.shared_log:
+                self._disarm("join_check")
 
     def _disarm(self, timer: TimerKind) -> None:
         disarm = Disarm(owner_key=self._stream, timer=timer)
