@@ -622,10 +622,10 @@ class Session(pykka.Actor):
 
     def _look_for_overtaking(self, view: SessionView, looked_ms: int) -> None:
         """A join still in flight: if another server's bridge joined since it began, it was
-        overtaken (the SDK says so only at its own 15 s timeout, then its retry kicks whoever
-        holds the identity), or it will land late and kick that bridge. Either way this one is
-        given up on, never cancelled (the connector waits it out), and the kick rules decide
-        whether to join again; otherwise look again later."""
+        overtaken (the SDK tells it nothing; at its own 15 s timeout it retries, and the retry
+        kicks whoever holds the identity), or it will land late and kick that bridge. Either
+        way it is given up on, never cancelled (the connector waits it out), and the kick rules
+        decide whether to join again; otherwise look again later."""
         assert view.last_start_ms is not None, "a join in flight has a start"
         joins = joined_since(self._store, self._user, view.last_start_ms, besides=self._server)
         if not joins:
@@ -637,7 +637,8 @@ class Session(pykka.Actor):
         self._disarm_join()
         self._stop_bridge(
             f"overtaken in flight: the fleet log says {who}'s bridge joined since this join "
-            f"began {waited} ms ago, and the SDK tells of such a kick only at its 15 s timeout"
+            f"began {waited} ms ago, and the SDK tells nothing of such a kick until it retries "
+            "at its 15 s timeout"
         )
         self._on_bridge_lost("DUPLICATE_IDENTITY", f"was overtaken in flight by {who}'s join")
 
