@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any, TypeVar, get_args
@@ -70,6 +71,12 @@ class LiveKitSettings(msgspec.Struct, frozen=True, kw_only=True):
     join kicks it: past this, an earlier join can land late only through the SDK's own retries.
     A connect the server answered can take 15 s more to return when it was kicked meanwhile;
     it is still waited out and left, but no longer holds up the next join."""
+    sdk_give_up_s: float = 100.0
+    """How long the pinned SDK can take to end a `Room.connect`, so how long `close` waits for
+    a join in flight: four attempts (its three join retries), each up to 5 s for the signal, 5 s
+    for the join response and 15 s for the peer connection. A join overtaken in flight by a
+    newer join of its identity takes one attempt's 15 s, then its retry lands, or is itself
+    overtaken by another late retry and takes 15 s more."""
     single_peer_connection: bool | None = None
     """`None` lets the SDK choose (single PC, falling back on a 404); the loopback server speaks
     only the two-PC protocol, and `False` skips the fallback's noise."""
@@ -250,11 +257,12 @@ class LiveKitConnector:
             handles = list(self._handles)
         for handle in handles:
             handle.leave()
-        # A join in flight is waited out: stopping the loop under it would strand the SDK's
-        # room-event handshake, and the SDK would SIGTERM the process (see `LiveKitHandle`).
-        wait_s = self.settings.connect_timeout_s + self.settings.leave_timeout_s
+        # A join in flight is waited out, as long as the SDK may take to end it: stopping the
+        # loop under it would strand the SDK's room-event handshake, and the SDK would SIGTERM
+        # the process (see `LiveKitHandle`).
+        deadline = time.monotonic() + self.settings.sdk_give_up_s + self.settings.leave_timeout_s
         for handle in handles:
-            handle.wait_released(timeout_s=wait_s)
+            handle.wait_released(timeout_s=max(0.0, deadline - time.monotonic()))
         if self._api is not None:
             self._loop.submit(self._api.aclose()).result(timeout=5)
             self._api = None

@@ -107,7 +107,13 @@ from events.catalog import (
     TimerKind,
 )
 from events.envelope import Envelope, Pending
-from events.fleet import APPEND_ATTEMPTS, fleet_stream, newest_connection, record_connection
+from events.fleet import (
+    APPEND_ATTEMPTS,
+    fleet_stream,
+    joined_since,
+    newest_connection,
+    record_connection,
+)
 from events.log import Batch, EventStore, LogError, WrongExpectedVersion
 from events.projection import SessionView, apply, health_of, replay_stream
 
@@ -589,6 +595,8 @@ class Session(pykka.Actor):
             seconds = self._deadlines.join_ms / 1000
             self._stop_bridge(f"no join within {seconds:g} s")
             self._on_bridge_lost("JOIN_FAILURE", f"did not join within {seconds:g} s")
+        elif timer == "join_check" and _join_in_flight(view, deadline):
+            self._look_for_overtaking(view, deadline)
         elif timer == "lookup" and view.lookup_deadline_ms == deadline:
             seconds = self._deadlines.lookup_ms / 1000
             self._on_lookup_failed(f"no answer within {seconds:g} s", permanent=False)
@@ -611,6 +619,28 @@ class Session(pykka.Actor):
             self._decide_that(
                 StaleInputIgnored(cause=self._cause, why=f"{timer} deadline no longer applies")
             )
+
+    def _look_for_overtaking(self, view: SessionView, looked_ms: int) -> None:
+        """A join still in flight: if another server's bridge joined since it began, it was
+        overtaken (the SDK tells it nothing; at its own 15 s timeout it retries, and the retry
+        kicks whoever holds the identity), or it will land late and kick that bridge. Either
+        way it is given up on, never cancelled (the connector waits it out), and the kick rules
+        decide whether to join again; otherwise look again later."""
+        assert view.last_start_ms is not None, "a join in flight has a start"
+        joins = joined_since(self._store, self._user, view.last_start_ms, besides=self._server)
+        if not joins:
+            due = looked_ms + self._deadlines.join_check_ms
+            if view.join_deadline_ms is not None and due < view.join_deadline_ms:
+                self._arm("join_check", due)
+            return
+        who, waited = joins[-1].server, self._now - view.last_start_ms
+        self._disarm_join()
+        self._stop_bridge(
+            f"overtaken in flight: the fleet log says {who}'s bridge joined since this join "
+            f"began {waited} ms ago, and the SDK tells nothing of such a kick until it retries "
+            "at its 15 s timeout"
+        )
+        self._on_bridge_lost("DUPLICATE_IDENTITY", f"was overtaken in flight by {who}'s join")
 
     def _dispose(self, why: str) -> None:
         self._stop_bridge(why)
@@ -916,6 +946,8 @@ class Session(pykka.Actor):
             )
         )
         self._arm("join", deadline)
+        if self._policy.shared_log and self._deadlines.join_check_ms < self._deadlines.join_ms:
+            self._arm("join_check", self._now + self._deadlines.join_check_ms)
         request = JoinRequest(
             room=self._user,
             identity=identity,
@@ -962,6 +994,8 @@ class Session(pykka.Actor):
     def _disarm_join(self) -> None:
         if self._before is not None and self._before.join_deadline_ms is not None:
             self._disarm("join")
+            if self._policy.shared_log:
+                self._disarm("join_check")
 
     def _disarm(self, timer: TimerKind) -> None:
         disarm = Disarm(owner_key=self._stream, timer=timer)
@@ -982,6 +1016,17 @@ def _observed(answer: LookupAnswer) -> IdentityHolderObserved:
             return IdentityHolderObserved(
                 holder_server=None, holder_epoch=None, error=error, permanent=permanent
             )
+
+
+def _join_in_flight(view: SessionView, check_ms: int) -> bool:
+    """Whether a `join_check` due at `check_ms` belongs to the join now in flight: one armed
+    for an earlier join is due before this one began."""
+    return (
+        view.bridge == "joining"
+        and view.last_start_ms is not None
+        and view.join_deadline_ms is not None
+        and view.last_start_ms < check_ms < view.join_deadline_ms
+    )
 
 
 def _describe(error: Exception) -> str:

@@ -43,11 +43,20 @@ OPERATOR_REASONS: frozenset[DisconnectReason] = frozenset(
 """Losses an operator caused: the bridge stays down until the user reconnects."""
 
 TimerKind = Literal[
-    "grace", "backoff", "cooldown", "join", "lookup", "lookup_retry", "phone", "pace"
+    "grace",
+    "backoff",
+    "cooldown",
+    "join",
+    "join_check",
+    "lookup",
+    "lookup_retry",
+    "phone",
+    "pace",
 ]
-"""`join` and `lookup` are deadlines for a connector's answer; `lookup_retry` asks again;
-`phone` is when a phone missing from the room is reported absent; `pace` is a join's turn at
-the server's join limiter."""
+"""`join` and `lookup` are deadlines for a connector's answer; `join_check` is when a fleet
+that shares its log looks whether a join still in flight was overtaken; `lookup_retry` asks
+again; `phone` is when a phone missing from the room is reported absent; `pace` is a join's
+turn at the server's join limiter."""
 
 HealthState = Literal["connecting", "ok", "audio_stalled", "phone_absent", "unavailable"]
 """What the user is experiencing on a server, as the host is told it (see `events.health`)."""

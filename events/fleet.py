@@ -5,14 +5,19 @@ to when the user's glasses connect to it, before it acts on the connection. A se
 bridge is kicked reads the stream to learn whether its connection is still the newest one
 anywhere in the fleet: the answer the room service gives, without asking it. Only the store
 contract is used (`append` with an expected version, `read_stream`), so every store serves.
+
+The same log answers one more question the room service would: whether another server's bridge
+joined the room since a given time (`joined_since`). With the pinned SDK a join overtaken in
+flight by a newer join of its identity says nothing until its own 15 s timeout, so a server
+whose join is slow looks here for the join that took the identity.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from events.catalog import ConnectionRecorded
-from events.envelope import Pending, escaped
+from events.catalog import BridgeJoined, ConnectionRecorded
+from events.envelope import Pending, escaped, stream_name
 from events.log import EventStore, LogError, WrongExpectedVersion
 
 APPEND_ATTEMPTS = 8
@@ -60,3 +65,28 @@ def newest_connection(store: EventStore, user: str) -> Newest | None:
         elif event.epoch == newest.epoch:
             newest = Newest(event.epoch, newest.servers | {envelope.server})
     return newest
+
+
+class Join(NamedTuple):
+    """A bridge's join as another server's log records it: the server, and when (wall ms)."""
+
+    server: str
+    time_ms: int
+
+
+def joined_since(store: EventStore, user: str, since_ms: int, *, besides: str) -> list[Join]:
+    """The joins of `user`'s bridges, on the servers the fleet stream names other than
+    `besides`, recorded at or after `since_ms`, in time order. Each server's latest session of
+    the user is read: a bridge joins only for the session in progress."""
+    servers = {envelope.server for envelope in store.read_stream(fleet_stream(user))}
+    joins = []
+    for server in sorted(servers - {besides}):
+        incarnation = store.last_incarnation(server, user)
+        if incarnation == 0:
+            continue
+        joins += [
+            Join(server, envelope.time_ms)
+            for envelope in store.read_stream(stream_name(server, user, incarnation))
+            if isinstance(envelope.event, BridgeJoined) and envelope.time_ms >= since_ms
+        ]
+    return sorted(joins, key=lambda join: join.time_ms)

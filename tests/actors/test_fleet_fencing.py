@@ -1,19 +1,24 @@
 """Fencing by the log a fleet shares, on both executors: with the room service failing, a
 server the glasses left finishes a slow join and kicks the server they moved to, which rejoins
 on the log's word; the server they left reads the log too, and stays down. And a connection's
-record reaches the fleet stream before the server acts, whoever else appends to it."""
+record reaches the fleet stream before the server acts, whoever else appends to it. A join
+still in flight looks in the log for a bridge that joined since it began: one that finds it was
+overtaken gives up at once, one that finds nothing waits on."""
 
 import uuid
 
 import pytest
 
+from actors.connector import Deadlines
 from events.catalog import (
     BridgeJoined,
     BridgeStarted,
+    BridgeStopped,
     ConnectionRecorded,
     RejoinDecided,
     RejoinDeclined,
     SessionRestarted,
+    TimerFired,
 )
 from events.envelope import Pending
 from events.fleet import APPEND_ATTEMPTS, fleet_stream
@@ -85,5 +90,61 @@ def test_a_connections_record_that_loses_races_for_the_fleet_stream_lands_before
         (started,) = [e for e in log.read_all() if isinstance(e.event, BridgeStarted)]
         assert fleet[-1].position < started.position
         assert harness.count(SessionRestarted) == (races == APPEND_ATTEMPTS)
+    finally:
+        harness.stop()
+
+
+LOOKING = Deadlines(join_ms=1_500, join_check_ms=300, lookup_ms=300)
+"""A join check well within the join deadline, both short enough for real time."""
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_a_join_overtaken_in_flight_is_given_up_on_the_fleet_logs_word(kind: ExecutorKind) -> None:
+    """dev's join never completes, as one overtaken in flight does with the real SDK, while
+    debug's bridge (of an older connection) joins, and the room service fails: dev's first look
+    at the log finds debug's join, gives its own up and joins again, before its join deadline;
+    debug, kicked, stays down on the log's word."""
+    harness = Harness(kind, servers=("debug", "dev"), shared_log=True, deadlines=LOOKING)
+    try:
+        for server in ("debug", "dev"):
+            harness.sfu.room_service_fault(server, 600_000, hangs=False)
+        harness.phone(USER)
+        harness.sfu.hang_joins("dev", 100)
+        harness.sfu.slow_next_join("debug", 100)
+        harness.runtimes["debug"].glasses_connected(USER, epoch=1).wait(timeout_s=5)
+        harness.runtimes["dev"].glasses_connected(USER, epoch=2).wait(timeout_s=5)
+
+        def settled() -> bool:
+            in_room = [p.server for p in harness.sfu.participants(USER)] == ["dev"]
+            heard = any(c.server == "dev" for c in harness.chunks[-5:])
+            return in_room and heard and harness.count(RejoinDeclined, "debug") == 1
+
+        assert harness.eventually(settled)
+        dev = harness.events("dev")
+        (stopped,) = [e for e in dev if isinstance(e, BridgeStopped)]
+        assert "overtaken in flight" in stopped.why
+        assert "debug's bridge" in stopped.why
+        checks = [e for e in dev if isinstance(e, TimerFired) and e.timer == "join_check"]
+        assert len(checks) == 1, "given up at the first look, not at the join deadline"
+        assert any(isinstance(e, RejoinDecided) and "fleet log" in e.why for e in dev)
+        assert [e.generation for e in dev if isinstance(e, BridgeJoined)] == [2]
+    finally:
+        harness.stop()
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_a_slow_join_nobody_overtook_is_looked_at_and_left_to_its_deadline(
+    kind: ExecutorKind,
+) -> None:
+    harness = Harness(kind, servers=("dev",), shared_log=True, deadlines=LOOKING)
+    try:
+        harness.sfu.hang_joins("dev", 100)
+        harness.runtimes["dev"].glasses_connected(USER, epoch=1).wait(timeout_s=5)
+        assert harness.eventually(lambda: harness.count(BridgeJoined, "dev") == 1)
+        dev = harness.events("dev")
+        checks = [e for e in dev if isinstance(e, TimerFired) and e.timer == "join_check"]
+        assert len(checks) == LOOKING.join_ms // LOOKING.join_check_ms - 1
+        (stopped,) = [e for e in dev if isinstance(e, BridgeStopped)]
+        assert stopped.why == "no join within 1.5 s"
     finally:
         harness.stop()

@@ -1,12 +1,21 @@
-"""The LiveKit connector's pure parts: the token a bridge joins with, reason names, redaction.
-Joining real rooms is covered by tests/integration/test_real_sdk.py."""
+"""The LiveKit connector's pure parts: the token a bridge joins with, reason names, redaction,
+and how long closing waits for a join in flight. Joining real rooms is covered by
+tests/integration/test_real_sdk.py."""
 
 import json
+import threading
 
+import msgspec
 from livekit import api
 
 from actors.connector import JoinRequest
-from actors.livekit_connector import LiveKitSettings, bridge_token, is_permanent, reason_name
+from actors.livekit_connector import (
+    LiveKitConnector,
+    LiveKitSettings,
+    bridge_token,
+    is_permanent,
+    reason_name,
+)
 from actors.redaction import redact
 
 SETTINGS = LiveKitSettings(
@@ -68,3 +77,31 @@ def test_errors_trying_again_cannot_fix_are_permanent_and_the_rest_transient() -
         "room 4010 is full",
     ]:
         assert not is_permanent(transient), transient
+
+
+class JoinInFlight:
+    """A join whose `Room.connect` the SDK ends `ends_after_s` after it is left: one overtaken
+    in flight ends only when the SDK's own 15 s wait does."""
+
+    def __init__(self, ends_after_s: float) -> None:
+        self.ends_after_s = ends_after_s
+        self.released = threading.Event()
+
+    def leave(self) -> None:
+        ender = threading.Timer(self.ends_after_s, self.released.set)
+        ender.daemon = True
+        ender.start()
+
+    def wait_released(self, timeout_s: float) -> bool:
+        return self.released.wait(timeout_s)
+
+
+def test_closing_waits_for_a_join_in_flight_as_long_as_the_sdk_may_take_to_end_it() -> None:
+    settings = msgspec.structs.replace(
+        SETTINGS, connect_timeout_s=0.05, leave_timeout_s=0.05, sdk_give_up_s=5.0
+    )
+    connector = LiveKitConnector(settings)
+    join = JoinInFlight(ends_after_s=0.3)
+    connector._handles.add(join)  # type: ignore[arg-type]
+    connector.close()
+    assert join.released.is_set(), "closing gave up on a join the SDK was still ending"

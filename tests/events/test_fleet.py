@@ -1,14 +1,23 @@
 """The fleet stream, on every store a fleet can share: a connection's record lands whatever
-other servers append meanwhile, and the newest connection is the highest epoch recorded."""
+other servers append meanwhile, the newest connection is the highest epoch recorded, and the
+log tells which other servers' bridges joined since a given time."""
 
 import itertools
 from collections.abc import Callable
 
 import pytest
 
-from events.catalog import ConnectionRecorded
-from events.envelope import Pending
-from events.fleet import APPEND_ATTEMPTS, Newest, fleet_stream, newest_connection, record_connection
+from events.catalog import BridgeJoined, ConnectionRecorded, Event, SessionOpened
+from events.envelope import Pending, stream_name
+from events.fleet import (
+    APPEND_ATTEMPTS,
+    Join,
+    Newest,
+    fleet_stream,
+    joined_since,
+    newest_connection,
+    record_connection,
+)
 from events.log import EventStore, LogError
 from simulations.faulty_store import RacedStore
 
@@ -78,3 +87,44 @@ def test_each_user_has_a_fleet_stream_of_their_own_that_no_session_stream_can_be
     assert newest_connection(log, "a/b") == Newest(5, frozenset({"prod"}))
     assert newest_connection(log, "a") == Newest(7, frozenset({"prod"}))
     assert log.open_streams("prod") == []
+
+
+def session(log: EventStore, server: str, incarnation: int, joins_ms: list[int]) -> None:
+    """`server`'s session of the user, whose bridge joined at each of `joins_ms`."""
+    events: list[tuple[int, Event]] = [
+        (0, SessionOpened(cause="c", why="connected", incarnation=incarnation, epoch=1))
+    ]
+    events += [
+        (
+            at,
+            BridgeJoined(
+                generation=g, participant_sid="PA_x", participant_count=2, phone_present=True
+            ),
+        )
+        for g, at in enumerate(joins_ms, start=1)
+    ]
+    pending = [
+        Pending(
+            event_id=f"{server}-{incarnation}-{i}", time_ms=at, server=server, user=USER, event=e
+        )
+        for i, (at, e) in enumerate(events)
+    ]
+    log.append(stream_name(server, USER, incarnation), 0, pending)
+
+
+def test_the_joins_since_a_time_are_other_servers_latest_sessions_bridges(
+    fleet_log: Callable[[], EventStore],
+) -> None:
+    log = fleet_log()
+    for server in ("prod", "debug", "dev"):
+        record_connection(log, recorded(server, 1))
+    session(log, "prod", 1, [900])
+    session(log, "debug", 1, [1_500])
+    session(log, "debug", 2, [1_100, 1_200])
+    session(log, "dev", 1, [1_300])
+    assert joined_since(log, USER, 1_000, besides="dev") == [
+        Join("debug", 1_100),
+        Join("debug", 1_200),
+    ]
+    assert joined_since(log, USER, 1_000, besides="debug") == [Join("dev", 1_300)]
+    assert joined_since(log, USER, 2_000, besides="dev") == []

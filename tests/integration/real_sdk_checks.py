@@ -450,12 +450,15 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[RoomEvent] = []
+        self.times: list[float] = []
+        """When each event came (`time.monotonic()`)."""
         self.joined = threading.Event()
         self.joined_at: float | None = None
         self.reconnected = threading.Event()
 
     def __call__(self, event: RoomEvent) -> None:
         self.events.append(event)
+        self.times.append(time.monotonic())
         if isinstance(event, RoomReconnecting) and not event.reconnecting:
             self.reconnected.set()
         if isinstance(event, RoomJoined):
@@ -464,6 +467,14 @@ class Recorder:
 
     def kinds(self) -> list[str]:
         return [type(e).__name__ for e in self.events if not isinstance(e, RoomData)]
+
+    def story(self, since: float) -> list[list[Any]]:
+        """Each event but data as `[kind, reason, seconds since `since`]`."""
+        return [
+            [type(e).__name__, getattr(e, "reason", None), round(at - since, 2)]
+            for e, at in zip(self.events, self.times, strict=True)
+            if not isinstance(e, RoomData)
+        ]
 
     def kicked(self) -> bool:
         return any(
@@ -516,6 +527,120 @@ def abandoned_join(delay_s: float = 1.0, settle_s: float = 2.5) -> dict[str, Any
     loop.stop()
     server.stop()
     return outcome
+
+
+def in_room(server: LoopbackThread, within_s: float = 10.0) -> float:
+    """Wait until someone is in ada's room; when that was seen (`time.monotonic()`)."""
+    deadline = time.monotonic() + within_s
+    while not server.participants("ada"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nobody joined ada's room within {within_s:g} s")
+        time.sleep(0.005)
+    return time.monotonic()
+
+
+def overtaken_in_flight(observe_s: float = 20.0) -> dict[str, Any]:
+    """A bridge's join is overtaken in flight: once it is in the room, before its peer
+    connection is up, another server's join of the same identity arrives. The server sends the
+    older one a Leave (DUPLICATE_IDENTITY, DISCONNECT) and closes its signal and peer
+    connections, as livekit-server does. What the pinned SDK tells each join, and when, with the
+    older's connect given `observe_s` instead of the connector's usual patience."""
+    server, settings = loopback()
+    loop = EventLoopThread()
+    patient = msgspec.structs.replace(settings, connect_timeout_s=observe_s)
+    connectors = [LiveKitConnector(patient, loop), LiveKitConnector(settings, loop)]
+    older, newer = Recorder(), Recorder()
+    started = time.monotonic()
+    handles = [connectors[0].join(join_request(1), older)]
+    overtaken_at = in_room(server)
+    handles.append(connectors[1].join(join_request(2), newer))
+    time.sleep(observe_s)
+    outcome = {
+        "overtaken_after_s": round(overtaken_at - started, 3),
+        "older": older.story(started),
+        "newer": newer.story(started),
+        "holder": [p.metadata for p in server.participants("ada")],
+        "handles": sum(c.live_handles for c in connectors),
+    }
+    for handle in handles:
+        handle.leave()
+    for connector in connectors:
+        connector.close()
+    outcome["handles_after_leave"] = sum(c.live_handles for c in connectors)
+    loop.stop()
+    server.stop()
+    return outcome
+
+
+def fleet_overtaken(observe_s: float = 22.0) -> dict[str, Any]:
+    """Two servers share one log and the room service fails. dev's join (the user's newest
+    connection, epoch 2) is overtaken in flight by debug's (an older connection, epoch 1, acted
+    on late). dev gives its join up on the fleet log's word and joins again; its first join,
+    waited out, lands when the SDK's 15 s wait ends and kicks dev's new bridge once, and dev
+    joins again. What each server's log tells, and who holds the identity at the end."""
+    server, settings = loopback()
+    loop = EventLoopThread()
+    phone = Phone(loop, settings, "ada")
+    phone.publishing = True
+    phone.join(deadline_s=time.monotonic() + observe_s + 5)
+    server.fail_room_service_for(observe_s + 30)
+    store = MemoryStore()
+    executors = {name: PoolExecutor() for name in ("debug", "dev")}
+    connectors = {name: LiveKitConnector(settings, loop) for name in executors}
+    heard: list[tuple[str, float]] = []
+    runtimes = {
+        name: Runtime(
+            server=name,
+            executor=executors[name],
+            store=store,
+            connector=connectors[name],
+            shared_log=True,
+            audio_sink=lambda chunk: heard.append((chunk.server, time.monotonic())),
+        )
+        for name in executors
+    }
+    started_ms = time.time_ns() // 1_000_000
+    try:
+        runtimes["dev"].glasses_connected("ada", epoch=2).wait(timeout_s=5)
+        # The phone is in the room already: wait for dev's bridge to be there too.
+        deadline = time.monotonic() + 10
+        while len(server.participants("ada")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        runtimes["debug"].glasses_connected("ada", epoch=1).wait(timeout_s=5)
+        time.sleep(observe_s)
+        holder = [p.metadata for p in server.participants("ada") if p.identity != "ada"]
+        now = time.monotonic()
+        heard_lately = {
+            name: any(now - at < 1.0 for who, at in heard if who == name) for name in runtimes
+        }
+    finally:
+        for runtime in runtimes.values():
+            runtime.stop()
+        handles = 0
+        for connector in connectors.values():
+            connector.close()
+            handles += connector.live_handles
+        for executor in executors.values():
+            executor.shutdown()
+        phone.leave()
+        loop.stop()
+        server.stop()
+    story = [
+        [
+            envelope.server,
+            type(envelope.event).__name__,
+            getattr(envelope.event, "reason", "") or getattr(envelope.event, "why", ""),
+            round((envelope.time_ms - started_ms) / 1000, 2),
+        ]
+        for envelope in store.read_all()
+        if not envelope.stream.startswith("fleet/")
+    ]
+    return {
+        "story": story,
+        "holder": holder,
+        "heard_lately": heard_lately,
+        "handles": handles,
+    }
 
 
 class LeakRig:
@@ -827,6 +952,8 @@ CHECKS = {
     "refused-credentials": refused_credentials,
     "leak-cycles": leak_cycles,
     "abandoned-join": abandoned_join,
+    "overtaken-in-flight": overtaken_in_flight,
+    "fleet-overtaken": fleet_overtaken,
     "track-audio": track_audio,
     "drills": drills,
     "crash": crash,

@@ -108,6 +108,43 @@ def test_a_join_given_up_in_flight_is_waited_out_and_never_kicks_the_newer_one()
     assert result["timed_out"]["older"] == ["RoomJoinFailed"], "only that it did not join"
 
 
+SDK_ICE_TIMEOUT_S = 15.0
+"""How long the pinned SDK waits for its peer connection before it retries the join."""
+
+
+def test_the_sdk_tells_a_join_overtaken_in_flight_nothing_until_its_retry_kicks_the_newer() -> None:
+    """Why the fleet log is read while a join is in flight: the SDK ignores the server's Leave
+    while `Room.connect` waits for its peer connection, says nothing for 15 s, and then its own
+    retry joins again and kicks the newer join. Nothing is left once both leave."""
+    result = in_netns("overtaken-in-flight")
+    assert result["overtaken_after_s"] < 2.0, result
+    told_s = min(at for _, _, at in result["older"])
+    assert told_s >= SDK_ICE_TIMEOUT_S, f"the SDK told the overtaken join something: {result}"
+    # The server pushes a refreshed token at each join, sometimes before `connect` returns.
+    (kind, _, landed_s), *_ = [e for e in result["older"] if e[0] != "RoomTokenRefreshed"]
+    assert kind == "RoomJoined", result
+    newer = [(kind, reason) for kind, reason, _ in result["newer"] if kind != "RoomTokenRefreshed"]
+    assert newer == [("RoomJoined", None), ("RoomDisconnected", "DUPLICATE_IDENTITY")], result
+    kicked_s = result["newer"][-1][2]
+    assert abs(kicked_s - landed_s) < 1.0, "the older join's retry kicked the newer"
+    assert result["holder"] == ['{"server": "prod", "epoch": 1}'], result
+    assert result["handles_after_leave"] == 0
+
+
+def test_a_fleet_gives_up_a_join_overtaken_in_flight_at_once_and_keeps_the_identity() -> None:
+    result = in_netns("fleet-overtaken")
+    dev = [(kind, why, at) for server, kind, why, at in result["story"] if server == "dev"]
+    (stopped_s,) = [at for kind, why, at in dev if kind == "BridgeStopped"][:1]
+    assert stopped_s < 3.0, "given up at the first look at the log, not at the join timeout"
+    joined = [at for kind, _, at in dev if kind == "BridgeJoined"]
+    assert joined[0] < 7.0, result["story"]
+    debug = [kind for server, kind, _, _ in result["story"] if server == "debug"]
+    assert "RejoinDeclined" in debug, "debug, kicked, stayed down on the log's word"
+    assert result["holder"] == ['{"server": "dev", "epoch": 2}'], result
+    assert result["heard_lately"] == {"debug": False, "dev": True}
+    assert result["handles"] == 0
+
+
 def test_cycles_of_kicks_abandoned_joins_and_crashes_leave_nothing_behind() -> None:
     """`REJOIN_LEAK_CYCLES=50` for the figures in BENCHMARKS.md (10 by default)."""
     result = in_netns("leak-cycles", timeout_s=600)
