@@ -821,13 +821,16 @@ CYCLES: dict[str, Callable[[LeakRig], None]] = {
 def leak_cycles(cycles: int | None = None, warm_up: int = 5) -> dict[str, Any]:
     """Each kind of cycle `cycles` times (`REJOIN_LEAK_CYCLES`, default 10), after `warm_up`
     cycles that let the SDK and aiortc start their pools (once, not growth); what the process
-    holds before, half-way and after each kind."""
+    holds before, half-way and after each kind. `REJOIN_LEAK_KINDS` (names of `CYCLES`, with
+    commas) runs only those kinds."""
     count = cycles or int(os.environ.get("REJOIN_LEAK_CYCLES", "10"))
+    chosen = os.environ.get("REJOIN_LEAK_KINDS")
+    kinds_to_run = {name: CYCLES[name] for name in chosen.split(",")} if chosen else CYCLES
     with tempfile.TemporaryDirectory() as folder:
         rig = LeakRig(Path(folder))
         kinds: dict[str, Any] = {}
         try:
-            for name, cycle in CYCLES.items():
+            for name, cycle in kinds_to_run.items():
                 for _ in range(warm_up):
                     cycle(rig)
                 before = middle = rig.snapshot()
