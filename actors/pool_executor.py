@@ -54,7 +54,15 @@ import msgspec
 import pykka
 from pykka._envelope import Envelope as PykkaEnvelope
 
-from actors.executor import HeldRef, StoppedFlag, Timer, TimerHandle, deliver, uuid4_text
+from actors.executor import (
+    HeldRef,
+    StoppedFlag,
+    Timer,
+    TimerHandle,
+    deliver,
+    uuid4_text,
+    uuid7_text,
+)
 from actors.journal import Journal
 
 A = TypeVar("A", bound=pykka.Actor)
@@ -294,9 +302,10 @@ class PoolExecutor:
         self.call_at(now + int(collector.freeze_every_s * 1000), self._tend_collector)
 
     def new_id(self) -> str:
-        # From the executor's own generator, seeded by the OS: `uuid4` asks the OS for every
-        # id, a system call per event. Ids must be unique, not secret.
-        return uuid4_text(self._random.getrandbits(128))
+        # Random bits from the executor's own generator, seeded by the OS: `uuid4` asks the OS
+        # for every id, a system call per event. Ids must be unique, not secret; in time order
+        # they cost a durable log a third of the bytes it writes per commit (see `uuid7_text`).
+        return uuid7_text(self.wall_ms(), self._random.getrandbits(74))
 
     def _urn(self) -> str:
         return f"urn:uuid:{uuid4_text(self._random.getrandbits(128))}"
