@@ -170,23 +170,24 @@ class _Pooled(pykka.Actor):
         self._pool._ready.put(self)
 
     def _turn(self) -> None:
-        """Run `on_start` if it has not run yet, else up to `TURN` messages; then tear down
-        if stopped (again, for mail that came late) and leave or rejoin the run queue."""
+        """Run `on_start` if it has not run yet, then up to `TURN` messages (in the first turn
+        too: mail told at or during the start, a session's first input, need not wait for a
+        turn of its own); then tear down if stopped (again, for mail that came late) and leave
+        or rejoin the run queue."""
         inbox = cast("_Mailbox", self.actor_inbox)
         if not inbox.started:
             inbox.started = True
             self._actor_loop_setup()
-        else:
-            for _ in range(TURN):
-                if inbox.stopped or not inbox:
-                    break
-                try:
-                    deliver(self, inbox.popleft())
-                except BaseException:
-                    # What pykka's loop does then: stop every actor (of this executor, here).
-                    logger.debug("%r in %s: stopping all actors", sys.exc_info()[1], self)
-                    self._stop()
-                    self._pool._stop_all()
+        for _ in range(TURN):
+            if inbox.stopped or not inbox:
+                break
+            try:
+                deliver(self, inbox.popleft())
+            except BaseException:
+                # What pykka's loop does then: stop every actor (of this executor, here).
+                logger.debug("%r in %s: stopping all actors", sys.exc_info()[1], self)
+                self._stop()
+                self._pool._stop_all()
         if inbox.stopped:
             self._actor_loop_teardown()
             self._pool._forget(self)
