@@ -286,7 +286,11 @@ class PoolExecutor:
             sequence = next(self._sequence)
             self._callbacks[sequence] = callback
             heapq.heappush(self._heap, (deadline_ms, sequence))
-            self._condition.notify()
+            if self._heap[0][1] == sequence:
+                # Only a new first deadline moves the timer thread's wake-up: a session's join
+                # deadline, 15 s on, rarely does, and a wake-up for nothing costs two thread
+                # switches and a turn at the GIL.
+                self._condition.notify()
         return Timer(self._callbacks, sequence)
 
     def _tend_collector(self) -> None:
