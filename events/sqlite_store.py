@@ -588,7 +588,8 @@ class SQLiteStore:
                 results.append(envelopes)
                 rows.extend(batch_rows)
             _insert_all(db, rows)
-            self._index(db, [(each.stream, e) for envelopes in results for e in envelopes])
+            indexed = zip(group, results, strict=True)
+            self._index(db, [(each.stream, e) for each, envelopes in indexed for e in envelopes])
         except Exception:
             # Whatever went wrong, the batches one by one give each its own outcome.
             if not db.in_transaction:

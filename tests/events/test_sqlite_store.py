@@ -578,6 +578,19 @@ def test_a_group_is_checked_with_three_queries_and_written_with_one_insert(
     store.close()
 
 
+def test_a_group_written_at_once_indexes_each_session_it_opens_under_its_own_stream(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "log.db")
+    outcomes = store.append_group(
+        [Batch(f"prod/u{n}/1", 0, [opening(f"prod/u{n}/1", f"u{n}-0")]) for n in range(3)]
+    )
+    assert all(isinstance(outcome, list) for outcome in outcomes)
+    assert store.open_streams("prod") == ["prod/u0/1", "prod/u1/1", "prod/u2/1"]
+    assert [store.last_incarnation("prod", f"u{n}") for n in range(3)] == [1, 1, 1]
+    store.close()
+
+
 def test_a_batch_sqlite_refuses_in_a_group_written_at_once_is_refused_alone(
     tmp_path: Path,
 ) -> None:
