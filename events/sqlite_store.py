@@ -554,8 +554,9 @@ class SQLiteStore:
         to be written as it stands (its expected version current, none of its ids stored):
         each statement gives up the GIL, and the journal's thread then waits its turn to take
         it back, so three or four statements a batch made the writer the runtime's limit.
-        Whether it wrote them; if not, nothing is written, and the caller writes the batches
-        one by one, each in a savepoint of its own, to give each its outcome."""
+        Whether it wrote them; if not, nothing is written (`known` holds as it is), and the
+        caller writes the batches one by one, each in a savepoint of its own, to give each its
+        outcome."""
         versions: dict[str, int] = {}
         ids: set[str] = set()
         for each in group:
@@ -570,7 +571,6 @@ class SQLiteStore:
         last, crc = known.last, known.crc
         results: list[list[Envelope]] = []
         db = self._db
-        db.execute("SAVEPOINT group_at_once")
         try:
             rows: list[Row] = []
             for each in group:
@@ -584,13 +584,16 @@ class SQLiteStore:
             indexed = zip(group, results, strict=True)
             self._index(db, [(each.stream, e) for each, envelopes in indexed for e in envelopes])
         except Exception:
-            # Whatever went wrong, the batches one by one give each its own outcome.
+            # Whatever went wrong, the batches one by one give each its own outcome. The
+            # transaction held only this group's writes: it begins again rather than keep a
+            # savepoint, two statements fewer for every group that goes in at once. Another
+            # process may write in between, so the checks are read again.
             if not db.in_transaction:
                 raise  # SQLite rolled the whole transaction back (an I/O error, a full disk)
-            db.execute("ROLLBACK TO group_at_once")
-            db.execute("RELEASE group_at_once")
+            db.execute("ROLLBACK")
+            db.execute("BEGIN IMMEDIATE")
+            known.update(self._known(group))
             return False
-        db.execute("RELEASE group_at_once")
         for each, envelopes in zip(group, results, strict=True):
             each.result = envelopes
         known.versions.update(versions)
@@ -824,6 +827,15 @@ class _Known:
         self.stored = stored
         self.last = last
         self.crc = crc
+
+    def update(self, read: _Known) -> None:
+        """Take what a new read of the log found."""
+        self.versions, self.stored, self.last, self.crc = (
+            read.versions,
+            read.stored,
+            read.last,
+            read.crc,
+        )
 
 
 def _stamped(
