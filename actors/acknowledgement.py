@@ -38,18 +38,24 @@ class Backlog:
 class Acknowledgement:
     """Completes with the input's position in the log once it is durable."""
 
+    __slots__ = ("_backlog", "_callbacks", "_future", "_lock", "_make_future", "_position", "_wait")
+
     def __init__(
         self,
-        future: pykka.Future[int],
+        future: Callable[[], pykka.Future[Any]],
         backlog: Backlog,
         wait: Callable[[pykka.Future[Any], float], Any],
     ) -> None:
-        self._future = future
+        """`future` makes the future `wait` waits on: made only when someone waits before the
+        input is durable, since a host that hears of it by `on_durable` never does, and a
+        thread-safe future is a queue with its lock and three conditions, per input."""
+        self._make_future = future
         self._backlog = backlog
         self._wait = wait
         self._lock = threading.Lock()
         self._position: int | None = None
-        self._callbacks: list[Callable[[int], object]] = []
+        self._future: pykka.Future[Any] | None = None
+        self._callbacks: list[Callable[[int], object]] | None = None
         backlog._add(1)
 
     def durable(self, position: int) -> None:
@@ -58,10 +64,12 @@ class Acknowledgement:
             if self._position is not None:
                 return
             self._position = position
-            callbacks, self._callbacks = self._callbacks, []
+            callbacks, self._callbacks = self._callbacks, None
+            future = self._future
         self._backlog._add(-1)
-        self._future.set(position)
-        for callback in callbacks:
+        if future is not None:
+            future.set(position)
+        for callback in callbacks or ():
             _call(callback, position)
 
     def on_durable(self, callback: Callable[[int], object]) -> None:
@@ -69,6 +77,8 @@ class Acknowledgement:
         else on the thread that makes it durable (it must only hand the news over)."""
         with self._lock:
             if self._position is None:
+                if self._callbacks is None:
+                    self._callbacks = []
                 self._callbacks.append(callback)
                 return
             position = self._position
@@ -81,8 +91,14 @@ class Acknowledgement:
     def wait(self, timeout_s: float) -> int:
         """The input's position in the log, once durable; `TimeoutError` if not within
         `timeout_s` (on the deterministic executor, of virtual time)."""
+        with self._lock:
+            if self._position is not None:
+                return self._position
+            if self._future is None:
+                self._future = self._make_future()
+            future = self._future
         try:
-            position: int = self._wait(self._future, timeout_s)
+            position: int = self._wait(future, timeout_s)
         except pykka.Timeout as error:
             msg = f"the input was not durable within {timeout_s:g} s"
             raise TimeoutError(msg) from error

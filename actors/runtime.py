@@ -124,7 +124,7 @@ class Runtime:
         return len(self._backlog)
 
     def _input(self, user: str, event: GlassesConnected | GlassesDisconnected) -> Acknowledgement:
-        ack = Acknowledgement(self._executor.future(), self._backlog, self._executor.wait)
+        ack = Acknowledgement(self._executor.future, self._backlog, self._executor.wait)
         tell(self._supervisor, ForUser(user=user, event=event, ack=ack))
         return ack
 

@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
+import msgspec
+
 from events.catalog import SCHEMA_VERSION
 from events.codec import (
     RECORD_SEPARATOR,
@@ -109,8 +111,21 @@ _BEFORE = "(SELECT crc FROM events AS before WHERE before.position = events.posi
 read beside each record of a read that does not go in order of position."""
 _BATCH = 4096
 """Records fetched per query when reading the log record by record."""
-_VARIABLES = 500
-"""Parameters one query of a group's checks binds at most (SQLite's limit can be 999)."""
+_KNOWN = """SELECT
+    (SELECT json_group_object(stream, version) FROM (SELECT stream, MAX(version) AS version
+        FROM events WHERE stream IN (SELECT value FROM json_each(?1)) GROUP BY stream)),
+    (SELECT json_group_array(event_id) FROM events
+        WHERE event_id IN (SELECT value FROM json_each(?2))),
+    (SELECT json_array(position, crc) FROM events ORDER BY position DESC LIMIT 1)"""
+"""What a group is checked against, in one row: the latest version of each of its streams
+(a JSON array of names in), which of its event ids are stored (likewise), and the last
+position with its CRC. One text for any group, so SQLite prepares it once."""
+_JSON = msgspec.json.Encoder()
+_VERSIONS = msgspec.json.Decoder(dict[str, int])
+_IDS = msgspec.json.Decoder(list[str])
+_LAST = msgspec.json.Decoder(tuple[int, int])
+_OPENS = 200
+"""Sessions one INSERT indexes at most: four parameters each, within 999 parameters."""
 _ROWS = 90
 """Rows one INSERT writes at most: ten parameters each, within 999 parameters."""
 _CHUNK_RECORDS = 256
@@ -462,37 +477,15 @@ class SQLiteStore:
             self.grouped += len(group)
 
     def _known(self, group: list[_Append]) -> _Known:
-        """What the group's batches are checked against, read with a few queries for the whole
-        group rather than three for each batch: each query gives up the GIL, and a thread that
-        wants it back waits for the others' switch interval (up to 5 ms) when they are busy."""
-        db = self._db
-        streams = list({each.stream for each in group})
-        versions = dict.fromkeys(streams, 0)
-        for start in range(0, len(streams), _VARIABLES):
-            chunk = streams[start : start + _VARIABLES]
-            marks = ", ".join("?" * len(chunk))
-            versions.update(
-                db.execute(
-                    f"SELECT stream, MAX(version) FROM events WHERE stream IN ({marks})"
-                    " GROUP BY stream",
-                    chunk,
-                ).fetchall()
-            )
-        ids = [pending.event_id for each in group for pending in each.events]
-        stored: set[str] = set()
-        for start in range(0, len(ids), _VARIABLES):
-            chunk = ids[start : start + _VARIABLES]
-            marks = ", ".join("?" * len(chunk))
-            stored.update(
-                event_id
-                for (event_id,) in db.execute(
-                    f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk
-                )
-            )
-        last, crc = db.execute(
-            "SELECT position, crc FROM events ORDER BY position DESC LIMIT 1"
-        ).fetchone() or (0, 0)
-        return _Known(versions, stored, last, crc)
+        """What the group's batches are checked against, read with one query for the whole
+        group: each step of a statement gives up the GIL, and a thread that wants it back
+        waits for the others' switch interval (up to 5 ms) when they are busy, so a query per
+        batch, or a row per stream, made the journal's thread wait more than it worked."""
+        streams = _json_text(list({each.stream for each in group}))
+        ids = _json_text([pending.event_id for each in group for pending in each.events])
+        versions, stored, last = self._db.execute(_KNOWN, (streams, ids)).fetchone()
+        position, crc = _LAST.decode(last) if last is not None else (0, 0)
+        return _Known(_VERSIONS.decode(versions), set(_IDS.decode(stored)), position, crc)
 
     def _write_batch(self, each: _Append, known: _Known, *, alone: bool) -> None:
         """Write one batch in the open transaction, or roll back its savepoint and keep its
@@ -561,8 +554,9 @@ class SQLiteStore:
         to be written as it stands (its expected version current, none of its ids stored):
         each statement gives up the GIL, and the journal's thread then waits its turn to take
         it back, so three or four statements a batch made the writer the runtime's limit.
-        Whether it wrote them; if not, nothing is written, and the caller writes the batches
-        one by one, each in a savepoint of its own, to give each its outcome."""
+        Whether it wrote them; if not, nothing is written (`known` holds as it is), and the
+        caller writes the batches one by one, each in a savepoint of its own, to give each its
+        outcome."""
         versions: dict[str, int] = {}
         ids: set[str] = set()
         for each in group:
@@ -577,7 +571,6 @@ class SQLiteStore:
         last, crc = known.last, known.crc
         results: list[list[Envelope]] = []
         db = self._db
-        db.execute("SAVEPOINT group_at_once")
         try:
             rows: list[Row] = []
             for each in group:
@@ -588,15 +581,19 @@ class SQLiteStore:
                 results.append(envelopes)
                 rows.extend(batch_rows)
             _insert_all(db, rows)
-            self._index(db, [(each.stream, e) for envelopes in results for e in envelopes])
+            indexed = zip(group, results, strict=True)
+            self._index(db, [(each.stream, e) for each, envelopes in indexed for e in envelopes])
         except Exception:
-            # Whatever went wrong, the batches one by one give each its own outcome.
+            # Whatever went wrong, the batches one by one give each its own outcome. The
+            # transaction held only this group's writes: it begins again rather than keep a
+            # savepoint, two statements fewer for every group that goes in at once. Another
+            # process may write in between, so the checks are read again.
             if not db.in_transaction:
                 raise  # SQLite rolled the whole transaction back (an I/O error, a full disk)
-            db.execute("ROLLBACK TO group_at_once")
-            db.execute("RELEASE group_at_once")
+            db.execute("ROLLBACK")
+            db.execute("BEGIN IMMEDIATE")
+            known.update(self._known(group))
             return False
-        db.execute("RELEASE group_at_once")
         for each, envelopes in zip(group, results, strict=True):
             each.result = envelopes
         known.versions.update(versions)
@@ -766,15 +763,17 @@ class SQLiteStore:
             for stream, envelope in stored
             if (change := session_change(envelope)) is not None
         ]
+        # One statement for many rows, not `executemany`: that steps, and gives up the GIL,
+        # once a row (see `_known`).
         for opens, run in itertools.groupby(changes, lambda item: item[1].incarnation is not None):
             if opens:
-                db.executemany(
-                    "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, 1)",
-                    [(stream, c.server, c.user, c.incarnation) for stream, c in run],
-                )
+                rows = [(stream, c.server, c.user, c.incarnation) for stream, c in run]
+                for start in range(0, len(rows), _OPENS):
+                    chunk = rows[start : start + _OPENS]
+                    db.execute(_open_rows(len(chunk)), [value for row in chunk for value in row])
             else:
-                closed = [(stream,) for stream, _ in run]
-                db.executemany("UPDATE sessions SET open = 0 WHERE stream = ?", closed)
+                closed = _json_text([stream for stream, _ in run])
+                db.execute(_CLOSE, (closed,))
 
     def open_streams(self, server: str) -> list[str]:
         with self._reads_lock:
@@ -829,6 +828,15 @@ class _Known:
         self.last = last
         self.crc = crc
 
+    def update(self, read: _Known) -> None:
+        """Take what a new read of the log found."""
+        self.versions, self.stored, self.last, self.crc = (
+            read.versions,
+            read.stored,
+            read.last,
+            read.crc,
+        )
+
 
 def _stamped(
     stream: str, version: int, events: Sequence[Pending], last: int, crc: int
@@ -851,6 +859,19 @@ def _insert_all(db: sqlite3.Connection, rows: list[Row]) -> None:
         # One statement for many rows: one step of SQLite, so the GIL is given up once.
         chunk = rows[start : start + _ROWS]
         db.execute(_insert_rows(len(chunk)), [value for row in chunk for value in row])
+
+
+def _json_text(names: list[str]) -> str:
+    # Bound as text: SQLite from 3.45 reads a BLOB given to its JSON functions as JSONB.
+    return _JSON.encode(names).decode()
+
+
+@functools.cache
+def _open_rows(count: int) -> str:
+    return "INSERT OR REPLACE INTO sessions VALUES " + ", ".join(["(?, ?, ?, ?, 1)"] * count)
+
+
+_CLOSE = "UPDATE sessions SET open = 0 WHERE stream IN (SELECT value FROM json_each(?))"
 
 
 @functools.cache

@@ -5,11 +5,10 @@ Nothing here is asserted by a test: these are measurements, and these machines a
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
-import queue
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -151,8 +150,8 @@ class ConnectScale(msgspec.Struct, frozen=True, kw_only=True):
     connection makes two: the glasses' input, and the bridge's join)."""
     p50_ms: float
     p99_ms: float
-    """From the input to its acknowledgement: the session's turn, its decisions included,
-    is in the log (an upper bound: acknowledgements are collected in input order)."""
+    """From the input to its acknowledgement: the session's turn, its decisions included, is
+    in the log, and the session hands the host its position (`Acknowledgement.on_durable`)."""
     cpu_us_per_input: float
     """The process's CPU time (every thread's, the bench's own included) per input made
     durable: less disturbed than the rates by other work on the machine."""
@@ -187,28 +186,27 @@ def durable_connects(
         connector=InstantRooms(muted=True),
         shared_log=shared_log,
     )
-    inputs: queue.SimpleQueue[tuple[float, Acknowledgement] | None] = queue.SimpleQueue()
     latencies: list[float] = []
 
-    def collect() -> None:
-        while (item := inputs.get()) is not None:
-            offered, ack = item
-            ack.wait(60)
-            latencies.append(time.perf_counter() - offered)
+    def heard(offered: float, _position: int) -> None:
+        latencies.append(time.perf_counter() - offered)
 
-    collector = threading.Thread(target=collect, name="bench-acks")
-    collector.start()
+    acks: list[Acknowledgement] = []
     began, cpu = time.perf_counter(), time.process_time()
     for number in range(users):
         if offered_per_s is not None:
             due = began + number / offered_per_s
             while (ahead := due - time.perf_counter()) > 0:
                 time.sleep(ahead)
-        inputs.put((time.perf_counter(), runtime.glasses_connected(f"u{number}@example.com")))
-    inputs.put(None)
-    collector.join()
+        # As a host hears of it (`rejoin.aio`): a callback, not a thread waiting on each input.
+        ack = runtime.glasses_connected(f"u{number}@example.com")
+        ack.on_durable(functools.partial(heard, time.perf_counter()))
+        acks.append(ack)
+    for ack in acks:
+        ack.wait(60)
     seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
-    threads = os_threads()  # the collector's has ended
+    del acks
+    threads = os_threads()
     gc.collect()
     added = rss_bytes() - before
     latencies.sort()

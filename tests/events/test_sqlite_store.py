@@ -551,11 +551,12 @@ def test_a_group_handed_over_at_once_commits_in_groups_of_max_group(tmp_path: Pa
     store.close()
 
 
-def test_a_group_is_checked_with_three_queries_and_written_with_one_insert(
+def test_a_group_is_checked_with_one_query_and_written_with_one_insert_per_table(
     tmp_path: Path,
 ) -> None:
-    """Each statement gives up the GIL, and the writer may wait up to a switch interval to get
-    it back: a group's statements do not grow with its batches, their checks or their events."""
+    """Each statement gives up the GIL, once per row it steps through, and the writer may wait
+    up to a switch interval to get it back: a group's statements and their rows do not grow
+    with its batches, their checks, their events or the sessions they open and close."""
     store = SQLiteStore(tmp_path / "log.db")
     store.append("prod/u0/1", 0, [connected("first", 1, "u0")])
     statements: list[str] = []
@@ -563,18 +564,41 @@ def test_a_group_is_checked_with_three_queries_and_written_with_one_insert(
     outcomes = store.append_group(
         [
             Batch(
-                f"prod/u{n}/1", int(n == 0), [connected(f"u{n}-{e}", 1, f"u{n}") for e in range(3)]
+                f"prod/u{n}/1",
+                int(n == 0),
+                [
+                    opening(f"prod/u{n}/1", f"u{n}-0") if n else connected("u0-0", 1, "u0"),
+                    *(connected(f"u{n}-{e}", 1, f"u{n}") for e in (1, 2)),
+                ],
             )
             for n in range(10)
         ]
     )
     store._db.set_trace_callback(None)
     assert all(isinstance(outcome, list) for outcome in outcomes)
-    assert sum(statement.startswith("SELECT") for statement in statements) == 3
+    assert sum(statement.startswith("SELECT") for statement in statements) == 1
     assert sum(statement.startswith("INSERT INTO events") for statement in statements) == 1
-    assert len(statements) == 8, "and BEGIN, a savepoint, its release, COMMIT"
+    assert (
+        sum(statement.startswith("INSERT OR REPLACE INTO sessions") for statement in statements)
+        == 1
+    )
+    assert len(statements) == 5, "and BEGIN, COMMIT"
     assert [e.version for e in store.read_stream("prod/u0/1")] == [1, 2, 3, 4]
     assert [e.position for e in store.read_all()] == list(range(1, 32))
+    assert store.open_streams("prod") == [f"prod/u{n}/1" for n in range(1, 10)]
+    store.close()
+
+
+def test_a_group_written_at_once_indexes_each_session_it_opens_under_its_own_stream(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "log.db")
+    outcomes = store.append_group(
+        [Batch(f"prod/u{n}/1", 0, [opening(f"prod/u{n}/1", f"u{n}-0")]) for n in range(3)]
+    )
+    assert all(isinstance(outcome, list) for outcome in outcomes)
+    assert store.open_streams("prod") == ["prod/u0/1", "prod/u1/1", "prod/u2/1"]
+    assert [store.last_incarnation("prod", f"u{n}") for n in range(3)] == [1, 1, 1]
     store.close()
 
 
@@ -592,7 +616,8 @@ def test_a_batch_sqlite_refuses_in_a_group_written_at_once_is_refused_alone(
         ]
     )
     store._db.set_trace_callback(None)
-    assert "ROLLBACK TO group_at_once" in statements
+    assert statements.count("BEGIN IMMEDIATE") == 2, "the group's transaction began again"
+    assert "ROLLBACK" in statements
     assert isinstance(too_big, LogError)
     assert str(too_big).startswith("stream prod/f/1: a number in the batch does not fit the log")
     assert isinstance(ok_a, list)
