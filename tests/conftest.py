@@ -1,10 +1,15 @@
 """Hypothesis profiles: `ci` (the default of `make test`) is derandomized and runs 200 examples,
 so CI is stable and a failure reproduces exactly; `dev` is quicker and explores new examples.
+Every module of the product is imported first: Hypothesis draws some values from the constants
+of the local modules already imported, so otherwise a derandomized test would try other
+examples when run alone than in the whole suite.
 And the log a fleet of servers shares, of every kind of store; tests of the PostgreSQL log share
 one throwaway server, started when the first asks for it."""
 
+import importlib
 import itertools
 import os
+import pkgutil
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -17,6 +22,19 @@ from events.postgres_store import PostgresStore
 from events.sqlite_store import SQLiteStore
 from simulations.throwaway_postgres import ThrowawayPostgres
 
+PRODUCT = ("events", "actors", "simulations", "rejoin")
+
+
+def import_the_product() -> None:
+    """Import every module of the product's packages, but no `__main__`."""
+    for package in PRODUCT:
+        path = importlib.import_module(package).__path__
+        for module in pkgutil.walk_packages(path, prefix=f"{package}."):
+            if not module.name.endswith(".__main__"):
+                importlib.import_module(module.name)
+
+
+import_the_product()
 settings.register_profile(
     "ci",
     max_examples=200,

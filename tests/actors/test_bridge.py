@@ -7,7 +7,7 @@ from typing import Any
 import pykka
 
 from actors.bridge import LATE_WITHIN_MS, AudioChunk, AudioWatch, Bridge
-from actors.connector import JoinRequest, LookupAnswer, RoomData, RoomEvent, RoomJoined
+from actors.connector import JoinRequest, LookupAnswer, Nobody, RoomData, RoomEvent, RoomJoined
 from actors.deterministic_executor import DeterministicExecutor
 from actors.messages import GateAudio, StatusRequest
 from events.catalog import BridgeJoined, BridgeStatusObserved, FirstAudio
@@ -36,7 +36,7 @@ class ManualConnector:
     def lookup_holder(
         self, room: str, identity: str, reply: Callable[[LookupAnswer], object]
     ) -> None:
-        reply(None)
+        reply(Nobody())
 
 
 class Handle:

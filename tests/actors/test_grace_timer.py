@@ -8,7 +8,7 @@ import pykka
 
 from actors.deterministic_executor import WALL_CLOCK_ORIGIN_MS, DeterministicExecutor
 from actors.grace_timer import Arm, ArmedQuery, Disarm, DisarmAll, GraceTimer
-from events.catalog import TimerFired
+from events.catalog import TimerFired, TimerKind
 
 W = WALL_CLOCK_ORIGIN_MS
 """The wall clock at the deterministic executor's time zero."""
@@ -50,7 +50,12 @@ def test_re_arming_replaces_the_earlier_deadline() -> None:
 
 def test_disarming_cancels_one_timer_or_all_of_an_owner() -> None:
     executor, timer, owner, fired = setup()
-    for kind, deadline in [("grace", 1_000), ("backoff", 2_000), ("cooldown", 3_000)]:
+    timers: list[tuple[TimerKind, int]] = [
+        ("grace", 1_000),
+        ("backoff", 2_000),
+        ("cooldown", 3_000),
+    ]
+    for kind, deadline in timers:
         timer.tell(Arm(owner_key="s", timer=kind, deadline_ms=W + deadline, owner=owner))
     timer.tell(Arm(owner_key="other", timer="grace", deadline_ms=W + 4_000, owner=owner))
     timer.tell(Disarm(owner_key="s", timer="grace"))

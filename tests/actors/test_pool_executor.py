@@ -327,7 +327,8 @@ def test_an_actor_that_raises_a_base_exception_stops_every_actor_as_in_pykka() -
     try:
         exits.tell("bye")
         assert eventually(lambda: executor.live_actors() == [])
-        assert not any(ref.is_alive() for ref in [exits, *bystanders])
+        stopped: list[pykka.ActorRef[Any]] = [exits, *bystanders]
+        assert not any(ref.is_alive() for ref in stopped)
         survivor = executor.spawn(Lifecycle, [])
         assert executor.wait(survivor.ask("still", block=False), 5) == "STILL", "workers live on"
     finally:
@@ -355,9 +356,13 @@ def test_timers_fire_in_deadline_order_unless_cancelled() -> None:
     def fail() -> None:
         raise RuntimeError("a bad callback")
 
+    def last() -> None:
+        fired.append("third")
+        done.set()
+
     try:
         now = executor.now_ms()
-        executor.call_at(now + 60, lambda: (fired.append("third"), done.set()))
+        executor.call_at(now + 60, last)
         executor.call_at(now + 20, lambda: fired.append("first"))
         executor.call_at(now + 30, fail)
         executor.call_at(now + 40, lambda: fired.append("second"))

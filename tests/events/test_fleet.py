@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from events.catalog import BridgeJoined, ConnectionRecorded, Event, SessionOpened
+from events.catalog import AnyEvent, BridgeJoined, ConnectionRecorded, SessionOpened
 from events.envelope import Pending, stream_name
 from events.fleet import (
     APPEND_ATTEMPTS,
@@ -91,7 +91,7 @@ def test_each_user_has_a_fleet_stream_of_their_own_that_no_session_stream_can_be
 
 def session(log: EventStore, server: str, incarnation: int, joins_ms: list[int]) -> None:
     """`server`'s session of the user, whose bridge joined at each of `joins_ms`."""
-    events: list[tuple[int, Event]] = [
+    events: list[tuple[int, AnyEvent]] = [
         (0, SessionOpened(cause="c", why="connected", incarnation=incarnation, epoch=1))
     ]
     events += [

@@ -212,7 +212,7 @@ def test_three_writer_processes_leave_positions_gap_free_and_in_commit_order(
     assert reads > 10, "the reader read while the writers wrote"
     by_return = sorted(appended, key=lambda each: each[1])
     returns = [returned for _, returned, _, _ in by_return]
-    highest = []
+    highest: list[int] = []
     for _, _, _, last in by_return:
         highest.append(max(last, highest[-1] if highest else 0))
     for began, _, first, _ in appended:

@@ -12,7 +12,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from events.catalog import GlassesConnected, GlassesDisconnected, SessionDisposed, SessionOpened
+from events.catalog import (
+    AnyEvent,
+    GlassesConnected,
+    GlassesDisconnected,
+    SessionDisposed,
+    SessionOpened,
+)
 from events.envelope import Envelope, Pending
 from events.log import (
     Batch,
@@ -119,7 +125,7 @@ def test_concurrent_writers_get_gap_free_unique_positions(store: EventStore) -> 
 
 
 def test_events_round_trip_with_their_types(store: EventStore) -> None:
-    events = [
+    events: list[AnyEvent] = [
         GlassesConnected(epoch=5),
         SessionOpened(cause="c", why="first", incarnation=1, epoch=5),
         GlassesDisconnected(),
@@ -234,13 +240,13 @@ def test_concurrent_appends_keep_each_batchs_contract(store: EventStore) -> None
         assert [f"{e.stream}@{e.version}#{e.position}:{e.event_id}" for e in in_stream] == [
             line for batch in results[2 * twin] for line in batch
         ]
-    for thread in range(16):
-        wrongs = [e for e in refusals[thread] if isinstance(e, WrongExpectedVersion)]
-        assert [e.stream for e in wrongs] == [f"prod/u{thread // 2}/1"] * sum(
-            number % 4 == thread % 4 for number in range(rounds)
+    for twin_thread in range(16):
+        wrongs = [e for e in refusals[twin_thread] if isinstance(e, WrongExpectedVersion)]
+        assert [e.stream for e in wrongs] == [f"prod/u{twin_thread // 2}/1"] * sum(
+            number % 4 == twin_thread % 4 for number in range(rounds)
         )
-        assert len(refusals[thread]) - len(wrongs) == sum(
-            number % 5 == thread % 5 for number in range(rounds)
+        assert len(refusals[twin_thread]) - len(wrongs) == sum(
+            number % 5 == twin_thread % 5 for number in range(rounds)
         ), "the rest are the reused ids, each refused as a DuplicateEventId"
 
 

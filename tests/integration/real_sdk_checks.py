@@ -210,7 +210,9 @@ BRIDGE = SUPERVISED.identity(ADA, "prod")
 
 def drill(kind: str) -> Fault:
     """A drill the SDK can ask for (`Room.simulate_scenario`), done to ada's bridge."""
-    return lambda server: server.simulate(ADA, BRIDGE, rtc_proto.SimulateScenario(**{kind: True}))
+    scenario = rtc_proto.SimulateScenario()
+    setattr(scenario, kind, True)
+    return lambda server: server.simulate(ADA, BRIDGE, scenario)
 
 
 def leave(reason: int, action: int) -> Fault:

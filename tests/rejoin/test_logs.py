@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from events.catalog import BridgeStarted, GlassesConnected, GraceStarted
+from events.catalog import AnyEvent, BridgeStarted, GlassesConnected, GraceStarted
 from events.envelope import Envelope, Pending
 from rejoin import Settings
 from rejoin.logs import DecisionLog, configure
@@ -25,7 +25,7 @@ ENVIRONMENT = {
 
 def batch() -> list[Envelope]:
     stream = f"prod/{USER}/1"
-    events = [
+    events: list[AnyEvent] = [
         GlassesConnected(epoch=7),
         BridgeStarted(
             cause="e0", why=f"the glasses of {USER} connected", generation=1, identity="i", epoch=7

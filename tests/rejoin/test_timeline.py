@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from events.catalog import GlassesConnected, GraceStarted
+from events.catalog import AnyEvent, GlassesConnected, GraceStarted
 from events.envelope import Pending
 from events.sqlite_store import SQLiteStore
 from rejoin.cli import main
@@ -33,16 +33,15 @@ def test_the_rapid_switch_picture_shows_both_kicks_and_prods_second_generation(
 
 def test_text_from_the_log_is_escaped_whatever_it_holds() -> None:
     hostile = "<script>alert(1)</script>"
+    events: list[AnyEvent] = [
+        GlassesConnected(epoch=1),
+        GraceStarted(cause="e0", why=f"</title>{hostile}", deadline_ms=9_000),
+    ]
     envelopes = [
         Pending(event_id=f"e{n}", time_ms=1_000 * n, server="prod", user=hostile, event=event).at(
             position=n + 1, stream="prod/x/1", version=n + 1
         )
-        for n, event in enumerate(
-            [
-                GlassesConnected(epoch=1),
-                GraceStarted(cause="e0", why=f"</title>{hostile}", deadline_ms=9_000),
-            ]
-        )
+        for n, event in enumerate(events)
     ]
     page = html_page(envelopes, hostile)
     assert "<script" not in page

@@ -3,6 +3,7 @@ No timing is asserted; a bench that no longer runs against the runtime is what t
 
 import contextlib
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -45,7 +46,8 @@ def test_appends_are_measured_with_the_turns_the_runtime_appends() -> None:
 
 
 def test_sqlite_appends_are_measured_durable_and_from_several_threads() -> None:
-    for synchronous, threads in (("FULL", 1), ("FULL", 16), ("NORMAL", 1)):
+    runs: list[tuple[Literal["FULL", "NORMAL"], int]] = [("FULL", 1), ("FULL", 16), ("NORMAL", 1)]
+    for synchronous, threads in runs:
         figures = bench.sqlite_appends(synchronous, threads=threads, inputs=32, repeats=1)
         assert 0 < figures.p50_ms <= figures.p99_ms
         assert figures.inputs_per_s > 0

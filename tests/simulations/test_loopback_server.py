@@ -370,6 +370,7 @@ async def token_refresh(server: LoopbackThread) -> Findings:
     )
     await asyncio.sleep(2.5)
     latest = alice._token  # the SDK keeps the refreshed token for its next resume
+    assert latest is not None
     claims = api.TokenVerifier("devkey", SECRET).verify(latest)
     assert claims.video is not None
     return {
@@ -449,7 +450,7 @@ SCENARIOS: dict[str, Callable[[LoopbackThread], Coroutine[Any, Any, Findings]]] 
         audio_reaches_subscribers,
     )
 }
-SERVER_KNOBS: dict[str, dict[str, float]] = {
+SERVER_KNOBS: dict[str, dict[str, Any]] = {
     "resume_past_the_window": {"departure_timeout_s": 1.0},
     "token_refresh": {"token_refresh_s": 1.0},
 }

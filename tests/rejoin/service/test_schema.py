@@ -5,6 +5,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -47,5 +48,5 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @schema.parametrize()
-def test_the_api_answers_every_request_as_its_document_says(case: Case, base_url: str) -> None:
+def test_the_api_answers_every_request_as_its_document_says(case: Case[Any], base_url: str) -> None:
     case.call_and_validate(base_url=base_url)
