@@ -153,9 +153,11 @@ def test_cycles_of_kicks_abandoned_joins_and_crashes_leave_nothing_behind() -> N
         before, middle, after = found["before"], found["middle"], found["after"]
         assert after["sdk_handles"] <= before["sdk_handles"], kind
         assert after["our_threads"] == before["our_threads"], kind
-        # The SDK's native threads enter Python lazily ("Dummy-N"): a pool that fills once is
-        # fine, growth that goes on with the cycles is a leak.
-        assert after["threads"] <= max(before["threads"], middle["threads"]), kind
+        # The kernel's count of threads, not Python's: the SDK's native pool threads enter
+        # Python lazily as "Dummy-N", and Python keeps a dummy after its thread has ended, so a
+        # pool thread that ends when idle and is started again later adds one (seen once: 5
+        # after a kick cycle's 4) without any thread more. A pool that fills once is fine,
+        # growth that goes on with the cycles is a leak.
         assert after["os_threads"] <= max(before["os_threads"], middle["os_threads"]), kind
         assert after["asyncio_tasks"] <= before["asyncio_tasks"], kind
         assert after["fds"] <= before["fds"], kind
