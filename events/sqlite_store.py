@@ -124,10 +124,10 @@ _JSON = msgspec.json.Encoder()
 _VERSIONS = msgspec.json.Decoder(dict[str, int])
 _IDS = msgspec.json.Decoder(list[str])
 _LAST = msgspec.json.Decoder(tuple[int, int])
-_OPENS = 200
-"""Sessions one INSERT indexes at most: four parameters each, within 999 parameters."""
-_ROWS = 90
-"""Rows one INSERT writes at most: ten parameters each, within 999 parameters."""
+_PARAMETERS = 999
+"""Parameters one statement binds at most (SQLite's limit before 3.32)."""
+_INSERT_EVENTS = f"INSERT INTO events ({_COLUMNS})"
+_INSERT_OPENS = "INSERT OR REPLACE INTO sessions (stream, server, user, incarnation, open)"
 _CHUNK_RECORDS = 256
 """Records in a chunk: the envelopes of 4,096 at once outgrew the CPU's cache, and the fold
 that took them next ran at half speed."""
@@ -464,9 +464,10 @@ class SQLiteStore:
                 return
             try:
                 known = self._known(group)
-                if len(group) == 1 or not self._write_at_once(group, known):
+                left = known if len(group) == 1 else self._write_at_once(group, known)
+                if left is not None:
                     for each in group:
-                        self._write_batch(each, known, alone=len(group) == 1)
+                        self._write_batch(each, left, alone=len(group) == 1)
                 db.execute("COMMIT")
             except BaseException as error:
                 self._fail_group(group, error)
@@ -541,7 +542,7 @@ class SQLiteStore:
         if version != expected_version:
             raise WrongExpectedVersion(stream, expected_version, version)
         envelopes, rows, crc = _stamped(stream, version, events, known.last, known.crc)
-        _insert_all(db, rows)
+        _insert_rows(db, _INSERT_EVENTS, rows)
         self._index(db, [(stream, envelope) for envelope in envelopes])
         known.versions[stream] = version + len(events)
         known.last += len(events)
@@ -549,25 +550,25 @@ class SQLiteStore:
         known.stored.update(ids)
         return envelopes
 
-    def _write_at_once(self, group: list[_Append], known: _Known) -> bool:
+    def _write_at_once(self, group: list[_Append], known: _Known) -> _Known | None:
         """Write every batch of `group` with a few statements for all of them, when each is
         to be written as it stands (its expected version current, none of its ids stored):
         each statement gives up the GIL, and the journal's thread then waits its turn to take
         it back, so three or four statements a batch made the writer the runtime's limit.
-        Whether it wrote them; if not, nothing is written (`known` holds as it is), and the
-        caller writes the batches one by one, each in a savepoint of its own, to give each its
-        outcome."""
+        `None` if it wrote them; if not, nothing is written, and the caller writes the batches
+        one by one, each in a savepoint of its own, to give each its outcome, against the log
+        as returned: `known` itself, or read again after a statement failed."""
         versions: dict[str, int] = {}
         ids: set[str] = set()
         for each in group:
             version = versions.get(each.stream, known.versions.get(each.stream, 0))
             batch_ids = [pending.event_id for pending in each.events]
             if version != each.expected_version or not ids.isdisjoint(batch_ids):
-                return False
+                return known
             versions[each.stream] = version + len(each.events)
             ids.update(batch_ids)
         if not known.stored.isdisjoint(ids):
-            return False
+            return known
         last, crc = known.last, known.crc
         results: list[list[Envelope]] = []
         db = self._db
@@ -580,7 +581,7 @@ class SQLiteStore:
                 last += len(envelopes)
                 results.append(envelopes)
                 rows.extend(batch_rows)
-            _insert_all(db, rows)
+            _insert_rows(db, _INSERT_EVENTS, rows)
             indexed = zip(group, results, strict=True)
             self._index(db, [(each.stream, e) for each, envelopes in indexed for e in envelopes])
         except Exception:
@@ -592,14 +593,10 @@ class SQLiteStore:
                 raise  # SQLite rolled the whole transaction back (an I/O error, a full disk)
             db.execute("ROLLBACK")
             db.execute("BEGIN IMMEDIATE")
-            known.update(self._known(group))
-            return False
+            return self._known(group)
         for each, envelopes in zip(group, results, strict=True):
             each.result = envelopes
-        known.versions.update(versions)
-        known.last, known.crc = last, crc
-        known.stored.update(ids)
-        return True
+        return None
 
     def _stored_batch(self, stream: str, events: Sequence[Pending]) -> list[Envelope] | None:
         ids = [pending.event_id for pending in events]
@@ -767,10 +764,8 @@ class SQLiteStore:
         # once a row (see `_known`).
         for opens, run in itertools.groupby(changes, lambda item: item[1].incarnation is not None):
             if opens:
-                rows = [(stream, c.server, c.user, c.incarnation) for stream, c in run]
-                for start in range(0, len(rows), _OPENS):
-                    chunk = rows[start : start + _OPENS]
-                    db.execute(_open_rows(len(chunk)), [value for row in chunk for value in row])
+                rows = [(stream, c.server, c.user, c.incarnation, 1) for stream, c in run]
+                _insert_rows(db, _INSERT_OPENS, rows)
             else:
                 closed = _json_text([stream for stream, _ in run])
                 db.execute(_CLOSE, (closed,))
@@ -828,15 +823,6 @@ class _Known:
         self.last = last
         self.crc = crc
 
-    def update(self, read: _Known) -> None:
-        """Take what a new read of the log found."""
-        self.versions, self.stored, self.last, self.crc = (
-            read.versions,
-            read.stored,
-            read.last,
-            read.crc,
-        )
-
 
 def _stamped(
     stream: str, version: int, events: Sequence[Pending], last: int, crc: int
@@ -854,11 +840,17 @@ def _stamped(
     return envelopes, rows, crc
 
 
-def _insert_all(db: sqlite3.Connection, rows: list[Row]) -> None:
-    for start in range(0, len(rows), _ROWS):
-        # One statement for many rows: one step of SQLite, so the GIL is given up once.
-        chunk = rows[start : start + _ROWS]
-        db.execute(_insert_rows(len(chunk)), [value for row in chunk for value in row])
+def _insert_rows(db: sqlite3.Connection, head: str, rows: Sequence[tuple[object, ...]]) -> None:
+    """`head VALUES (...), (...), ...` for `rows`, all of one width, in as few statements as
+    SQLite's bound on parameters allows: each statement is one step of SQLite, so the GIL is
+    given up once for many rows, where `executemany` gives it up for each."""
+    if not rows:
+        return
+    width = len(rows[0])
+    per = _PARAMETERS // width
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        db.execute(_values(head, width, len(chunk)), [value for row in chunk for value in row])
 
 
 def _json_text(names: list[str]) -> str:
@@ -866,18 +858,14 @@ def _json_text(names: list[str]) -> str:
     return _JSON.encode(names).decode()
 
 
-@functools.cache
-def _open_rows(count: int) -> str:
-    return "INSERT OR REPLACE INTO sessions VALUES " + ", ".join(["(?, ?, ?, ?, 1)"] * count)
-
-
 _CLOSE = "UPDATE sessions SET open = 0 WHERE stream IN (SELECT value FROM json_each(?))"
 
 
 @functools.cache
-def _insert_rows(count: int) -> str:
-    marks = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * count)
-    return f"INSERT INTO events ({_COLUMNS}) VALUES {marks}"
+def _values(head: str, width: int, count: int) -> str:
+    """The text of an INSERT of `count` rows of `width` values, built once per size."""
+    row = "(" + ", ".join(["?"] * width) + ")"
+    return f"{head} VALUES " + ", ".join([row] * count)
 
 
 class _Append:

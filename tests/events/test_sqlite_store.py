@@ -602,6 +602,29 @@ def test_a_group_written_at_once_indexes_each_session_it_opens_under_its_own_str
     store.close()
 
 
+def test_a_group_too_big_for_one_statement_is_written_in_as_few_as_sqlite_binds(
+    tmp_path: Path,
+) -> None:
+    """A full group (256 batches) binds more parameters than one statement takes (999): its
+    events go in 99 rows a statement (ten values each), its sessions in 199 (five each)."""
+    store = SQLiteStore(tmp_path / "log.db")
+    streams = [f"prod/u{n:03}/1" for n in range(256)]
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    outcomes = store.append_group(
+        [Batch(stream, 0, [opening(stream, f"{stream}-0")]) for stream in streams]
+    )
+    store._db.set_trace_callback(None)
+    assert all(isinstance(outcome, list) for outcome in outcomes)
+    inserts = [s for s in statements if s.startswith("INSERT INTO events")]
+    opens = [s for s in statements if s.startswith("INSERT OR REPLACE INTO sessions")]
+    assert [s.count("), (") + 1 for s in inserts] == [99, 99, 58]
+    assert [s.count("), (") + 1 for s in opens] == [199, 57]
+    assert store.open_streams("prod") == streams
+    assert [e.position for e in store.read_all()] == list(range(1, 257))
+    store.close()
+
+
 def test_a_batch_sqlite_refuses_in_a_group_written_at_once_is_refused_alone(
     tmp_path: Path,
 ) -> None:
