@@ -1,0 +1,74 @@
+"""A join still in flight, on a server without a shared log, asked of the room service: one
+the room does not hold after the check interval was overtaken (the real SDK tells it nothing
+until its 15 s timeout) and is given up at once, the holder fenced by epoch."""
+
+import pytest
+
+from actors.connector import Deadlines
+from events.catalog import (
+    BridgeJoined,
+    BridgeStopped,
+    IdentityHolderRequested,
+    RejoinDecided,
+    RejoinDeclined,
+    TimerFired,
+)
+from tests.actors.harness import EXECUTORS, ExecutorKind, Harness
+
+USER = "isaiah@mentra.glass"
+
+LOOKING = Deadlines(join_ms=1_500, join_check_ms=300, lookup_ms=300)
+"""A join check well within the join deadline, both short enough for real time."""
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_a_join_the_room_does_not_hold_is_given_up_on_the_room_services_word(
+    kind: ExecutorKind,
+) -> None:
+    """dev's join never completes, as one overtaken in flight does with the real SDK, while
+    debug's bridge (of an older connection, whose end debug has not noticed) joins: dev's
+    first check finds debug holding the identity, gives its own join up and joins again
+    before its join deadline; debug, kicked, stays down."""
+    harness = Harness(kind, servers=("debug", "dev"), deadlines=LOOKING)
+    try:
+        harness.phone(USER)
+        harness.sfu.hang_joins("dev", 100)
+        harness.sfu.slow_next_join("debug", 100)
+        harness.runtimes["debug"].glasses_connected(USER, epoch=1).wait(timeout_s=5)
+        harness.runtimes["dev"].glasses_connected(USER, epoch=2).wait(timeout_s=5)
+
+        def settled() -> bool:
+            in_room = [p.server for p in harness.sfu.participants(USER)] == ["dev"]
+            heard = any(c.server == "dev" for c in harness.chunks[-5:])
+            return in_room and heard and harness.count(RejoinDeclined, "debug") == 1
+
+        assert harness.eventually(settled)
+        dev = harness.events("dev")
+        asked = [e for e in dev if isinstance(e, IdentityHolderRequested)]
+        assert "a join in flight" in asked[0].why
+        (stopped,) = [e for e in dev if isinstance(e, BridgeStopped)]
+        assert "the room service says debug (epoch 1) holds the identity" in stopped.why
+        checks = [e for e in dev if isinstance(e, TimerFired) and e.timer == "join_check"]
+        assert len(checks) == 1, "given up at the first look, not at the join deadline"
+        fenced = [e for e in dev if isinstance(e, RejoinDecided)]
+        assert "older than ours" in fenced[0].why
+        assert [e.generation for e in dev if isinstance(e, BridgeJoined)] == [2]
+        declined = [e for e in harness.events("debug") if isinstance(e, RejoinDeclined)]
+        assert "newer connection" in declined[0].why
+    finally:
+        harness.stop()
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_a_join_that_completes_before_its_check_is_never_asked_about(kind: ExecutorKind) -> None:
+    harness = Harness(kind, servers=("dev",), deadlines=LOOKING)
+    try:
+        harness.phone(USER)
+        harness.runtimes["dev"].glasses_connected(USER, epoch=1).wait(timeout_s=5)
+        assert harness.eventually(lambda: harness.count(BridgeJoined, "dev") == 1)
+        harness.run_for(2 * LOOKING.join_ms)
+        dev = harness.events("dev")
+        assert not [e for e in dev if isinstance(e, TimerFired) and e.timer == "join_check"]
+        assert harness.count(IdentityHolderRequested, "dev") == 0
+    finally:
+        harness.stop()
