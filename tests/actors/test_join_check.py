@@ -4,7 +4,6 @@ until its 15 s timeout) and is given up at once, the holder fenced by epoch."""
 
 import pytest
 
-from actors.connector import Deadlines
 from events.catalog import (
     BridgeJoined,
     BridgeStopped,
@@ -13,12 +12,9 @@ from events.catalog import (
     RejoinDeclined,
     TimerFired,
 )
-from tests.actors.harness import EXECUTORS, ExecutorKind, Harness
+from tests.actors.harness import EXECUTORS, LOOKING, ExecutorKind, Harness
 
 USER = "isaiah@mentra.glass"
-
-LOOKING = Deadlines(join_ms=1_500, join_check_ms=300, lookup_ms=300)
-"""A join check well within the join deadline, both short enough for real time."""
 
 
 @pytest.mark.parametrize("kind", EXECUTORS)
@@ -31,18 +27,8 @@ def test_a_join_the_room_does_not_hold_is_given_up_on_the_room_services_word(
     before its join deadline; debug, kicked, stays down."""
     harness = Harness(kind, servers=("debug", "dev"), deadlines=LOOKING)
     try:
-        harness.phone(USER)
-        harness.sfu.hang_joins("dev", 100)
-        harness.sfu.slow_next_join("debug", 100)
-        harness.runtimes["debug"].glasses_connected(USER, epoch=1).wait(timeout_s=5)
-        harness.runtimes["dev"].glasses_connected(USER, epoch=2).wait(timeout_s=5)
-
-        def settled() -> bool:
-            in_room = [p.server for p in harness.sfu.participants(USER)] == ["dev"]
-            heard = any(c.server == "dev" for c in harness.chunks[-5:])
-            return in_room and heard and harness.count(RejoinDeclined, "debug") == 1
-
-        assert harness.eventually(settled)
+        harness.overtake_in_flight(USER)
+        assert harness.eventually(lambda: harness.dev_won(USER))
         dev = harness.events("dev")
         asked = [e for e in dev if isinstance(e, IdentityHolderRequested)]
         assert "a join in flight" in asked[0].why
