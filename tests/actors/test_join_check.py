@@ -4,6 +4,8 @@ until its 15 s timeout) and is given up at once, the holder fenced by epoch."""
 
 import pytest
 
+from actors.connector import JoinRequest
+from actors.policy import SUPERVISED
 from events.catalog import (
     BridgeJoined,
     BridgeStopped,
@@ -56,5 +58,39 @@ def test_a_join_that_completes_before_its_check_is_never_asked_about(kind: Execu
         dev = harness.events("dev")
         assert not [e for e in dev if isinstance(e, TimerFired) and e.timer == "join_check"]
         assert harness.count(IdentityHolderRequested, "dev") == 0
+    finally:
+        harness.stop()
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_a_kick_by_our_own_late_join_of_the_same_connection_is_rejoined(
+    kind: ExecutorKind,
+) -> None:
+    """With the real SDK, a join given up in flight is waited out, never cancelled, and its
+    retry can land seconds later, with this same connection's epoch, and kick the bridge that
+    replaced it. The room service then names this server and epoch: the holder is that late
+    join, leaving at once, and the bridge joins again."""
+    harness = Harness(kind, servers=("dev",))
+    try:
+        harness.phone(USER)
+        harness.runtimes["dev"].glasses_connected(USER, epoch=2).wait(timeout_s=5)
+        assert harness.eventually(lambda: harness.count(BridgeJoined, "dev") == 1)
+        late = JoinRequest(
+            room=USER,
+            identity=SUPERVISED.identity(USER, "dev"),
+            server="dev",
+            epoch=2,
+            generation=1,
+            phone_identity=USER,
+        )
+        harness.sfu.join(late, lambda _event: None)
+
+        def back() -> bool:
+            heard = any(c.server == "dev" and c.generation == 2 for c in harness.chunks[-5:])
+            return harness.count(BridgeJoined, "dev") == 2 and heard
+
+        assert harness.eventually(back)
+        rejoins = [e for e in harness.events("dev") if isinstance(e, RejoinDecided)]
+        assert "an earlier join of ours" in rejoins[0].why
     finally:
         harness.stop()
