@@ -664,7 +664,9 @@ class Session(pykka.Actor):
         that the room does not hold (nobody does, or another join) was overtaken, or has not
         reached the server in all that time: either way it is given up on and the holder is
         fenced by epoch. A join the room holds, or one the service cannot say about, goes
-        on."""
+        on; so does one the room does not hold after a failed join, since the restart waits
+        for the join it replaced to end, and the server may only be slow to answer: a second
+        join given up on would only wait for this one in turn."""
         view = self.view
         if view.state != "ACTIVE" or view.bridge != "joining":
             self._decline("the join the room service was asked about is over")
@@ -672,12 +674,15 @@ class Session(pykka.Actor):
         if view.generation != view.lookup_checks_join:
             self._decline("the room service was asked about an earlier join")
             return
-        if unknown is not None or (server == self._server and epoch == view.epoch):
-            found = (
-                f"the room service could not say who holds the identity ({unknown})"
-                if unknown is not None
-                else "the room holds this join; its media is still connecting"
-            )
+        if unknown is not None:
+            found = f"the room service could not say who holds the identity ({unknown})"
+        elif server == self._server and epoch == view.epoch:
+            found = "the room holds this join; its media is still connecting"
+        elif server is None and view.failure_streak > 0:
+            found = "nobody holds the identity yet, and this join follows a failed one"
+        else:
+            found = None
+        if found is not None:
             self._keep(f"{found}: the join goes on")
             self._check_join_later(self._now)
             return

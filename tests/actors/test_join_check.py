@@ -8,6 +8,7 @@ from actors.connector import JoinRequest
 from actors.policy import SUPERVISED
 from events.catalog import (
     BridgeJoined,
+    BridgeKept,
     BridgeStopped,
     IdentityHolderRequested,
     RejoinDecided,
@@ -92,5 +93,27 @@ def test_a_kick_by_our_own_late_join_of_the_same_connection_is_rejoined(
         assert harness.eventually(back)
         rejoins = [e for e in harness.events("dev") if isinstance(e, RejoinDecided)]
         assert "an earlier join of ours" in rejoins[0].why
+    finally:
+        harness.stop()
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_after_one_join_given_up_a_slow_server_is_waited_for(kind: ExecutorKind) -> None:
+    """The room holds nobody at the first check, so the join is given up; the next is as slow
+    to answer, but follows a failed join: it goes on, and joins, rather than being given up
+    in turn for as long as the server stays slow."""
+    harness = Harness(kind, servers=("dev",), deadlines=LOOKING)
+    try:
+        harness.phone(USER)
+        harness.sfu.slow_next_join("dev", 2 * LOOKING.join_check_ms)
+        harness.runtimes["dev"].glasses_connected(USER, epoch=1).wait(timeout_s=5)
+        assert harness.eventually(lambda: harness.count(BridgeStopped, "dev") == 1)
+        harness.sfu.slow_next_join("dev", 2 * LOOKING.join_check_ms)
+        assert harness.eventually(lambda: harness.count(BridgeJoined, "dev") == 1)
+        dev = harness.events("dev")
+        assert [e.generation for e in dev if isinstance(e, BridgeJoined)] == [2]
+        assert harness.count(BridgeStopped, "dev") == 1
+        kept = [e for e in dev if isinstance(e, BridgeKept)]
+        assert "follows a failed one" in kept[0].why
     finally:
         harness.stop()
