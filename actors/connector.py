@@ -25,9 +25,10 @@ class Deadlines(msgspec.Struct, frozen=True, kw_only=True):
 
     join_ms: int = 15_000
     join_check_ms: int = 2_000
-    """With a log the fleet shares: how often a join still in flight looks in the log for
-    another server's bridge that joined since it began. The SDK says nothing of a join
-    overtaken in flight until its own 15 s timeout; an ordinary join takes well under this."""
+    """How often a join still in flight looks whether it was overtaken: in the log the fleet
+    shares, for another server's bridge that joined since it began, or else in the room
+    service, for whether the room holds it. The SDK says nothing of a join overtaken in
+    flight until its own 15 s timeout; an ordinary join takes well under this."""
     lookup_ms: int = 5_000
 
 

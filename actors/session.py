@@ -621,19 +621,27 @@ class Session(pykka.Actor):
             )
 
     def _look_for_overtaking(self, view: SessionView, looked_ms: int) -> None:
-        """A join still in flight: if another server's bridge joined since it began, it was
-        overtaken (the SDK tells it nothing; at its own 15 s timeout it retries, and the retry
-        kicks whoever holds the identity), or it will land late and kick that bridge. Either
-        way it is given up on, never cancelled (the connector waits it out), and the kick rules
-        decide whether to join again; otherwise look again later."""
+        """A join still in flight may have been overtaken: a newer join of the identity reached
+        the server after its join response and before its media was up. The SDK tells it
+        nothing of that; at its own 15 s timeout it retries, and the retry kicks whoever holds
+        the identity then. A fleet that shares its log looks there for another server's bridge
+        that joined since this join began; a server on its own asks the room service (see
+        `_on_join_checked`). An overtaken join is given up on, never cancelled (the connector
+        waits it out), and the kick rules decide whether to join again; otherwise look again
+        later."""
         assert view.last_start_ms is not None, "a join in flight has a start"
+        waited = self._now - view.last_start_ms
+        if not self._policy.shared_log:
+            self._request_holder(
+                f"a join in flight for {waited} ms: ask the room service whether the room holds "
+                "it, as it does once the server has answered the join"
+            )
+            return
         joins = joined_since(self._store, self._user, view.last_start_ms, besides=self._server)
         if not joins:
-            due = looked_ms + self._deadlines.join_check_ms
-            if view.join_deadline_ms is not None and due < view.join_deadline_ms:
-                self._arm("join_check", due)
+            self._check_join_later(looked_ms)
             return
-        who, waited = joins[-1].server, self._now - view.last_start_ms
+        who = joins[-1].server
         self._disarm_join()
         self._stop_bridge(
             f"overtaken in flight: the fleet log says {who}'s bridge joined since this join "
@@ -641,6 +649,52 @@ class Session(pykka.Actor):
             "at its 15 s timeout"
         )
         self._on_bridge_lost("DUPLICATE_IDENTITY", f"was overtaken in flight by {who}'s join")
+
+    def _check_join_later(self, looked_ms: int) -> None:
+        due = looked_ms + self._deadlines.join_check_ms
+        deadline = self.view.join_deadline_ms
+        if deadline is not None and due < deadline:
+            self._arm("join_check", due)
+
+    def _on_join_checked(
+        self, server: str | None, epoch: int | None, *, unknown: str | None = None
+    ) -> None:
+        """What the room service says of a join still in flight. A real server has the
+        participant in the room from its join response on, so a join in flight for seconds
+        that the room does not hold (nobody does, or another join) was overtaken, or has not
+        reached the server in all that time: either way it is given up on and the holder is
+        fenced by epoch. A join the room holds, or one the service cannot say about, goes
+        on; so does one the room does not hold after a failed join, since the restart waits
+        for the join it replaced to end, and the server may only be slow to answer: a second
+        join given up on would only wait for this one in turn."""
+        view = self.view
+        if view.state != "ACTIVE" or view.bridge != "joining":
+            self._decline("the join the room service was asked about is over")
+            return
+        if view.generation != view.lookup_checks_join:
+            self._decline("the room service was asked about an earlier join")
+            return
+        if unknown is not None:
+            found = f"the room service could not say who holds the identity ({unknown})"
+        elif server == self._server and epoch == view.epoch:
+            found = "the room holds this join; its media is still connecting"
+        elif server is None and view.failure_streak > 0:
+            found = "nobody holds the identity yet, and this join follows a failed one"
+        else:
+            found = None
+        if found is not None:
+            self._keep(f"{found}: the join goes on")
+            self._check_join_later(self._now)
+            return
+        assert view.last_start_ms is not None, "a join in flight has a start"
+        who = "nobody" if server is None else f"{server} (epoch {epoch})"
+        self._disarm_join()
+        self._stop_bridge(
+            f"{self._now - view.last_start_ms} ms into this join the room service says {who} "
+            "holds the identity: the join was overtaken in flight, or has yet to reach the "
+            "server, and the SDK tells nothing of either until its own 15 s timeout"
+        )
+        self._fence_by_holder(server, epoch)
 
     def _dispose(self, why: str) -> None:
         self._stop_bridge(why)
@@ -752,17 +806,31 @@ class Session(pykka.Actor):
             return
         server, epoch = observed.holder_server, observed.holder_epoch
         view = self.view
-        if view.state == "ACTIVE" and view.bridge == "up" and view.stalled_ms is not None:
+        if view.lookup_checks_join is not None:
+            self._on_join_checked(server, epoch)
+        elif view.state == "ACTIVE" and view.bridge == "up" and view.stalled_ms is not None:
             self._restart_stalled(server)
         elif view.state == "ACTIVE" and view.bridge == "up":
             self._confirm_status(server)
         elif view.state != "ACTIVE" or view.bridge != "down" or view.backoff_due_ms is not None:
             self._decline("the session moved on while the room service answered")
-        elif epoch is None:
+        else:
+            self._fence_by_holder(server, epoch)
+
+    def _fence_by_holder(self, server: str | None, epoch: int | None) -> None:
+        """The bridge is down while the glasses are here: join again unless the identity is
+        held for a newer connection than ours."""
+        mine = self.view.epoch
+        if epoch is None:
             self._restart_after_failure("nobody holds the identity now and the glasses are here")
-        elif epoch < view.epoch:
+        elif epoch < mine:
             self._restart_after_failure(
-                f"fenced: {server} joined late with epoch {epoch}, older than ours ({view.epoch})"
+                f"fenced: {server} joined late with epoch {epoch}, older than ours ({mine})"
+            )
+        elif server == self._server and epoch == mine:
+            self._restart_after_failure(
+                "the holder is an earlier join of ours for this same connection, given up on "
+                "and waited out, that landed late: it leaves the room at once"
             )
         else:
             self._decline(f"{server} holds the identity for a newer connection (epoch {epoch})")
@@ -770,6 +838,9 @@ class Session(pykka.Actor):
     def _on_lookup_failed(self, error: str, *, permanent: bool) -> None:
         """The room service could not say who holds the identity: never read as "nobody"."""
         view = self.view
+        if view.lookup_checks_join is not None:
+            self._on_join_checked(None, None, unknown=error)
+            return
         unknown = f"the room service could not say who holds the identity ({error})"
         stalled = view.bridge == "up" and view.stalled_ms is not None
         if permanent:
@@ -946,7 +1017,7 @@ class Session(pykka.Actor):
             )
         )
         self._arm("join", deadline)
-        if self._policy.shared_log and self._deadlines.join_check_ms < self._deadlines.join_ms:
+        if self._checks_joins and self._deadlines.join_check_ms < self._deadlines.join_ms:
             self._arm("join_check", self._now + self._deadlines.join_check_ms)
         request = JoinRequest(
             room=self._user,
@@ -976,6 +1047,11 @@ class Session(pykka.Actor):
         self._then(lambda: tell(self._supervisor, stop))
         self._bridge = None
 
+    @property
+    def _checks_joins(self) -> bool:
+        """Whether a join still in flight is looked at for being overtaken."""
+        return self._policy.shared_log or self._policy.supervise_losses
+
     def _keep(self, why: str) -> None:
         self._decide_that(BridgeKept(cause=self._cause, why=why, generation=self.view.generation))
 
@@ -994,7 +1070,7 @@ class Session(pykka.Actor):
     def _disarm_join(self) -> None:
         if self._before is not None and self._before.join_deadline_ms is not None:
             self._disarm("join")
-            if self._policy.shared_log:
+            if self._checks_joins:
                 self._disarm("join_check")
 
     def _disarm(self, timer: TimerKind) -> None:

@@ -53,10 +53,10 @@ TimerKind = Literal[
     "phone",
     "pace",
 ]
-"""`join` and `lookup` are deadlines for a connector's answer; `join_check` is when a fleet
-that shares its log looks whether a join still in flight was overtaken; `lookup_retry` asks
-again; `phone` is when a phone missing from the room is reported absent; `pace` is a join's
-turn at the server's join limiter."""
+"""`join` and `lookup` are deadlines for a connector's answer; `join_check` is when a join
+still in flight is looked at for being overtaken (in the log a fleet shares, or in the room
+service); `lookup_retry` asks again; `phone` is when a phone missing from the room is
+reported absent; `pace` is a join's turn at the server's join limiter."""
 
 HealthState = Literal["connecting", "ok", "audio_stalled", "phone_absent", "unavailable"]
 """What the user is experiencing on a server, as the host is told it (see `events.health`)."""

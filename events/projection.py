@@ -101,6 +101,9 @@ class SessionView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     lookup_retry_due_ms: int | None = None
     lookup_failures: int = 0
     """Room-service lookups in a row that could not say who holds the identity."""
+    lookup_checks_join: int | None = None
+    """The generation whose join, in flight, the latest lookup was asked about (`None`: it was
+    asked about a bridge that was not joining)."""
     unavailable: str | None = None
     """Why retries stopped after a permanent error, until a join or a lookup succeeds."""
     stalled_ms: int | None = None
@@ -365,7 +368,14 @@ def _status_requested(view: SessionView, event: BridgeStatusRequested, time_ms: 
 
 @_changes(IdentityHolderRequested)
 def _lookup(view: SessionView, event: IdentityHolderRequested, time_ms: int) -> SessionView:
-    return _replace(view, lookup_deadline_ms=event.deadline_ms, lookup_retry_due_ms=None)
+    # Only a join check asks while the bridge is joining.
+    checks = view.generation if view.bridge == "joining" else None
+    return _replace(
+        view,
+        lookup_deadline_ms=event.deadline_ms,
+        lookup_retry_due_ms=None,
+        lookup_checks_join=checks,
+    )
 
 
 @_changes(IdentityHolderObserved)

@@ -13,7 +13,7 @@ from actors.executor import Executor
 from actors.policy import SUPERVISED, Policy
 from actors.pool_executor import PoolExecutor
 from actors.runtime import Runtime
-from events.catalog import Event
+from events.catalog import Event, RejoinDeclined
 from events.log import EventStore
 from events.memory_store import MemoryStore
 from simulations.sim_livekit import SfuConfig, SimLiveKit
@@ -23,6 +23,8 @@ EXECUTORS: list[ExecutorKind] = ["deterministic", "pool"]
 
 SHORT = Deadlines(join_ms=400, lookup_ms=300)
 """Deadlines short enough for real time, long enough for a loaded machine's joins (5-20 ms)."""
+LOOKING = Deadlines(join_ms=1_500, join_check_ms=300, lookup_ms=300)
+"""A join check well within the join deadline, both short enough for real time."""
 WATCH = AudioWatch(stall_after_ms=300, phone_absent_after_ms=500)
 """Thresholds for a phone that sends a chunk every 20 ms: fifteen chunks make a stall."""
 CHUNK_MS = 20
@@ -98,6 +100,22 @@ class Harness:
         self._phones[user] = (sequence + 1) % 256
         self.sfu.publish(user, bytes([sequence]) + pcm)
         self.executor.call_at(self.executor.now_ms() + CHUNK_MS, lambda: self._tick(user, pcm))
+
+    def overtake_in_flight(self, user: str) -> None:
+        """dev's joins hang, as one overtaken in flight does with the real SDK, while debug's
+        bridge, of an older connection whose end debug has not noticed, joins."""
+        self.phone(user)
+        self.sfu.hang_joins("dev", 100)
+        self.sfu.slow_next_join("debug", 100)
+        self.runtimes["debug"].glasses_connected(user, epoch=1).wait(timeout_s=5)
+        self.runtimes["dev"].glasses_connected(user, epoch=2).wait(timeout_s=5)
+
+    def dev_won(self, user: str) -> bool:
+        """After `overtake_in_flight`: dev alone holds the identity and hears the phone, and
+        debug, kicked, has stayed down."""
+        in_room = [p.server for p in self.sfu.participants(user)] == ["dev"]
+        heard = any(c.server == "dev" for c in self.chunks[-5:])
+        return in_room and heard and self.count(RejoinDeclined, "debug") == 1
 
     def run_for(self, ms: int) -> None:
         if self._deterministic is not None:

@@ -9,7 +9,6 @@ import uuid
 
 import pytest
 
-from actors.connector import Deadlines
 from events.catalog import (
     BridgeJoined,
     BridgeStarted,
@@ -24,7 +23,7 @@ from events.envelope import Pending
 from events.fleet import APPEND_ATTEMPTS, fleet_stream
 from events.memory_store import MemoryStore
 from simulations.faulty_store import RacedStore
-from tests.actors.harness import EXECUTORS, ExecutorKind, Harness
+from tests.actors.harness import EXECUTORS, LOOKING, ExecutorKind, Harness
 
 USER = "isaiah@mentra.glass"
 
@@ -94,10 +93,6 @@ def test_a_connections_record_that_loses_races_for_the_fleet_stream_lands_before
         harness.stop()
 
 
-LOOKING = Deadlines(join_ms=1_500, join_check_ms=300, lookup_ms=300)
-"""A join check well within the join deadline, both short enough for real time."""
-
-
 @pytest.mark.parametrize("kind", EXECUTORS)
 def test_a_join_overtaken_in_flight_is_given_up_on_the_fleet_logs_word(kind: ExecutorKind) -> None:
     """dev's join never completes, as one overtaken in flight does with the real SDK, while
@@ -108,18 +103,8 @@ def test_a_join_overtaken_in_flight_is_given_up_on_the_fleet_logs_word(kind: Exe
     try:
         for server in ("debug", "dev"):
             harness.sfu.room_service_fault(server, 600_000, hangs=False)
-        harness.phone(USER)
-        harness.sfu.hang_joins("dev", 100)
-        harness.sfu.slow_next_join("debug", 100)
-        harness.runtimes["debug"].glasses_connected(USER, epoch=1).wait(timeout_s=5)
-        harness.runtimes["dev"].glasses_connected(USER, epoch=2).wait(timeout_s=5)
-
-        def settled() -> bool:
-            in_room = [p.server for p in harness.sfu.participants(USER)] == ["dev"]
-            heard = any(c.server == "dev" for c in harness.chunks[-5:])
-            return in_room and heard and harness.count(RejoinDeclined, "debug") == 1
-
-        assert harness.eventually(settled)
+        harness.overtake_in_flight(USER)
+        assert harness.eventually(lambda: harness.dev_won(USER))
         dev = harness.events("dev")
         (stopped,) = [e for e in dev if isinstance(e, BridgeStopped)]
         assert "overtaken in flight" in stopped.why

@@ -21,7 +21,6 @@ from events.catalog import (
     PhoneAbsent,
     RestartBudgetExhausted,
     SessionDisposed,
-    TimerFired,
 )
 from events.log import LogError
 from events.projection import replay_stream
@@ -181,13 +180,24 @@ def test_mode_10_a_bridge_that_keeps_failing_backs_off_spends_its_budget_then_co
     assert after[0] - exhausted >= budget.cooldown_ms, "after the cool-down, not before"
 
 
-def test_mode_11_a_join_that_never_answers_hits_its_deadline_and_is_retried() -> None:
+@pytest.mark.parametrize(
+    ("room_service", "given_up"),
+    [("answers", "the room service says nobody holds"), ("fails", "no join within 15 s")],
+)
+def test_mode_11_a_join_that_never_answers_is_given_up_and_retried(
+    room_service: str, given_up: str
+) -> None:
+    """The room holds no join 2 s after it began: it is given up at once. A room service that
+    cannot say leaves the join to its deadline."""
     world = World(servers=["prod"], seed=7)
+    if room_service == "fails":
+        world.sfu.room_service_fault("prod", 60_000, hangs=False)
     world.sfu.hang_joins("prod", 5_000)
     world.connect(USER, "prod")
     world.run_for(20_000)
     prod = events(world, "prod")
-    assert any(isinstance(e, TimerFired) and e.timer == "join" for e in prod)
+    first = next(e for e in prod if isinstance(e, BridgeStopped))
+    assert given_up in first.why
     assert sum(isinstance(e, BridgeStarted) for e in prod) >= 2
     assert hears(world, "prod")
 
