@@ -128,6 +128,7 @@ def compute(envelopes: Iterable[Envelope], *, end_ms: int | None = None) -> Metr
     views: dict[str, SessionView] = {}
     connections: list[_Connection] = []
     current: dict[str, _Connection] = {}
+    newest_epoch: dict[str, int] = {}
     last_server: dict[str, str] = {}
     held_since: dict[str, int] = {}
     stalls: dict[str, _Stall] = {}
@@ -140,7 +141,12 @@ def compute(envelopes: Iterable[Envelope], *, end_ms: int | None = None) -> Metr
             views[envelope.stream] = view
         user, server, now = envelope.user, envelope.server, envelope.time_ms
         match event:
-            case GlassesConnected():
+            case GlassesConnected(epoch=epoch) if epoch < newest_epoch.get(user, epoch):
+                # A live server stamps a connection when it takes it, so one the glasses had
+                # left for a newer connection (a higher epoch) can be stamped after it: it
+                # ended before it began here, and is no evidence either way.
+                connections.append(_Connection(user=user, server=server, start_ms=now, end_ms=now))
+            case GlassesConnected(epoch=epoch):
                 connection = _Connection(
                     user=user,
                     server=server,
@@ -150,6 +156,7 @@ def compute(envelopes: Iterable[Envelope], *, end_ms: int | None = None) -> Metr
                 )
                 connections.append(connection)
                 current[user] = connection
+                newest_epoch[user] = epoch
                 last_server[user] = server
             case GlassesDisconnected():
                 connection_now = current.get(user)

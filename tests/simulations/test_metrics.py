@@ -1,6 +1,15 @@
 """Metrics come from logs alone, and do not depend on how the logs were stored."""
 
 from actors.policy import LEGACY, SUPERVISED
+from events.catalog import (
+    AnyEvent,
+    BridgeStarted,
+    FirstAudio,
+    GlassesConnected,
+    GlassesDisconnected,
+    SessionOpened,
+)
+from events.envelope import Envelope, Pending, stream_name
 from events.memory_store import MemoryStore
 from simulations.metrics import Metrics, compute, server_events
 from simulations.scenario import load
@@ -30,3 +39,30 @@ def test_the_seed_story_measures_the_bug_and_the_fix() -> None:
     assert fixed.rejoins == 1
     assert broken.misrouted_audio_ms > 0
     assert fixed.misrouted_audio_ms == 0
+
+
+def test_a_connection_stamped_after_a_newer_one_does_not_hide_the_newer_ones_audio() -> None:
+    """Live servers stamp an input when they take it: prod took the glasses' older connection
+    (epoch 1) after debug took the newer one (epoch 2), and left it at once."""
+    user, log = "ada@example.com", list[Envelope]()
+    steps: list[tuple[str, int, AnyEvent]] = [
+        ("debug", 301, GlassesConnected(epoch=2)),
+        ("debug", 301, SessionOpened(cause="c2", why="connected", incarnation=1, epoch=2)),
+        ("debug", 301, BridgeStarted(cause="c2", why="joins", generation=1, identity="i", epoch=2)),
+        ("prod", 303, GlassesConnected(epoch=1)),
+        ("prod", 303, SessionOpened(cause="c1", why="connected", incarnation=1, epoch=1)),
+        ("prod", 309, GlassesDisconnected()),
+        ("debug", 800, FirstAudio(generation=1)),
+    ]
+    versions: dict[str, int] = {}
+    for position, (server, at, event) in enumerate(steps, start=1):
+        stream = stream_name(server, user, 1)
+        versions[stream] = versions.get(stream, 0) + 1
+        pending = Pending(
+            event_id=f"e{position}", time_ms=at, server=server, user=user, event=event
+        )
+        log.append(pending.at(position=position, stream=stream, version=versions[stream]))
+    metrics = compute(log, end_ms=10_000)
+    assert metrics.time_to_audio_ms.count == 1
+    assert metrics.time_to_audio_ms.p50 == 499
+    assert metrics.switch_success_ratio is None, "prod's connection had no chance: no evidence"
