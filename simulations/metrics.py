@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import msgspec
 
@@ -118,7 +118,9 @@ def canonical_order(envelopes: Iterable[Envelope]) -> list[Envelope]:
     return list(heapq.merge(*logs, key=key))
 
 
-def _percentile(sorted_values: list[int], fraction: float) -> float:
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """The value at `fraction` (0-1] of `sorted_values`, ascending and not empty: the nearest
+    rank, so p99 of 100 values is the 99th."""
     rank = max(1, math.ceil(fraction * len(sorted_values)))
     return float(sorted_values[rank - 1])
 
@@ -282,8 +284,8 @@ def distribution(values: list[int]) -> Distribution:
     ordered = sorted(values)
     return Distribution(
         count=len(ordered),
-        p50=_percentile(ordered, 0.5) if ordered else None,
-        p99=_percentile(ordered, 0.99) if ordered else None,
+        p50=percentile(ordered, 0.5) if ordered else None,
+        p99=percentile(ordered, 0.99) if ordered else None,
         max=float(ordered[-1]) if ordered else None,
     )
 

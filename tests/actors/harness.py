@@ -13,7 +13,7 @@ from actors.executor import Executor
 from actors.policy import SUPERVISED, Policy
 from actors.pool_executor import PoolExecutor
 from actors.runtime import Runtime
-from events.catalog import Event, RejoinDeclined
+from events.catalog import BridgeJoined, Event, RejoinDeclined
 from events.log import EventStore
 from events.memory_store import MemoryStore
 from simulations.sim_livekit import SfuConfig, SimLiveKit
@@ -92,6 +92,13 @@ class Harness:
         self._phones[user] = 0
         pcm = bytes(2 * 16 * CHUNK_MS) if silent else b"\x10\x00" * 16 * CHUNK_MS
         self.executor.call_at(self.executor.now_ms() + CHUNK_MS, lambda: self._tick(user, pcm))
+
+    def connected_and_joined(self, user: str, server: str, epoch: int) -> None:
+        """`user`'s phone in the room, then the glasses connected to `server`, whose bridge
+        joins."""
+        self.phone(user)
+        self.runtimes[server].glasses_connected(user, epoch=epoch).wait(timeout_s=5)
+        assert self.eventually(lambda: self.count(BridgeJoined, server) == 1)
 
     def _tick(self, user: str, pcm: bytes) -> None:
         sequence = self._phones.get(user)

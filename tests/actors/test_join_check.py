@@ -52,9 +52,7 @@ def test_a_join_the_room_does_not_hold_is_given_up_on_the_room_services_word(
 def test_a_join_that_completes_before_its_check_is_never_asked_about(kind: ExecutorKind) -> None:
     harness = Harness(kind, servers=("dev",), deadlines=LOOKING)
     try:
-        harness.phone(USER)
-        harness.runtimes["dev"].glasses_connected(USER, epoch=1).wait(timeout_s=5)
-        assert harness.eventually(lambda: harness.count(BridgeJoined, "dev") == 1)
+        harness.connected_and_joined(USER, "dev", epoch=1)
         harness.run_for(2 * LOOKING.join_ms)
         dev = harness.events("dev")
         assert not [e for e in dev if isinstance(e, TimerFired) and e.timer == "join_check"]
@@ -73,9 +71,7 @@ def test_a_kick_by_our_own_late_join_of_the_same_connection_is_rejoined(
     join, leaving at once, and the bridge joins again."""
     harness = Harness(kind, servers=("dev",))
     try:
-        harness.phone(USER)
-        harness.runtimes["dev"].glasses_connected(USER, epoch=2).wait(timeout_s=5)
-        assert harness.eventually(lambda: harness.count(BridgeJoined, "dev") == 1)
+        harness.connected_and_joined(USER, "dev", epoch=2)
         late = JoinRequest(
             room=USER,
             identity=SUPERVISED.identity(USER, "dev"),
