@@ -42,6 +42,7 @@ import gc
 import heapq
 import itertools
 import logging
+import math
 import queue
 import random
 import sys
@@ -289,7 +290,13 @@ class PoolExecutor:
         return [ref.stop(block=False) for ref in reversed(self.live_actors())]
 
     def now_ms(self) -> int:
-        return int((time.monotonic() - self._origin) * 1000)
+        # Rounded up, and timers fire on the unrounded clock: `now_ms() + d` is then never less
+        # than `d` ms away (rounded down, it fired up to 1 ms early, and a grace armed for a
+        # wall-clock instant ended a millisecond before it in the log).
+        return math.ceil(self._elapsed_ms())
+
+    def _elapsed_ms(self) -> float:
+        return (time.monotonic() - self._origin) * 1000
 
     def wall_ms(self) -> int:
         return time.time_ns() // 1_000_000
@@ -378,8 +385,10 @@ class PoolExecutor:
     def _run_timers(self) -> None:
         while True:
             with self._condition:
-                while not self._closed and (not self._heap or self._heap[0][0] > self.now_ms()):
-                    wait_s = (self._heap[0][0] - self.now_ms()) / 1000 if self._heap else None
+                while not self._closed and (
+                    not self._heap or self._heap[0][0] > self._elapsed_ms()
+                ):
+                    wait_s = (self._heap[0][0] - self._elapsed_ms()) / 1000 if self._heap else None
                     self._condition.wait(timeout=wait_s)
                 if self._closed:
                     return

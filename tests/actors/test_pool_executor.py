@@ -18,9 +18,10 @@ import pytest
 
 from actors import pool_executor
 from actors.bridge import AudioChunk
+from actors.grace_timer import Arm, GraceTimer
 from actors.pool_executor import TURN, Collector, PoolExecutor
 from actors.runtime import Runtime
-from events.catalog import GraceStarted, SessionDisposed
+from events.catalog import GraceStarted, SessionDisposed, TimerFired
 from events.memory_store import MemoryStore
 from events.sqlite_store import SQLiteStore
 from simulations.sim_livekit import SfuConfig, SimLiveKit
@@ -506,3 +507,43 @@ def test_a_starting_pool_never_freezes_garbage_made_before_it() -> None:
         assert garbage() is None
     finally:
         executor.shutdown()
+
+
+def test_a_deadline_never_fires_before_its_time_on_either_clock() -> None:
+    """Both clocks count whole milliseconds: a deadline `now_ms() + d` is `d` ms of real time
+    away, and a wall-clock deadline armed through the GraceTimer fires when the wall clock
+    reads it, so a log never says a grace ended before its deadline."""
+    executor = PoolExecutor()
+    timer = executor.spawn(GraceTimer, executor)
+    early: list[str] = []
+    done = threading.Semaphore(0)
+    count = 200
+
+    class Owner(pykka.Actor):
+        def on_receive(self, message: Any) -> None:
+            assert isinstance(message, TimerFired)
+            if executor.wall_ms() < message.deadline_ms:
+                early.append(f"wall {executor.wall_ms()} < {message.deadline_ms}")
+            done.release()
+
+    owner = executor.spawn(Owner)
+
+    def at(started_s: float, due_ms: int) -> Callable[[], None]:
+        def fired() -> None:
+            if (time.monotonic() - started_s) * 1000 < due_ms:
+                early.append(f"monotonic {due_ms} ms")
+            done.release()
+
+        return fired
+
+    try:
+        for n in range(count):
+            due_ms = n % 4
+            executor.call_at(executor.now_ms() + due_ms, at(time.monotonic(), due_ms))
+            deadline = executor.wall_ms() + due_ms
+            timer.tell(Arm(owner_key=str(n), timer="grace", deadline_ms=deadline, owner=owner))
+            time.sleep(random.random() / 1000)
+        assert all(done.acquire(timeout=5) for _ in range(2 * count))
+    finally:
+        executor.shutdown()
+    assert early == []
