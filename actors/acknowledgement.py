@@ -106,7 +106,8 @@ class Acknowledgement:
 
 
 def _call(callback: Callable[[int], object], position: int) -> None:
-    # A host's callback runs in the session's turn: its failure is the host's, not the session's.
+    # A host's callback runs in a session's turn or the journal's reply: its failure is the
+    # host's, not theirs.
     try:
         callback(position)
     except Exception:

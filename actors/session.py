@@ -344,11 +344,16 @@ class Session(pykka.Actor):
         else:
             batch = Batch(self._stream, self._version, turn.batch)
         me = self.actor_ref
+        ack = turn.ack if turn.fleet is None else None
 
         def reply(outcome: list[Envelope] | Exception) -> None:
             # On the journal's thread: the answer reaches the session as mail, so that only
-            # the session's own turns touch its state.
+            # its own turns touch its state. The input is acknowledged the moment its batch is
+            # durable, not a mailbox hop and the turn's effects later; after the mail, so that
+            # a query the host sends once it hears lands behind it and sees the batch.
             tell(me, Persisted(outcome=outcome))
+            if ack is not None and not isinstance(outcome, Exception):
+                ack.durable(outcome[0].position)
 
         journal.append(self._store, batch, reply)
 
@@ -416,6 +421,7 @@ class Session(pykka.Actor):
         for effect in turn.effects:
             effect()
         if turn.ack is not None:
+            # Where a journal writes the batch, its reply has acknowledged it (once is all).
             turn.ack.durable(stored[0].position)
 
     def _decide(self, event: Input) -> None:

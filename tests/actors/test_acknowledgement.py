@@ -1,15 +1,25 @@
 """A host hears when each glasses input is durable, never before, and sees the backlog of those
 that are not yet: on both executors, through a log that fails for a while, and in a storm."""
 
+import random
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import pykka
 import pytest
 
 from actors.acknowledgement import Acknowledgement
 from actors.bridge import AudioWatch
+from actors.pool_executor import PoolExecutor
+from actors.runtime import Runtime
 from events.catalog import GlassesConnected, GlassesDisconnected
+from events.forwarding_store import ForwardingStore
+from events.log import Batch, EventStore, Outcome
+from events.memory_store import MemoryStore
 from events.sqlite_store import SQLiteStore
+from simulations.sim_livekit import SfuConfig, SimLiveKit
 from simulations.world import World
 from tests.actors.harness import EXECUTORS, ExecutorKind, Harness
 
@@ -95,3 +105,50 @@ def test_a_callback_hears_of_durability_once_and_its_failure_never_fails_the_ses
     assert view is not None
     assert view.state == "ACTIVE", "the session went on with its turn"
     world.stop()
+
+
+class _SlowDisk(ForwardingStore):
+    """Each group's write waits until the test lets the disk go on."""
+
+    def __init__(self, inner: EventStore) -> None:
+        super().__init__(inner)
+        self.writing = threading.Event()
+        self.go_on = threading.Event()
+
+    def append_group(self, batches: Sequence[Batch]) -> list[Outcome]:
+        self.writing.set()
+        assert self.go_on.wait(10), "the test let the disk go on"
+        return self.inner.append_group(batches)
+
+
+class _Busy(pykka.Actor):
+    def on_receive(self, message: Any) -> None:
+        assert isinstance(message, threading.Event)
+        message.wait(10)
+
+
+@pytest.mark.threads
+def test_an_input_is_acknowledged_when_durable_though_every_worker_is_busy() -> None:
+    """On the pool the journal acknowledges an input the moment its batch is durable, not once
+    a worker runs the session's next turn; a query sent after that still sees the batch."""
+    executor = PoolExecutor(workers=1)
+    disk = _SlowDisk(MemoryStore())
+    sfu = SimLiveKit(executor, random.Random(0), SfuConfig(join_latency_ms=(0, 0)))
+    runtime = Runtime(server="prod", executor=executor, store=disk, connector=sfu.connector("prod"))
+    busy = threading.Event()
+    try:
+        ack = runtime.glasses_connected(USER)
+        assert disk.writing.wait(5)
+        executor.spawn(_Busy).tell(busy)  # the only worker, held until the test lets it go
+        disk.go_on.set()
+        position = ack.wait(timeout_s=5)
+        busy.set()
+        view = runtime.session(USER)
+        assert view is not None
+        assert view.version >= 2, "the connection and the session's decisions on it"
+        assert next(iter(disk.read_all(position))).event == GlassesConnected(epoch=view.epoch)
+    finally:
+        busy.set()
+        disk.go_on.set()
+        runtime.stop()
+        executor.shutdown()
