@@ -31,7 +31,7 @@ typecheck: bootstrap
 	$(RUN) mypy
 
 unit: bootstrap postgres
-	$(RUN) pytest --durations=10
+	scripts/run-tests $(RUN) pytest
 
 postgres:
 	scripts/ensure-postgres
