@@ -41,7 +41,7 @@ from typing import Literal
 
 import msgspec
 
-from events.catalog import SCHEMA_VERSION
+from events.catalog import SCHEMA_VERSION, SessionDisposed
 from events.codec import (
     RECORD_SEPARATOR,
     UndecodableEvent,
@@ -126,6 +126,9 @@ _IDS = msgspec.json.Decoder(list[str])
 _LAST = msgspec.json.Decoder(tuple[int, int])
 _PARAMETERS = 999
 """Parameters one statement binds at most (SQLite's limit before 3.32)."""
+_REMEMBERED = 65_536
+"""Streams a writer remembers the versions of at most (about 10 MB): more, and it starts over
+from the log, which costs a query per group until it has seen them again."""
 _INSERT_EVENTS = f"INSERT INTO events ({_COLUMNS})"
 _INSERT_OPENS = "INSERT OR REPLACE INTO sessions (stream, server, user, incarnation, open)"
 _CHUNK_RECORDS = 256
@@ -202,6 +205,10 @@ class SQLiteStore:
         """Appends waiting for a group, oldest first."""
         self._leading = False
         """Set while a caller leads: writes a group, or has been woken to write the next."""
+        self._written: _Known | None = None
+        """The log as this writer's last commit left it, or `None` when it cannot say (see
+        `_checks`): the versions of the streams it wrote (an ended session's forgotten) and
+        the last position with its CRC. Its stored ids are always empty."""
         self._db = self._open_reader() if read_only else self._open_writer(synchronous)
         self._chained_from = self._read_position(self._db, "chained_from", 4)
         """The first position whose CRC is chained (format 4); the ones before are not."""
@@ -463,19 +470,59 @@ class SQLiteStore:
                     each.error = error
                 return
             try:
-                known = self._known(group)
-                left = known if len(group) == 1 else self._write_at_once(group, known)
+                known, read = self._checks(group)
+                left = known if read and len(group) == 1 else self._write_at_once(group, known)
+                if left is known and not read:
+                    # A batch does not check out against what this writer remembers: the log
+                    # says what each batch's outcome is.
+                    left = self._known(group)
                 if left is not None:
                     for each in group:
                         self._write_batch(each, left, alone=len(group) == 1)
                 db.execute("COMMIT")
             except BaseException as error:
+                self._written = None
                 self._fail_group(group, error)
                 if not isinstance(error, Exception):
                     raise
                 return
+            self._remember(left if left is not None else known, group)
             self.commits += 1
             self.grouped += len(group)
+
+    def _checks(self, group: list[_Append]) -> tuple[_Known, bool]:
+        """What `group` is checked against, and whether it was read from the log now.
+
+        From memory when every batch's expected version is the one this writer last wrote to
+        its stream, or 0 for a stream it never wrote: the query is then one statement (one
+        wait for the GIL) a group less. The log's constraints guard what memory cannot see:
+        another writer's rows hold the position, the `(stream, version)` or the event id the
+        group would take, SQLite refuses the INSERT, and `_write_at_once` reads the log and
+        gives each batch its outcome as if nothing had been remembered."""
+        written = self._written
+        if written is not None:
+            versions: dict[str, int] = {}
+            for each in group:
+                version = written.versions.get(each.stream, 0)
+                if version != each.expected_version:
+                    break
+                versions[each.stream] = version
+            else:
+                return _Known(versions, set(), written.last, written.crc), False
+        return self._known(group), True
+
+    def _remember(self, known: _Known, group: list[_Append]) -> None:
+        """Keep `known`, the log as this commit left it, for the next group's checks."""
+        written = self._written
+        if written is None or len(written.versions) > _REMEMBERED:
+            written = self._written = _Known({}, set(), known.last, known.crc)
+        written.versions.update(known.versions)
+        written.last, written.crc = known.last, known.crc
+        for each in group:
+            if each.result is not None and any(
+                isinstance(pending.event, SessionDisposed) for pending in each.events
+            ):
+                written.versions.pop(each.stream, None)
 
     def _known(self, group: list[_Append]) -> _Known:
         """What the group's batches are checked against, read with one query for the whole
@@ -555,9 +602,10 @@ class SQLiteStore:
         to be written as it stands (its expected version current, none of its ids stored):
         each statement gives up the GIL, and the journal's thread then waits its turn to take
         it back, so three or four statements a batch made the writer the runtime's limit.
-        `None` if it wrote them; if not, nothing is written, and the caller writes the batches
-        one by one, each in a savepoint of its own, to give each its outcome, against the log
-        as returned: `known` itself, or read again after a statement failed."""
+        `None` if it wrote them (and `known` is then the log as they left it); if not, nothing
+        is written, and the caller writes the batches one by one, each in a savepoint of its
+        own, to give each its outcome, against the log as returned: `known` itself, or read
+        again after a statement failed."""
         versions: dict[str, int] = {}
         ids: set[str] = set()
         for each in group:
@@ -596,6 +644,8 @@ class SQLiteStore:
             return self._known(group)
         for each, envelopes in zip(group, results, strict=True):
             each.result = envelopes
+        known.versions.update(versions)
+        known.last, known.crc = last, crc
         return None
 
     def _stored_batch(self, stream: str, events: Sequence[Pending]) -> list[Envelope] | None:

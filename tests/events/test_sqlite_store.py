@@ -2,6 +2,7 @@
 that loses no record before it, readers that write nothing, older formats, and group commit.
 What every durable store promises is in `test_stores.py`."""
 
+import contextlib
 import shutil
 import signal
 import sqlite3
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from events.catalog import GlassesConnected, SessionOpened
+from events.catalog import GlassesConnected, SessionDisposed, SessionOpened
 from events.codec import RECORD_SEPARATOR, decode_record, encode_envelope
 from events.envelope import Envelope, Pending
 from events.log import (
@@ -556,9 +557,11 @@ def test_a_group_is_checked_with_one_query_and_written_with_one_insert_per_table
 ) -> None:
     """Each statement gives up the GIL, once per row it steps through, and the writer may wait
     up to a switch interval to get it back: a group's statements and their rows do not grow
-    with its batches, their checks, their events or the sessions they open and close."""
+    with its batches, their checks, their events or the sessions they open and close. A writer
+    just opened reads the checks from the log; after its first commit, from memory."""
+    with contextlib.closing(SQLiteStore(tmp_path / "log.db")) as first:
+        first.append("prod/u0/1", 0, [connected("first", 1, "u0")])
     store = SQLiteStore(tmp_path / "log.db")
-    store.append("prod/u0/1", 0, [connected("first", 1, "u0")])
     statements: list[str] = []
     store._db.set_trace_callback(statements.append)
     outcomes = store.append_group(
@@ -583,9 +586,37 @@ def test_a_group_is_checked_with_one_query_and_written_with_one_insert_per_table
         == 1
     )
     assert len(statements) == 5, "and BEGIN, COMMIT"
-    assert [e.version for e in store.read_stream("prod/u0/1")] == [1, 2, 3, 4]
-    assert [e.position for e in store.read_all()] == list(range(1, 32))
+    statements.clear()
+    store._db.set_trace_callback(statements.append)
+    outcomes = store.append_group(
+        [
+            Batch(f"prod/u{n}/1", 3 + int(n == 0), [connected(f"u{n}-3", 1, f"u{n}")])
+            for n in range(10)
+        ]
+    )
+    store._db.set_trace_callback(None)
+    assert all(isinstance(outcome, list) for outcome in outcomes)
+    assert not any(statement.startswith("SELECT") for statement in statements)
+    assert len(statements) == 3, "BEGIN, the events, COMMIT"
+    assert [e.version for e in store.read_stream("prod/u0/1")] == [1, 2, 3, 4, 5]
+    assert [e.position for e in store.read_all()] == list(range(1, 42))
     assert store.open_streams("prod") == [f"prod/u{n}/1" for n in range(1, 10)]
+    store.close()
+
+
+def test_a_writer_remembers_the_versions_of_open_sessions_only(tmp_path: Path) -> None:
+    """What a writer remembers to check groups without a query follows the sessions of the
+    moment, not the length of the log: an ended session's stream is forgotten."""
+    store = SQLiteStore(tmp_path / "log.db")
+    disposed = SessionDisposed(cause="c", why="grace is over")
+    for n in range(3):
+        store.append(f"prod/u{n}/1", 0, [opening(f"prod/u{n}/1", f"u{n}")])
+    ended = Pending(event_id="end", time_ms=0, server="prod", user="u1", event=disposed)
+    store.append("prod/u1/1", 1, [ended])
+    assert store._written is not None
+    assert sorted(store._written.versions) == ["prod/u0/1", "prod/u2/1"]
+    with pytest.raises(WrongExpectedVersion):
+        store.append("prod/u1/1", 0, [connected("late", 1, "u1")])
     store.close()
 
 

@@ -401,3 +401,36 @@ def test_a_missing_record_is_reported_as_a_gap(durable: Durable) -> None:
     assert [e.position for e in envelopes] == [1]
     assert error is not None
     assert (error.position, error.reason) == (2, "the record is missing")
+
+
+def test_a_writer_stays_right_after_another_appended_to_the_same_log(durable: Durable) -> None:
+    """Two writers on one log (a fleet's, or a restart beside the process it replaces): what
+    one remembers of the log is stale once the other appends, and every outcome is still the
+    log's: a stale version refused, a stored id recognised, no position taken twice."""
+    one, other = durable.open(), durable.open()
+    try:
+        one.append("prod/a/1", 0, [pending("a1")])
+        one.append("prod/b/1", 0, [pending("b1")])
+        theirs = other.append("prod/a/1", 1, [pending("a2")])
+        with pytest.raises(WrongExpectedVersion, match="expected version 1, found 2"):
+            one.append("prod/a/1", 1, [pending("a2-mine")])
+        assert one.append("prod/a/1", 1, [pending("a2")]) == theirs, "their batch, stored once"
+        with pytest.raises(DuplicateEventId):
+            one.append("prod/c/1", 0, [pending("a2")])
+        other.append("prod/c/1", 0, [pending("c1")])
+        b2, c2 = one.append_group(
+            [Batch("prod/b/1", 1, [pending("b2")]), Batch("prod/c/1", 0, [pending("c1-mine")])]
+        )
+        assert isinstance(c2, WrongExpectedVersion)
+        assert isinstance(b2, list)
+        assert [(e.position, e.version) for e in b2] == [(5, 2)], "after the other's rows"
+        assert [e.position for e in one.append("prod/b/1", 2, [pending("b3")])] == [6]
+        other.append("prod/b/1", 3, [pending("b4")])
+        twice = [Batch("prod/b/1", 3, [pending(f"b4-{n}")]) for n in range(2)]
+        assert all(isinstance(o, WrongExpectedVersion) for o in one.append_group(twice))
+    finally:
+        one.close()
+        other.close()
+    with contextlib.closing(durable.open()) as store:
+        stored = list(store.read_all())  # every record's CRC chained to the one before it
+    assert [e.event_id for e in stored] == ["a1", "b1", "a2", "c1", "b2", "b3", "b4"]
