@@ -124,12 +124,29 @@ _JSON = msgspec.json.Encoder()
 _VERSIONS = msgspec.json.Decoder(dict[str, int])
 _IDS = msgspec.json.Decoder(list[str])
 _LAST = msgspec.json.Decoder(tuple[int, int])
-_PARAMETERS = 999
-"""Parameters one statement binds at most (SQLite's limit before 3.32)."""
+_PARAMETERS = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+"""Parameters one statement binds at most (SQLite's limit, which was 999 before 3.32)."""
 _REMEMBERED = 65_536
 """Streams a writer remembers the versions of at most (about 10 MB): more, and it starts over
 from the log, which costs a query per group until it has seen them again."""
-_INSERT_EVENTS = f"INSERT INTO events ({_COLUMNS})"
+_INDEXED = f"""
+CREATE TEMP VIEW IF NOT EXISTS indexed_events ({_COLUMNS}, opens, closes) AS
+    SELECT {_COLUMNS}, NULL, NULL FROM events WHERE 0;
+CREATE TEMP TRIGGER IF NOT EXISTS indexed_events_insert INSTEAD OF INSERT ON indexed_events
+BEGIN
+    INSERT INTO events ({_COLUMNS}) VALUES (NEW.position, NEW.stream, NEW.version,
+        NEW.event_id, NEW.time_ms, NEW.server, NEW.user, NEW.schema, NEW.record, NEW.crc);
+    INSERT OR REPLACE INTO sessions (stream, server, user, incarnation, open)
+        SELECT NEW.stream, NEW.server, NEW.user, NEW.opens, 1 WHERE NEW.opens IS NOT NULL;
+    UPDATE sessions SET open = 0 WHERE NEW.closes IS NOT NULL AND stream = NEW.stream;
+END;
+"""
+"""What a writer appends through, on its own connection only (nothing of it is in the file): a
+row of `events` with the session it opens (`opens`, the incarnation) or closes (`closes`, 1),
+which the trigger indexes in the same statement. An INSERT of a group's rows is then one step
+of SQLite for the events and the index both, one wait for the GIL instead of two, and a row
+that fails takes back its whole statement, index included."""
+_INSERT_EVENTS = f"INSERT INTO indexed_events ({_COLUMNS}, opens, closes)"
 _INSERT_OPENS = "INSERT OR REPLACE INTO sessions (stream, server, user, incarnation, open)"
 _CHUNK_RECORDS = 256
 """Records in a chunk: the envelopes of 4,096 at once outgrew the CPU's cache, and the fold
@@ -148,7 +165,7 @@ MAX_GROUP = 256
 64, a journal fed 5,000 batches a second by 2,500 connects hit the bound: its commits (an
 fsync, a few statements that each wait for the GIL back) could not go faster."""
 
-Row = tuple[int, str, int, str, int, str, str, int, bytes, int]
+Row = tuple[int, str, int, str, int, str, str, int, bytes, int, int | None, int | None]
 Stored = tuple[int, int, bytes, int]
 
 
@@ -248,6 +265,7 @@ class SQLiteStore:
                 db.execute("INSERT INTO meta VALUES ('packed_from', 1)")
             elif found != FORMAT:
                 self._upgrade(db, found)
+            db.executescript(_INDEXED)
         except sqlite3.Error as error:
             db.close()
             msg = f"{self.path}: not a rejoin event log ({error})"
@@ -590,7 +608,6 @@ class SQLiteStore:
             raise WrongExpectedVersion(stream, expected_version, version)
         envelopes, rows, crc = _stamped(stream, version, events, known.last, known.crc)
         _insert_rows(db, _INSERT_EVENTS, rows)
-        self._index(db, [(stream, envelope) for envelope in envelopes])
         known.versions[stream] = version + len(events)
         known.last += len(events)
         known.crc = crc
@@ -630,8 +647,6 @@ class SQLiteStore:
                 results.append(envelopes)
                 rows.extend(batch_rows)
             _insert_rows(db, _INSERT_EVENTS, rows)
-            indexed = zip(group, results, strict=True)
-            self._index(db, [(each.stream, e) for each, envelopes in indexed for e in envelopes])
         except Exception:
             # Whatever went wrong, the batches one by one give each its own outcome. The
             # transaction held only this group's writes: it begins again rather than keep a
@@ -886,7 +901,7 @@ def _stamped(
     rows = []
     for envelope in envelopes:
         rows.append(_row(envelope, crc))
-        crc = rows[-1][-1]
+        crc = rows[-1][9]
     return envelopes, rows, crc
 
 
@@ -941,9 +956,12 @@ def _caused_by(error: LogError, cause: BaseException) -> LogError:
 
 
 def _row(envelope: Envelope, before: int) -> Row:
-    """The row of `envelope`, its CRC chained to `before`, the CRC of the row before it."""
+    """The row of `envelope`, its CRC chained to `before`, the CRC of the row before it, and
+    the session it opens or closes (see `_INDEXED`)."""
     e = envelope
     record = encode_record(e)
+    change = session_change(e)
+    opens = change.incarnation if change is not None else None
     return (
         e.position,
         e.stream,
@@ -955,4 +973,6 @@ def _row(envelope: Envelope, before: int) -> Row:
         e.schema,
         record,
         _chained_crc(record, before, RECORD_SEPARATOR),
+        opens,
+        1 if change is not None and opens is None else None,
     )
