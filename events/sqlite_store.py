@@ -316,6 +316,10 @@ class SQLiteStore:
             if "no such table" not in str(error):
                 raise
             found = None
+        except UnicodeDecodeError as error:
+            # A damaged page can leave bytes that are not UTF-8 in what the query reads or reports.
+            msg = f"{self.path}: not a readable rejoin event log (its format record: {error})"
+            raise UnreadableLog(msg) from error
         if found is None:
             msg = f"{self.path}: not a rejoin event log (it has no rejoin format record)"
             raise UnreadableLog(msg)

@@ -228,6 +228,16 @@ def test_a_log_that_does_not_say_where_its_records_change_is_refused(
         SQLiteStore(path, read_only=True)
 
 
+def test_a_format_record_that_is_not_text_is_refused_by_name(tmp_path: Path) -> None:
+    """A damaged page can leave bytes that do not decode where the format's name was."""
+    path = tmp_path / "log.db"
+    fill(path, 1)
+    tamper(path, "UPDATE meta SET value = CAST(X'C528' AS TEXT) WHERE key = 'format'")
+    for read_only in (True, False):
+        with pytest.raises(UnreadableLog, match=r"log\.db: not a (readable )?rejoin event log"):
+            SQLiteStore(path, read_only=read_only)
+
+
 def meta(path: Path) -> dict[str, str]:
     db = sqlite3.connect(path)
     found = dict(db.execute("SELECT key, value FROM meta").fetchall())
