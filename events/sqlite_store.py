@@ -41,7 +41,7 @@ from typing import Literal
 
 import msgspec
 
-from events.catalog import SCHEMA_VERSION, SessionDisposed
+from events.catalog import SCHEMA_VERSION
 from events.codec import (
     RECORD_SEPARATOR,
     UndecodableEvent,
@@ -541,10 +541,9 @@ class SQLiteStore:
         written.versions.update(known.versions)
         written.last, written.crc = known.last, known.crc
         for each in group:
-            if each.result is not None and any(
-                isinstance(pending.event, SessionDisposed) for pending in each.events
-            ):
-                written.versions.pop(each.stream, None)
+            changes = (session_change(pending) for pending in each.events)
+            if each.result is not None and any(c and c.incarnation is None for c in changes):
+                written.versions.pop(each.stream, None)  # the session ended
 
     def _known(self, group: list[_Append]) -> _Known:
         """What the group's batches are checked against, read with one query for the whole
