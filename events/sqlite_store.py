@@ -33,6 +33,7 @@ import itertools
 import operator
 import sqlite3
 import threading
+import time
 import urllib.parse
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -74,22 +75,22 @@ format 2 to 4: nowhere."""
 _LINE = b"\n"
 """What joins the JSON records of a run, and ends each in its chained CRC (format 4)."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    position INTEGER PRIMARY KEY,
-    stream TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    event_id TEXT NOT NULL UNIQUE,
-    time_ms INTEGER NOT NULL,
-    server TEXT NOT NULL,
-    user TEXT NOT NULL,
-    schema INTEGER NOT NULL,
-    record BLOB NOT NULL,
-    crc INTEGER NOT NULL,
-    UNIQUE (stream, version)
-);
-"""
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS events (
+        position INTEGER PRIMARY KEY,
+        stream TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        event_id TEXT NOT NULL UNIQUE,
+        time_ms INTEGER NOT NULL,
+        server TEXT NOT NULL,
+        user TEXT NOT NULL,
+        schema INTEGER NOT NULL,
+        record BLOB NOT NULL,
+        crc INTEGER NOT NULL,
+        UNIQUE (stream, version)
+    )""",
+)
 
 _SESSIONS = (
     """CREATE TABLE IF NOT EXISTS sessions (
@@ -126,6 +127,9 @@ _IDS = msgspec.json.Decoder(list[str])
 _LAST = msgspec.json.Decoder(tuple[int, int])
 _PARAMETERS = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 """Parameters one statement binds at most (SQLite's limit, which was 999 before 3.32)."""
+_SWITCH_S = 5.0
+"""How long a writer opening the log tries to put it in WAL mode: `sqlite3.connect`'s own wait
+for a lock."""
 _REMEMBERED = 65_536
 """Streams a writer remembers the versions of at most (about 10 MB): more, and it starts over
 from the log, which costs a query per group until it has seen them again."""
@@ -250,28 +254,32 @@ class SQLiteStore:
             msg = f"{self.path}: cannot open the log: {error}"
             raise LogError(msg) from error
         try:
+            # One writer at a time creates or upgrades the log, and the next one sees all of it:
+            # two servers starting on a new file at once each found it empty and created it.
+            db.execute("BEGIN IMMEDIATE")
             tables = {
                 name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
             }
             found = self._check_format(db) if tables else None
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={synchronous}")
             if found is None:
-                db.executescript(_SCHEMA)
-                for statement in _SESSIONS:
+                for statement in (*_SCHEMA, *_SESSIONS):
                     db.execute(statement)
                 db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
                 db.execute("INSERT INTO meta VALUES ('chained_from', 1)")
                 db.execute("INSERT INTO meta VALUES ('packed_from', 1)")
             elif found != FORMAT:
                 self._upgrade(db, found)
+            db.execute("COMMIT")
+            # Only once it is known to be a rejoin log: a file of another kind is left as it was.
+            _write_ahead(db)
+            db.execute(f"PRAGMA synchronous={synchronous}")
             db.executescript(_INDEXED)
         except sqlite3.Error as error:
             db.close()
             msg = f"{self.path}: not a rejoin event log ({error})"
             raise UnreadableLog(msg) from error
-        except LogError:
-            db.close()
+        except BaseException:
+            db.close()  # which takes back a creation or an upgrade left half done
             raise
         return db
 
@@ -329,29 +337,23 @@ class SQLiteStore:
         return str(found[0])
 
     def _upgrade(self, db: sqlite3.Connection, found: str) -> None:
-        """Format 2, 3 or 4 to 5, in one transaction: from 2, build the index of sessions from
-        the events; from 2 or 3, chain the CRCs of the records appended from now on; then pack
-        those records in msgpack. Records already written keep their JSON and their CRCs:
-        recomputing them would hide any damage they have."""
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if found == "rejoin-event-log/2":
-                for statement in _SESSIONS:
-                    db.execute(statement)
-                rows = db.execute(
-                    "SELECT stream, schema, record FROM events ORDER BY position"
-                ).fetchall()
-                self._index(db, [(row[0], decode_envelope(row[1], row[2])) for row in rows])
-            chained = found == "rejoin-event-log/4"
-            for key in ("packed_from",) if chained else ("chained_from", "packed_from"):
-                db.execute(
-                    "INSERT INTO meta SELECT ?, COALESCE(MAX(position), 0) + 1 FROM events", (key,)
-                )
-            db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (FORMAT,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        """Format 2, 3 or 4 to 5, in the opening writer's transaction: from 2, build the index
+        of sessions from the events; from 2 or 3, chain the CRCs of the records appended from
+        now on; then pack those records in msgpack. Records already written keep their JSON
+        and their CRCs: recomputing them would hide any damage they have."""
+        if found == "rejoin-event-log/2":
+            for statement in _SESSIONS:
+                db.execute(statement)
+            rows = db.execute(
+                "SELECT stream, schema, record FROM events ORDER BY position"
+            ).fetchall()
+            self._index(db, [(row[0], decode_envelope(row[1], row[2])) for row in rows])
+        chained = found == "rejoin-event-log/4"
+        for key in ("packed_from",) if chained else ("chained_from", "packed_from"):
+            db.execute(
+                "INSERT INTO meta SELECT ?, COALESCE(MAX(position), 0) + 1 FROM events", (key,)
+            )
+        db.execute("UPDATE meta SET value = ? WHERE key = 'format'", (FORMAT,))
 
     def _read_position(self, db: sqlite3.Connection, key: str, since: int) -> int:
         """The first position from which the records are as `key` says (`chained_from`,
@@ -906,6 +908,22 @@ def _stamped(
         rows.append(_row(envelope, crc))
         crc = rows[-1][9]
     return envelopes, rows, crc
+
+
+def _write_ahead(db: sqlite3.Connection) -> None:
+    """Put the log in WAL mode. The switch needs the file to itself, and SQLite refuses it at
+    once, without waiting, while another connection is opening the same new log: it is tried
+    again for as long as a connection waits for a lock (5 s)."""
+    deadline = time.monotonic() + _SWITCH_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+        else:
+            return
 
 
 def _insert_rows(db: sqlite3.Connection, head: str, rows: Sequence[tuple[object, ...]]) -> None:

@@ -26,7 +26,7 @@ from events.log import (
     WrongExpectedVersion,
     read_valid_prefix,
 )
-from events.sqlite_store import SQLiteStore
+from events.sqlite_store import FORMAT, SQLiteStore
 from tests.events.reference_reader import readable_records
 
 
@@ -170,6 +170,36 @@ def test_another_programs_database_is_refused_untouched(tmp_path: Path, read_onl
         SQLiteStore(path, read_only=read_only)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["contacts.db"]
+
+
+def opened_together(path: Path, count: int) -> list[Exception]:
+    """What `count` writers opening `path` at the same instant failed with."""
+    together = threading.Barrier(count)
+    failed: list[Exception] = []
+
+    def open_the_log() -> None:
+        together.wait(timeout=10)
+        try:
+            SQLiteStore(path).close()
+        except Exception as error:
+            failed.append(error)
+
+    openers = [threading.Thread(target=open_the_log) for _ in range(count)]
+    for opener in openers:
+        opener.start()
+    joined(openers)
+    return failed
+
+
+def test_writers_opening_one_new_log_at_once_all_open_it(tmp_path: Path) -> None:
+    """Servers started at once on a file that does not exist yet (a fleet's first start, a
+    restart beside the process it replaces): one creates the log, the others find it whole.
+    Each used to find the file empty, create it too, and fail on the other's rows."""
+    for attempt in range(10):
+        path = tmp_path / str(attempt) / "log.db"
+        path.parent.mkdir()
+        assert opened_together(path, 6) == []
+        assert meta(path) == {"format": FORMAT, "chained_from": "1", "packed_from": "1"}
 
 
 def test_a_writer_names_a_missing_folder(tmp_path: Path) -> None:
