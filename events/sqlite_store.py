@@ -59,6 +59,7 @@ from events.log import (
     DuplicateEventId,
     LogError,
     Outcome,
+    SessionChange,
     UnreadableLog,
     WrongExpectedVersion,
     check_batch,
@@ -127,31 +128,41 @@ _IDS = msgspec.json.Decoder(list[str])
 _LAST = msgspec.json.Decoder(tuple[int, int])
 _PARAMETERS = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 """Parameters one statement binds at most (SQLite's limit, which was 999 before 3.32)."""
-_SWITCH_S = 5.0
-"""How long a writer opening the log tries to put it in WAL mode: `sqlite3.connect`'s own wait
-for a lock."""
+_BUSY_S = 5.0
+"""How long a writer waits for another connection's lock: SQLite's own wait (`sqlite3.connect`),
+and the tries at WAL mode, which SQLite refuses without waiting."""
 _REMEMBERED = 65_536
 """Streams a writer remembers the versions of at most (about 10 MB): more, and it starts over
 from the log, which costs a query per group until it has seen them again."""
-_INDEXED = f"""
-CREATE TEMP VIEW IF NOT EXISTS indexed_events ({_COLUMNS}, opens, closes) AS
-    SELECT {_COLUMNS}, NULL, NULL FROM events WHERE 0;
-CREATE TEMP TRIGGER IF NOT EXISTS indexed_events_insert INSTEAD OF INSERT ON indexed_events
-BEGIN
-    INSERT INTO events ({_COLUMNS}) VALUES (NEW.position, NEW.stream, NEW.version,
-        NEW.event_id, NEW.time_ms, NEW.server, NEW.user, NEW.schema, NEW.record, NEW.crc);
-    INSERT OR REPLACE INTO sessions (stream, server, user, incarnation, open)
-        SELECT NEW.stream, NEW.server, NEW.user, NEW.opens, 1 WHERE NEW.opens IS NOT NULL;
-    UPDATE sessions SET open = 0 WHERE NEW.closes IS NOT NULL AND stream = NEW.stream;
-END;
-"""
+_SESSION_RULES = """
+        INSERT OR REPLACE INTO sessions (stream, server, user, incarnation, open)
+            SELECT NEW.stream, NEW.server, NEW.user, NEW.opens, 1 WHERE NEW.opens IS NOT NULL;
+        UPDATE sessions SET open = 0 WHERE NEW.closes IS NOT NULL AND stream = NEW.stream;"""
+"""How a row with `stream`, `server`, `user`, `opens` and `closes` changes the index of
+sessions: the body of both triggers below, written once."""
+_INDEXED = (
+    """CREATE TEMP VIEW IF NOT EXISTS session_changes (stream, server, user, opens, closes) AS
+        SELECT NULL, NULL, NULL, NULL, NULL WHERE 0""",
+    f"""CREATE TEMP TRIGGER IF NOT EXISTS session_changes_insert
+    INSTEAD OF INSERT ON session_changes BEGIN {_SESSION_RULES}
+    END""",
+    f"""CREATE TEMP VIEW IF NOT EXISTS indexed_events ({_COLUMNS}, opens, closes) AS
+        SELECT {_COLUMNS}, NULL, NULL FROM events WHERE 0""",
+    f"""CREATE TEMP TRIGGER IF NOT EXISTS indexed_events_insert
+    INSTEAD OF INSERT ON indexed_events BEGIN
+        INSERT INTO events ({_COLUMNS}) VALUES (NEW.position, NEW.stream, NEW.version,
+            NEW.event_id, NEW.time_ms, NEW.server, NEW.user, NEW.schema, NEW.record, NEW.crc);
+        {_SESSION_RULES}
+    END""",
+)
 """What a writer appends through, on its own connection only (nothing of it is in the file): a
 row of `events` with the session it opens (`opens`, the incarnation) or closes (`closes`, 1),
-which the trigger indexes in the same statement. An INSERT of a group's rows is then one step
+which the triggers index in the same statement. An INSERT of a group's rows is then one step
 of SQLite for the events and the index both, one wait for the GIL instead of two, and a row
-that fails takes back its whole statement, index included."""
+that fails takes back its whole statement, index included. An upgrade from format 2 builds the
+index through `session_changes`, by the same rules."""
 _INSERT_EVENTS = f"INSERT INTO indexed_events ({_COLUMNS}, opens, closes)"
-_INSERT_OPENS = "INSERT OR REPLACE INTO sessions (stream, server, user, incarnation, open)"
+_INSERT_CHANGES = "INSERT INTO session_changes (stream, server, user, opens, closes)"
 _CHUNK_RECORDS = 256
 """Records in a chunk: the envelopes of 4,096 at once outgrew the CPU's cache, and the fold
 that took them next ran at half speed."""
@@ -249,7 +260,9 @@ class SQLiteStore:
             msg = f"{self.path}: cannot create the log: there is no folder {folder}"
             raise LogError(msg)
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(
+                self.path, timeout=_BUSY_S, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as error:
             msg = f"{self.path}: cannot open the log: {error}"
             raise LogError(msg) from error
@@ -257,6 +270,8 @@ class SQLiteStore:
             # One writer at a time creates or upgrades the log, and the next one sees all of it:
             # two servers starting on a new file at once each found it empty and created it.
             db.execute("BEGIN IMMEDIATE")
+            for statement in _INDEXED:
+                db.execute(statement)
             tables = {
                 name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
             }
@@ -273,7 +288,6 @@ class SQLiteStore:
             # Only once it is known to be a rejoin log: a file of another kind is left as it was.
             _write_ahead(db)
             db.execute(f"PRAGMA synchronous={synchronous}")
-            db.executescript(_INDEXED)
         except sqlite3.Error as error:
             db.close()
             msg = f"{self.path}: not a rejoin event log ({error})"
@@ -347,7 +361,8 @@ class SQLiteStore:
             rows = db.execute(
                 "SELECT stream, schema, record FROM events ORDER BY position"
             ).fetchall()
-            self._index(db, [(row[0], decode_envelope(row[1], row[2])) for row in rows])
+            changes = [_session_row(row[0], decode_envelope(row[1], row[2])) for row in rows]
+            _insert_rows(db, _INSERT_CHANGES, [change for change in changes if change is not None])
         chained = found == "rejoin-event-log/4"
         for key in ("packed_from",) if chained else ("chained_from", "packed_from"):
             db.execute(
@@ -821,25 +836,6 @@ class SQLiteStore:
             ).fetchone()
         return int(version)
 
-    @staticmethod
-    def _index(db: sqlite3.Connection, stored: Sequence[tuple[str, Pending | Envelope]]) -> None:
-        """Index the sessions the events of `(stream, event)` open and close, in their order,
-        with one statement for each run of opens or closes."""
-        changes = [
-            (stream, change)
-            for stream, envelope in stored
-            if (change := session_change(envelope)) is not None
-        ]
-        # One statement for many rows, not `executemany`: that steps, and gives up the GIL,
-        # once a row (see `_known`).
-        for opens, run in itertools.groupby(changes, lambda item: item[1].incarnation is not None):
-            if opens:
-                rows = [(stream, c.server, c.user, c.incarnation, 1) for stream, c in run]
-                _insert_rows(db, _INSERT_OPENS, rows)
-            else:
-                closed = _json_text([stream for stream, _ in run])
-                db.execute(_CLOSE, (closed,))
-
     def open_streams(self, server: str) -> list[str]:
         with self._reads_lock:
             rows = self._reads.execute(
@@ -913,8 +909,8 @@ def _stamped(
 def _write_ahead(db: sqlite3.Connection) -> None:
     """Put the log in WAL mode. The switch needs the file to itself, and SQLite refuses it at
     once, without waiting, while another connection is opening the same new log: it is tried
-    again for as long as a connection waits for a lock (5 s)."""
-    deadline = time.monotonic() + _SWITCH_S
+    again for as long as a connection waits for a lock (`_BUSY_S`)."""
+    deadline = time.monotonic() + _BUSY_S
     while True:
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -942,9 +938,6 @@ def _insert_rows(db: sqlite3.Connection, head: str, rows: Sequence[tuple[object,
 def _json_text(names: list[str]) -> str:
     # Bound as text: SQLite from 3.45 reads a BLOB given to its JSON functions as JSONB.
     return _JSON.encode(names).decode()
-
-
-_CLOSE = "UPDATE sessions SET open = 0 WHERE stream IN (SELECT value FROM json_each(?))"
 
 
 @functools.cache
@@ -982,7 +975,6 @@ def _row(envelope: Envelope, before: int) -> Row:
     e = envelope
     record = encode_record(e)
     change = session_change(e)
-    opens = change.incarnation if change is not None else None
     return (
         e.position,
         e.stream,
@@ -994,6 +986,23 @@ def _row(envelope: Envelope, before: int) -> Row:
         e.schema,
         record,
         _chained_crc(record, before, RECORD_SEPARATOR),
-        opens,
-        1 if change is not None and opens is None else None,
+        *_opens_closes(change),
     )
+
+
+def _opens_closes(change: SessionChange | None) -> tuple[int | None, int | None]:
+    """The `opens` and `closes` values of a row of `indexed_events` or `session_changes`."""
+    if change is None:
+        return None, None
+    return (change.incarnation, None) if change.incarnation is not None else (None, 1)
+
+
+def _session_row(
+    stream: str, envelope: Envelope
+) -> tuple[str, str, str, int | None, int | None] | None:
+    """The row of `session_changes` for `envelope` of `stream`, if it opens or closes a
+    session."""
+    change = session_change(envelope)
+    if change is None:
+        return None
+    return (stream, change.server, change.user, *_opens_closes(change))

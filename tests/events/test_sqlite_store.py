@@ -275,7 +275,7 @@ def meta(path: Path) -> dict[str, str]:
     return found
 
 
-@pytest.mark.parametrize(("version", "chained_from"), [(2, "2"), (4, "1")])
+@pytest.mark.parametrize(("version", "chained_from"), [(2, "4"), (4, "1")])
 def test_an_older_log_is_read_untouched_and_upgraded_by_a_writer(
     tmp_path: Path, version: int, chained_from: str
 ) -> None:
@@ -285,22 +285,32 @@ def test_an_older_log_is_read_untouched_and_upgraded_by_a_writer(
     store.append(
         "prod/a/1", 0, [Pending(event_id="o", time_ms=0, server="prod", user="a", event=opened)]
     )
+    ended = SessionDisposed(cause="c", why="grace is over")
+    store.append(
+        "prod/b/1",
+        0,
+        [
+            Pending(event_id="b", time_ms=0, server="prod", user="b", event=opened),
+            Pending(event_id="b-end", time_ms=0, server="prod", user="b", event=ended),
+        ],
+    )
     store.close()
     as_older_format(path, version)
     before = path.read_bytes()
     reader = SQLiteStore(path, read_only=True)
-    assert [e.event_id for e in reader.read_all()] == ["o"]
+    assert [e.event_id for e in reader.read_all()] == ["o", "b", "b-end"]
     reader.close()
     assert path.read_bytes() == before, "a reader does not upgrade"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.db"]
     writer = SQLiteStore(path)
-    assert writer.open_streams("prod") == ["prod/a/1"]
+    assert writer.open_streams("prod") == ["prod/a/1"], "b's session ended"
     assert writer.last_incarnation("prod", "a") == 1
+    assert writer.last_incarnation("prod", "b") == 1
     writer.close()
     assert meta(path) == {
         "format": "rejoin-event-log/5",
         "chained_from": chained_from,
-        "packed_from": "2",
+        "packed_from": "4",
     }
 
 
