@@ -210,13 +210,19 @@ def test_a_flooded_actor_does_not_starve_another() -> None:
     other = executor.spawn(Counter)
     flood = 20_000
     at_turn: list[int] = []
+    # The only worker is held until both actors' mail is in: a test thread the scheduler left
+    # waiting must not find the flood already drained.
+    mail_in = threading.Event()
     try:
+        flooded.tell(lambda: mail_in.wait(10))
         for _ in range(flood):
             flooded.tell("mail")
         before = executor_handled(flooded)
         other.tell(lambda: at_turn.append(executor_handled(flooded)))
+        mail_in.set()
         assert eventually(lambda: at_turn != [])
     finally:
+        mail_in.set()
         executor.shutdown()
     assert before < flood, "the other actor's message came while the flood was on"
     assert at_turn[0] - before <= 2 * TURN, "it waited for one turn of the flooded actor at most"
