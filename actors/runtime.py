@@ -104,6 +104,7 @@ class Runtime:
             sink=audio_sink,
             timer=self._timer,
             recovered=recovered,
+            users=store.session_users(server),
             retention_ms=retention_ms,
             join_rate_per_s=join_rate_per_s,
         )

@@ -7,7 +7,11 @@ it for that generation; a bridge of an older generation is stopped before a newe
 
 It starts from the open sessions only (the store's index of sessions), and keeps an ended
 session's final view for `retention_ms`, so that memory follows the users of the moment, not the
-length of the history.
+length of the history. Of every user who ever had a session on its server it keeps a Bloom
+filter (ten bits a user, made with room for as many again): a user it certainly never had opens
+incarnation 1 without a read of the log. That needs the supervisor to be the only one opening
+sessions of its server, as the runtime already assumes (two processes with one server name
+would act on the same sessions).
 
 It owns the server's join limiter (`JoinLimiter`, when the runtime is given a join rate and the
 policy limits joins), which every session consults before its bridge joins.
@@ -25,6 +29,7 @@ from typing import Any
 import msgspec
 import pykka
 
+from actors.bloom_filter import BloomFilter
 from actors.bridge import AudioSink, AudioWatch, Bridge
 from actors.connector import Deadlines, RoomConnector
 from actors.executor import Executor, tell
@@ -91,6 +96,7 @@ class Supervisor(pykka.Actor):
         sink: AudioSink,
         timer: pykka.ActorRef[Any],
         recovered: list[SessionView],
+        users: list[str],
         retention_ms: int,
         join_rate_per_s: int | None = None,
     ) -> None:
@@ -107,6 +113,9 @@ class Supervisor(pykka.Actor):
         self._sink = sink
         self._timer = timer
         self._recovered = sorted(recovered, key=lambda view: view.incarnation)
+        self._had_session = BloomFilter(users, capacity=max(4_096, 2 * len(users)))
+        """Every user who ever had a session here: those of the log at start, then each one
+        this supervisor opens."""
         self._retention_ms = retention_ms
         self._joins = (
             JoinLimiter(join_rate_per_s)
@@ -189,7 +198,9 @@ class Supervisor(pykka.Actor):
     def _open_session(self, user: str, routed: object) -> pykka.ActorRef[Any] | None:
         """A new incarnation of `user`'s session, numbered after the store's latest."""
         try:
-            incarnation = self._store.last_incarnation(self._server, user) + 1
+            latest = (
+                self._store.last_incarnation(self._server, user) if user in self._had_session else 0
+            )
         except Exception:
             # Without the latest incarnation a new stream could collide with an old one: keep
             # the input, and ask the store again in a while.
@@ -198,9 +209,10 @@ class Supervisor(pykka.Actor):
             retry_at = self._executor.now_ms() + SESSION_RESTARTS.max_backoff_ms
             self._executor.call_at(retry_at, lambda: tell(me, routed))
             return None
-        stream = stream_name(self._server, user, incarnation)
-        session = self._spawn_session(user, stream, incarnation, None)
+        stream = stream_name(self._server, user, latest + 1)
+        session = self._spawn_session(user, stream, latest + 1, None)
         self._sessions[user] = session
+        self._had_session.add(user)
         return session
 
     def _restart_later(self, failed: SessionFailed) -> None:

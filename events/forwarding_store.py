@@ -38,5 +38,8 @@ class ForwardingStore:
     def last_incarnation(self, server: str, user: str) -> int:
         return self.inner.last_incarnation(server, user)
 
+    def session_users(self, server: str) -> list[str]:
+        return self.inner.session_users(server)
+
     def close(self) -> None:
         self.inner.close()

@@ -118,6 +118,10 @@ class EventStore(Protocol):
         """The latest incarnation of `user`'s session on `server`; 0 if it never had one."""
         ...
 
+    def session_users(self, server: str) -> list[str]:
+        """Every user who ever had a session on `server`, each once, in no given order."""
+        ...
+
     def close(self) -> None: ...
 
 

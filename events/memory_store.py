@@ -112,5 +112,9 @@ class MemoryStore:
         with self._lock:
             return self._incarnations.get((server, user), 0)
 
+    def session_users(self, server: str) -> list[str]:
+        with self._lock:
+            return [user for (where, user) in self._incarnations if where == server]
+
     def close(self) -> None:
         """Nothing to release."""

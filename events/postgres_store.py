@@ -420,6 +420,13 @@ class PostgresStore:
             ).fetchone()
         return int(found[0]) if found is not None else 0
 
+    def session_users(self, server: str) -> list[str]:
+        with self._reading() as db:
+            rows = db.execute(
+                'SELECT DISTINCT "user" FROM rejoin_sessions WHERE server = %s', (server,)
+            ).fetchall()
+        return [str(user) for (user,) in rows]
+
     def close(self) -> None:
         self._pool.close()
 

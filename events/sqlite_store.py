@@ -853,6 +853,13 @@ class SQLiteStore:
             ).fetchone()
         return int(incarnation)
 
+    def session_users(self, server: str) -> list[str]:
+        with self._reads_lock:
+            rows = self._reads.execute(
+                "SELECT DISTINCT user FROM sessions WHERE server = ?", (server,)
+            ).fetchall()
+        return [user for (user,) in rows]
+
     def close(self) -> None:
         with self._reads_lock:
             self._reads.close()

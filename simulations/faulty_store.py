@@ -1,4 +1,5 @@
-"""An event store that fails as a full or failing disk does: for a while, every append raises."""
+"""An event store that fails as a full or failing disk does: for a while, every append raises,
+or every read of the index of sessions does."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from events.log import Batch, EventStore, LogError, Outcome
 
 class FaultyStore(ForwardingStore):
     """Wraps a store; while a fault is on, appends raise `LogError` (a group's are each refused
-    with one) and write nothing.
+    with one) and write nothing; while a read fault is on, reads of the index of sessions
+    raise `LogError`.
 
     `clock` gives the time faults are measured on (the world's, or the monotonic clock).
     """
@@ -20,11 +22,35 @@ class FaultyStore(ForwardingStore):
         super().__init__(inner)
         self._clock = clock
         self._failing_until_ms = -1
+        self._reads_failing_until_ms = -1
         self.refused = 0
         """Appends refused so far, each batch of a group counted."""
 
     def fail_for(self, duration_ms: int) -> None:
         self._failing_until_ms = max(self._failing_until_ms, self._clock() + duration_ms)
+
+    def fail_reads_for(self, duration_ms: int) -> None:
+        until = self._clock() + duration_ms
+        self._reads_failing_until_ms = max(self._reads_failing_until_ms, until)
+
+    def open_streams(self, server: str) -> list[str]:
+        self._check_reads()
+        return self.inner.open_streams(server)
+
+    def last_incarnation(self, server: str, user: str) -> int:
+        self._check_reads()
+        return self.inner.last_incarnation(server, user)
+
+    def session_users(self, server: str) -> list[str]:
+        self._check_reads()
+        return self.inner.session_users(server)
+
+    def _check_reads(self) -> None:
+        # The clock is asked only once a read fault was set: a runtime reads its index while
+        # the world that owns the clock is still being made.
+        if self._reads_failing_until_ms >= 0 and self._clock() < self._reads_failing_until_ms:
+            msg = "the index of sessions: disk I/O error"
+            raise LogError(msg)
 
     def append(
         self, stream: str, expected_version: int, events: Sequence[Pending]

@@ -68,7 +68,7 @@ def fault_windows(world: World) -> list[tuple[int, int, str | None]]:
         elif fault.kind == "room_service_fault":
             # A kicked bridge waits for the room service to say who holds the identity.
             windows.append((fault.start_ms, fault.end_ms + aftermath, None))
-        elif fault.kind == "log_fault":
+        elif fault.kind in ("log_fault", "log_read_fault"):
             restart = int(SESSION_RESTARTS.max_backoff_ms * (1 + SESSION_RESTARTS.jitter))
             windows.append((fault.start_ms, fault.end_ms + restart + aftermath, None))
         elif fault.kind == "phone_leave":

@@ -257,6 +257,11 @@ class World:
         self._fault("log_fault", lasts_ms=duration_ms, server=server)
         self.logs[server].fail_for(duration_ms)
 
+    def log_read_fault(self, server: str, duration_ms: int) -> None:
+        """`server`'s log cannot read its index of sessions for `duration_ms`."""
+        self._fault("log_read_fault", lasts_ms=duration_ms, server=server)
+        self.logs[server].fail_reads_for(duration_ms)
+
     def room_service_fault(self, server: str, duration_ms: int) -> None:
         """`server`'s room-service lookups fail or hang for `duration_ms`."""
         self._fault("room_service_fault", lasts_ms=duration_ms, server=server)

@@ -19,6 +19,7 @@ class CountingStore(SQLiteStore):
 
     whole_reads = 0
     stream_reads = 0
+    incarnation_reads = 0
 
     def read_all(self, from_position: int = 1) -> Iterator[Envelope]:
         CountingStore.whole_reads += 1
@@ -27,6 +28,10 @@ class CountingStore(SQLiteStore):
     def read_stream(self, stream: str) -> list[Envelope]:
         CountingStore.stream_reads += 1
         return super().read_stream(stream)
+
+    def last_incarnation(self, server: str, user: str) -> int:
+        CountingStore.incarnation_reads += 1
+        return super().last_incarnation(server, user)
 
 
 def twenty_ended_sessions_and_one_open(log: Path) -> None:
@@ -52,6 +57,23 @@ def test_start_up_reads_the_open_sessions_and_nothing_of_the_ended_ones(
     assert harness.eventually(lambda: getattr(runtime.session(USER), "state", None) == "GRACE")
     assert (CountingStore.whole_reads, CountingStore.stream_reads) == (0, 1)
     assert list(runtime.views()) == [f"prod/{USER}/1"]
+    harness.stop()
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_only_a_user_the_log_knows_costs_a_read_of_the_latest_incarnation(
+    kind: ExecutorKind, tmp_path: Path
+) -> None:
+    log = tmp_path / "log.db"
+    twenty_ended_sessions_and_one_open(log)
+    CountingStore.incarnation_reads = 0
+    harness = Harness(kind, store=lambda: CountingStore(log))
+    runtime = harness.runtimes["prod"]
+    runtime.glasses_connected("stranger").wait(timeout_s=5)
+    assert CountingStore.incarnation_reads == 0
+    runtime.glasses_connected("u7").wait(timeout_s=5)
+    assert CountingStore.incarnation_reads == 1
+    assert {"prod/stranger/1", "prod/u7/2"} <= set(runtime.views())
     harness.stop()
 
 

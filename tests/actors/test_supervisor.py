@@ -75,6 +75,40 @@ def test_a_log_that_fails_at_the_first_connection_opens_the_session_once_it_work
     world.stop()
 
 
+def test_a_returning_user_whose_latest_incarnation_cannot_be_read_opens_once_it_can() -> None:
+    world = World(servers=["prod"], seed=4, grace_ms=1_000)
+    world.connect(USER, "prod")
+    world.run_until(1_000)
+    world.disconnect(USER)
+    world.run_until(3_000)
+    world.log_read_fault("prod", 2_000)
+    world.connect(USER, "prod")
+    retry_ms = 3_000 + SESSION_RESTARTS.max_backoff_ms
+    world.run_until(retry_ms - 1)
+    opened = [
+        e.stream for e in world.stores["prod"].read_all() if isinstance(e.event, SessionOpened)
+    ]
+    assert opened == [f"prod/{USER}/1"], "no incarnation opened without knowing the latest"
+    world.run_until(retry_ms + 3_000)
+    opened = [
+        e.stream for e in world.stores["prod"].read_all() if isinstance(e.event, SessionOpened)
+    ]
+    assert opened == [f"prod/{USER}/1", f"prod/{USER}/2"], "the input kept, and asked again"
+    assert heard(world, "prod", retry_ms)
+    assert all_violations(world) == []
+    world.stop()
+
+
+def test_a_user_new_to_the_server_opens_a_session_without_reading_the_log() -> None:
+    world = World(servers=["prod"], seed=4)
+    world.log_read_fault("prod", 60_000)
+    world.connect(USER, "prod")
+    world.run_until(3_000)
+    assert heard(world, "prod", 0), "the Bloom filter of the server's users says: never here"
+    assert all_violations(world) == []
+    world.stop()
+
+
 def test_restarts_back_off_while_the_log_fails_and_never_give_up() -> None:
     world = World(servers=["prod"], seed=5)
     world.connect(USER, "prod")

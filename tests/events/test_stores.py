@@ -173,6 +173,9 @@ def test_the_index_of_sessions_follows_openings_and_disposals(store: EventStore)
     assert store.last_incarnation("prod", "a") == 2
     assert store.last_incarnation("debug", "a") == 1
     assert store.last_incarnation("prod", "nobody") == 0
+    assert sorted(store.session_users("prod")) == ["a", "b"]
+    assert store.session_users("debug") == ["a"]
+    assert store.session_users("dev") == []
 
 
 def test_a_refused_append_leaves_the_index_as_it_was(store: EventStore) -> None:
