@@ -38,7 +38,7 @@ import urllib.parse
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import msgspec
 
@@ -501,6 +501,8 @@ class SQLiteStore:
         refused batch is rolled back alone; one commit (one fsync) makes the rest durable."""
         db = self._db
         with self._lock:
+            if self._write_in_one_step(group):
+                return
             try:
                 db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as error:
@@ -528,6 +530,45 @@ class SQLiteStore:
             self._remember(left if left is not None else known, group)
             self.commits += 1
             self.grouped += len(group)
+
+    def _write_in_one_step(self, group: list[_Append]) -> bool:
+        """Write `group` with one INSERT and no BEGIN, so that SQLite's own transaction writes
+        and commits it in one step, when memory of the last commit says every batch is to be
+        written as it stands and its rows fit one statement: the GIL is given up once for the
+        group instead of three times (BEGIN, INSERT, COMMIT), each a wait to take it back.
+        False if not, with nothing written: the group is then written in a transaction. A
+        constraint that memory did not see (another writer's row) or a full disk refuses the
+        statement before its commit; any other error fails the group, as a failed COMMIT
+        would, since its commit may have begun."""
+        written = self._written
+        if written is None:
+            return False
+        versions: dict[str, int] = {}
+        for each in group:
+            versions[each.stream] = written.versions.get(each.stream, 0)
+        known = _Known(versions, set(), written.last, written.crc)
+        try:
+            stamped = _stamp_at_once(group, known)
+            if stamped is None or len(stamped.rows) > _PARAMETERS // len(stamped.rows[0]):
+                return False
+            _insert_rows(self._db, _INSERT_EVENTS, stamped.rows)
+        except sqlite3.Error as error:
+            if (
+                isinstance(error, sqlite3.IntegrityError)
+                or error.sqlite_errorcode == sqlite3.SQLITE_FULL
+            ):
+                self._written = None
+                return False
+            self._written = None
+            self._fail_group(group, error)
+            return True
+        except Exception:
+            return False  # a number that does not fit, say: the transaction gives each its error
+        _settle_at_once(group, known, stamped)
+        self._remember(known, group)
+        self.commits += 1
+        self.grouped += len(group)
+        return True
 
     def _checks(self, group: list[_Append]) -> tuple[_Known, bool]:
         """What `group` is checked against, and whether it was read from the log now.
@@ -643,30 +684,12 @@ class SQLiteStore:
         is written, and the caller writes the batches one by one, each in a savepoint of its
         own, to give each its outcome, against the log as returned: `known` itself, or read
         again after a statement failed."""
-        versions: dict[str, int] = {}
-        ids: set[str] = set()
-        for each in group:
-            version = versions.get(each.stream, known.versions.get(each.stream, 0))
-            batch_ids = [pending.event_id for pending in each.events]
-            if version != each.expected_version or not ids.isdisjoint(batch_ids):
-                return known
-            versions[each.stream] = version + len(each.events)
-            ids.update(batch_ids)
-        if not known.stored.isdisjoint(ids):
-            return known
-        last, crc = known.last, known.crc
-        results: list[list[Envelope]] = []
         db = self._db
         try:
-            rows: list[Row] = []
-            for each in group:
-                envelopes, batch_rows, crc = _stamped(
-                    each.stream, each.expected_version, each.events, last, crc
-                )
-                last += len(envelopes)
-                results.append(envelopes)
-                rows.extend(batch_rows)
-            _insert_rows(db, _INSERT_EVENTS, rows)
+            stamped = _stamp_at_once(group, known)
+            if stamped is None:
+                return known
+            _insert_rows(db, _INSERT_EVENTS, stamped.rows)
         except Exception:
             # Whatever went wrong, the batches one by one give each its own outcome. The
             # transaction held only this group's writes: it begins again rather than keep a
@@ -677,10 +700,7 @@ class SQLiteStore:
             db.execute("ROLLBACK")
             db.execute("BEGIN IMMEDIATE")
             return self._known(group)
-        for each, envelopes in zip(group, results, strict=True):
-            each.result = envelopes
-        known.versions.update(versions)
-        known.last, known.crc = last, crc
+        _settle_at_once(group, known, stamped)
         return None
 
     def _stored_batch(self, stream: str, events: Sequence[Pending]) -> list[Envelope] | None:
@@ -881,6 +901,51 @@ class SQLiteStore:
             raise CorruptLog(self.path, position, "checksum mismatch")
         decode = decode_record if packed else decode_envelope
         return checked_envelope(self.path, position, schema, record, decode)
+
+
+class _AtOnce(NamedTuple):
+    """A group's rows stamped to go in at once, and what they leave behind."""
+
+    rows: list[Row]
+    results: list[list[Envelope]]
+    versions: dict[str, int]
+    last: int
+    crc: int
+
+
+def _stamp_at_once(group: list[_Append], known: _Known) -> _AtOnce | None:
+    """Every batch of `group` stamped against `known`, when each is to be written as it stands
+    (its expected version current, none of its ids stored); `None` when one is not."""
+    versions: dict[str, int] = {}
+    ids: set[str] = set()
+    for each in group:
+        version = versions.get(each.stream, known.versions.get(each.stream, 0))
+        batch_ids = [pending.event_id for pending in each.events]
+        if version != each.expected_version or not ids.isdisjoint(batch_ids):
+            return None
+        versions[each.stream] = version + len(each.events)
+        ids.update(batch_ids)
+    if not known.stored.isdisjoint(ids):
+        return None
+    last, crc = known.last, known.crc
+    results: list[list[Envelope]] = []
+    rows: list[Row] = []
+    for each in group:
+        envelopes, batch_rows, crc = _stamped(
+            each.stream, each.expected_version, each.events, last, crc
+        )
+        last += len(envelopes)
+        results.append(envelopes)
+        rows.extend(batch_rows)
+    return _AtOnce(rows, results, versions, last, crc)
+
+
+def _settle_at_once(group: list[_Append], known: _Known, written: _AtOnce) -> None:
+    """Give each batch of `group` its envelopes, and `known` the log as they left it."""
+    for each, envelopes in zip(group, written.results, strict=True):
+        each.result = envelopes
+    known.versions.update(written.versions)
+    known.last, known.crc = written.last, written.crc
 
 
 class _Known:

@@ -450,7 +450,7 @@ class Held:
 
     def _trace(self, statement: str) -> None:
         self.statements.append(statement)
-        if statement.startswith("BEGIN") and not self.holding.is_set():
+        if statement.startswith(("BEGIN", "INSERT")) and not self.holding.is_set():
             self.holding.set()
             self._released.wait(timeout=60)
 
@@ -613,7 +613,8 @@ def test_a_group_is_checked_with_one_query_and_written_with_one_insert(tmp_path:
     """Each statement gives up the GIL, once per row it steps through, and the writer may wait
     up to a switch interval to get it back: a group's statements and their rows do not grow
     with its batches, their checks, their events or the sessions they open and close. A writer
-    just opened reads the checks from the log; after its first commit, from memory."""
+    just opened reads the checks from the log; after its first commit, from memory, and the
+    group is one INSERT that SQLite commits itself."""
     with contextlib.closing(SQLiteStore(tmp_path / "log.db")) as first:
         first.append("prod/u0/1", 0, [connected("first", 1, "u0")])
     store = SQLiteStore(tmp_path / "log.db")
@@ -649,10 +650,8 @@ def test_a_group_is_checked_with_one_query_and_written_with_one_insert(tmp_path:
     store._db.set_trace_callback(None)
     assert all(isinstance(outcome, list) for outcome in outcomes)
     assert [text.split(" (")[0] for text in steps(statements)] == [
-        "BEGIN IMMEDIATE",
         "INSERT INTO indexed_events",
-        "COMMIT",
-    ], "checked from memory"
+    ], "checked from memory, written and committed in one step"
     assert [e.version for e in store.read_stream("prod/u0/1")] == [1, 2, 3, 4, 5]
     assert [e.position for e in store.read_all()] == list(range(1, 42))
     assert store.open_streams("prod") == [f"prod/u{n}/1" for n in range(1, 10)]
@@ -745,6 +744,39 @@ def test_a_failed_commit_fails_every_batch_of_a_group_handed_over(tmp_path: Path
     assert all(isinstance(outcome, LogError) for outcome in outcomes)
     store._db.set_authorizer(None)
     assert list(store.read_all()) == []
+    store.close()
+
+
+def deny_insert(action: int, *_: str | None) -> int:
+    """An authorizer under which no row can be inserted: SQLite refuses the statement."""
+    return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_INSERT else sqlite3.SQLITE_OK
+
+
+def test_a_group_refused_in_its_one_step_fails_whole_and_the_writer_reads_the_log_again(
+    tmp_path: Path,
+) -> None:
+    """Written from memory in one step, a group whose statement SQLite refuses for a reason
+    other than a constraint or a full disk is failed whole, as a failed commit is; what the
+    writer remembered is dropped, so its next group is checked against the log."""
+    store = SQLiteStore(tmp_path / "log.db")
+    store.append("prod/a/1", 0, [connected("a1", 1)])
+    store._db.set_authorizer(deny_insert)
+    outcomes = store.append_group(
+        [Batch(f"prod/u{n}/1", 0, [connected(f"u{n}", 1, f"u{n}")]) for n in range(3)]
+    )
+    store._db.set_authorizer(None)
+    assert [str(outcome) for outcome in outcomes] == [
+        f"{store.path}: stream prod/u{n}/1: not appended: the transaction of its group "
+        "(3 appends) failed and wrote nothing (not authorized)"
+        for n in range(3)
+    ]
+    assert store.commits == 1
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    stored = store.append("prod/a/1", 1, [connected("a2", 1)])
+    store._db.set_trace_callback(None)
+    assert [(e.position, e.version) for e in stored] == [(2, 2)]
+    assert statements[0] == "BEGIN IMMEDIATE", "checked against the log, in a transaction"
     store.close()
 
 
