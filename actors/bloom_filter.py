@@ -8,9 +8,9 @@ the largest cost after the journal's. A "maybe" costs the read as before, so a f
 (about 1% of strangers) is slower, never wrong.
 
 Once full it grows by a layer four times the size of the last, so that its memory follows the
-items it holds; an item is looked up in every layer. The hash is
-BLAKE2b, not Python's `hash`: a run of the deterministic simulation must ask the log the same
-questions whatever the process's hash seed.
+items it holds; an item is looked up in every layer. The hash is BLAKE2b, not Python's `hash`:
+a run of the deterministic simulation must ask the log the same questions whatever the
+process's hash seed.
 """
 
 from __future__ import annotations
