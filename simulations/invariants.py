@@ -218,7 +218,12 @@ def kick_war(world: World) -> list[str]:
 
 
 def zombies(world: World, logged: Logged | None = None) -> list[str]:
-    """Nothing of a disposed session remains: no actor, participant, or timer."""
+    """Nothing of a disposed session remains: no actor, participant, or timer.
+
+    A participant orphaned by its process's death is not counted: LiveKit removes it once it
+    notices (`DEPARTURE_DETECTION_MS`), a new join of the identity replaces it, and nothing
+    else can remove it safely: RemoveParticipant names an identity, which every server's bridge
+    of the user shares, so it could take a newer bridge that joined meanwhile."""
     logged = logged or all_logged_views(world)
     violations = []
     held = 0
@@ -242,7 +247,10 @@ def zombies(world: World, logged: Logged | None = None) -> list[str]:
                 violations.append(f"zombie: timer armed for disposed {view.stream}")
             if view.user not in open_users:
                 for participant in world.sfu.participants(view.user):
-                    if participant.server == server and participant.state != "gone":
+                    if participant.server == server and participant.state not in (
+                        "gone",
+                        "orphaned",
+                    ):
                         violations.append(
                             f"zombie: {participant.identity} of {server} still in the room "
                             f"after {view.stream} was disposed"

@@ -26,7 +26,7 @@ from events.log import LogError
 from events.projection import replay_stream
 from events.sqlite_store import SQLiteStore
 from simulations.invariants import all_violations, kick_war, zombies
-from simulations.sim_livekit import SfuConfig
+from simulations.sim_livekit import DEPARTURE_DETECTION_MS, SfuConfig
 from simulations.world import World
 
 USER = "isaiah@mentra.glass"
@@ -93,6 +93,28 @@ def test_mode_04_a_crashed_servers_stale_bridge_is_replaced_not_fought() -> None
     assert hears(world, "prod")
     identities = [p.identity for p in world.sfu.participants(USER) if p.server == "prod"]
     assert len(identities) == 1, "one bridge of prod's in the room"
+    assert all_violations(world) == []
+
+
+def test_mode_04_a_crashed_servers_stale_bridge_is_left_to_livekit_once_its_session_ends() -> None:
+    """The glasses left, the server died near the end of grace, and the restarted process ends
+    the session: the dead process's bridge is in the room until LiveKit notices, and nothing of
+    the runtime's is. RemoveParticipant names an identity, not a connection, and every server
+    joins with the user's one identity: a removal could take a newer bridge of another server
+    (or this one) that joined meanwhile, so the runtime leaves the dead one to LiveKit."""
+    world = World(servers=["prod"], seed=4, grace_ms=10_000)
+    world.connect(USER, "prod")
+    world.run_until(2_000)
+    world.disconnect(USER)
+    world.run_until(11_000)
+    world.crash("prod")
+    world.run_until(13_000)
+    assert any(isinstance(e, SessionDisposed) for e in events(world, "prod"))
+    (stale,) = world.sfu.participants(USER)
+    assert (stale.server, stale.state) == ("prod", "orphaned")
+    assert zombies(world) == [], "the dead process's bridge is LiveKit's to remove"
+    world.run_until(11_000 + DEPARTURE_DETECTION_MS + 1)
+    assert world.sfu.participants(USER) == [], "LiveKit noticed"
     assert all_violations(world) == []
 
 
