@@ -1,6 +1,7 @@
 """The real `livekit` SDK against the loopback server, each check in a private network
 namespace of its own (scripts/netns-run): the seed scenarios, a bad token, refused credentials,
-audio faults (a dead data path, a phone that leaves, a muted phone), joins given up in flight,
+audio faults (a dead data path, a phone that leaves, a muted phone), switches faster than a
+join, joins given up in flight,
 cycles of kicks, abandoned joins and crashes checked for leaks, the SDK's drills on a bridge, and
 a server process killed with SIGKILL."""
 
@@ -34,6 +35,15 @@ def test_a_seed_scenario_passes_with_the_real_sdk(name: str) -> None:
     assert all(e["passed"] for e in result["expectations"]), result["expectations"]
     assert result["passed"]
     assert result["metrics"]["zombie_bridges"] == 0
+
+
+def test_switches_faster_than_a_join_end_with_audio_on_the_last_server_and_no_kick_war() -> None:
+    """prod, debug, prod, debug 20 ms apart while the loopback server takes 50-1200 ms a join:
+    whichever join reaches the server last, audio ends on debug, and the kicks stop."""
+    result = in_netns("scenario", "examples/slow-join-race.toml")
+    assert result["invariant_violations"] == []
+    assert all(e["passed"] for e in result["expectations"]), result["expectations"]
+    assert result["metrics"]["kicks"] <= 2, "the race's kick and at most a late SDK retry's"
 
 
 def test_the_duplicate_identity_kick_reaches_the_older_bridge() -> None:
