@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 WS_CLOSE_TIMEOUT_S = 2.0
 REFRESHED_TOKEN_TTL = datetime.timedelta(minutes=10)
 """A real server's default for the tokens it pushes."""
+TOKEN_LEEWAY = datetime.timedelta(minutes=1)
+"""How long past its expiry a real server still takes a token (livekit-server's leeway)."""
 
 
 class LoopbackServer:
@@ -35,8 +37,13 @@ class LoopbackServer:
         port: int = 7880,
         departure_timeout_s: float = DEPARTURE_TIMEOUT_S,
         token_refresh_s: float = TOKEN_REFRESH_S,
+        token_ttl: datetime.timedelta = REFRESHED_TOKEN_TTL,
+        token_leeway: datetime.timedelta = TOKEN_LEEWAY,
     ) -> None:
-        self._verifier = api.TokenVerifier(api_key, api_secret)
+        """`token_ttl`: the life of the tokens it pushes; `token_leeway`: how long past its
+        expiry it takes a token. Tests shorten both to expire a token in seconds."""
+        self._verifier = api.TokenVerifier(api_key, api_secret, leeway=token_leeway)
+        self._token_ttl = token_ttl
         self._api_key = api_key
         self._api_secret = api_secret
         self._host = host
@@ -166,7 +173,7 @@ class LoopbackServer:
             .with_name(claims.name)
             .with_metadata(claims.metadata)
             .with_attributes(claims.attributes or {})
-            .with_ttl(REFRESHED_TOKEN_TTL)
+            .with_ttl(self._token_ttl)
         )
         if claims.video is not None:
             token = token.with_grants(claims.video)

@@ -5,6 +5,7 @@ network namespace (WebRTC ignores the loopback interface), started by `test_real
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gc
 import json
 import math
@@ -55,12 +56,29 @@ from simulations.scenario import Scenario, load
 PORT = 7881
 
 
-def loopback() -> tuple[LoopbackThread, LiveKitSettings]:
+def loopback(tokens_last_s: int | None = None) -> tuple[LoopbackThread, LiveKitSettings]:
+    """The loopback server, started, and settings to reach it. `tokens_last_s`: every token,
+    the bridges' and the server's refreshed ones, lasts that long, with no leeway past it."""
     secret = secrets.token_urlsafe(32)
-    server = LoopbackThread(LoopbackServer(api_key="devkey", api_secret=secret, port=PORT))
+    options: dict[str, Any] = {}
+    lasting: dict[str, Any] = {}
+    if tokens_last_s is not None:
+        options = {
+            "token_ttl": datetime.timedelta(seconds=tokens_last_s),
+            "token_leeway": datetime.timedelta(0),
+            "token_refresh_s": tokens_last_s / 2,
+        }
+        lasting = {"token_ttl_s": tokens_last_s}
+    server = LoopbackThread(
+        LoopbackServer(api_key="devkey", api_secret=secret, port=PORT, **options)
+    )
     server.start()
     return server, LiveKitSettings(
-        url=server.url, api_key="devkey", api_secret=secret, single_peer_connection=False
+        url=server.url,
+        api_key="devkey",
+        api_secret=secret,
+        single_peer_connection=False,
+        **lasting,
     )
 
 
@@ -108,6 +126,30 @@ ADMIN_REMOVAL = {
 }
 
 
+TOKEN_OUTAGE = {
+    "name": "token-outage",
+    "servers": ["prod"],
+    "duration_s": 30,
+    "step": [
+        {"at": 0.0, "user": "ada@example.com", "connect": "prod"},
+        {"at": 4.0, "sfu_outage_s": 8.0},
+    ],
+    "expect": [
+        {"at": 3.5, "user": "ada@example.com", "audio_on": "prod"},
+        {"at": 29.0, "user": "ada@example.com", "audio_on": "prod"},
+    ],
+}
+
+
+def token_outage() -> dict[str, Any]:
+    """An 8 s outage (joins refused, signals dropped), once with tokens that outlive it and once
+    with tokens of 2 s and no leeway, which expire during it."""
+    return {
+        "lasting": live_story(TOKEN_OUTAGE),
+        "expiring": live_story(TOKEN_OUTAGE, tokens_last_s=2),
+    }
+
+
 def admin_removal() -> dict[str, Any]:
     """An operator removes the bridge: it stays down until the glasses reconnect."""
     return live_story(ADMIN_REMOVAL)
@@ -153,13 +195,14 @@ def live_story(
     document: dict[str, Any],
     faults: Sequence[tuple[float, Fault]] = (),
     watch: Fault | None = None,
+    tokens_last_s: int | None = None,
 ) -> dict[str, Any]:
     """Run a scenario live on the loopback server, with `faults` done to the server at their
     times (seconds from the start); its result, the log as a story (one `Event: reason or why`
     line per event), the SID of each bridge join, what each fault returned, and each change
     of what `watch` returned, polled every 50 ms, with the seconds since the start it was seen."""
     scenario = msgspec.convert(document, Scenario)
-    server, settings = loopback()
+    server, settings = loopback(tokens_last_s)
     store = MemoryStore()
     returned: list[Any] = [None] * len(faults)
     watched: list[Any] = []
@@ -950,6 +993,7 @@ async def _count_tasks() -> int:
 
 CHECKS = {
     "admin-removal": admin_removal,
+    "token-outage": token_outage,
     "audio-stall": audio_stall,
     "muted-phone": muted_phone,
     "phone-leave": phone_leave,

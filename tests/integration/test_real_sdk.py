@@ -1,9 +1,9 @@
 """The real `livekit` SDK against the loopback server, each check in a private network
 namespace of its own (scripts/netns-run): the seed scenarios, a bad token, refused credentials,
 audio faults (a dead data path, a phone that leaves, a muted phone), switches faster than a
-join, joins given up in flight,
-cycles of kicks, abandoned joins and crashes checked for leaks, the SDK's drills on a bridge, and
-a server process killed with SIGKILL."""
+join, a token that expires during an outage, joins given up in flight, cycles of kicks,
+abandoned joins and crashes checked for leaks, the SDK's drills on a bridge, and a server
+process killed with SIGKILL."""
 
 import functools
 import json
@@ -44,6 +44,21 @@ def test_switches_faster_than_a_join_end_with_audio_on_the_last_server_and_no_ki
     assert result["invariant_violations"] == []
     assert all(e["passed"] for e in result["expectations"]), result["expectations"]
     assert result["metrics"]["kicks"] <= 2, "the race's kick and at most a late SDK retry's"
+
+
+def test_a_token_that_expires_during_a_long_outage_leads_to_a_fresh_join() -> None:
+    """An 8 s outage: with tokens that outlive it the SDK resumes the bridge; with tokens of
+    2 s (the bridge's and the ones the server pushes, no leeway) the SDK's resume is refused
+    (401) and it gives up, and the bridge's policy joins again with a fresh token."""
+    result = in_netns("token-outage", timeout_s=240)
+    lasting, expiring = result["lasting"], result["expiring"]
+    for run in (lasting, expiring):
+        assert run["invariant_violations"] == []
+        assert all(e["passed"] for e in run["expectations"]), run["expectations"]
+    assert kinds(lasting).count("BridgeStarted") == 1
+    assert "BridgeReconnected" in kinds(lasting), "resumed with a token that outlived the outage"
+    assert kinds(expiring).count("BridgeStarted") == 2, "its tokens expired: a fresh join"
+    assert "BridgeReconnected" not in kinds(expiring)
 
 
 def test_the_duplicate_identity_kick_reaches_the_older_bridge() -> None:
