@@ -247,10 +247,8 @@ def zombies(world: World, logged: Logged | None = None) -> list[str]:
                 violations.append(f"zombie: timer armed for disposed {view.stream}")
             if view.user not in open_users:
                 for participant in world.sfu.participants(view.user):
-                    if participant.server == server and participant.state not in (
-                        "gone",
-                        "orphaned",
-                    ):
+                    alive = participant.state not in ("gone", "orphaned")
+                    if participant.server == server and alive:
                         violations.append(
                             f"zombie: {participant.identity} of {server} still in the room "
                             f"after {view.stream} was disposed"

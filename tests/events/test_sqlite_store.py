@@ -438,8 +438,9 @@ def test_a_schema_column_that_disagrees_with_its_record_names_the_record(
 
 
 class Held:
-    """Holds the store's first transaction at its BEGIN, through a trace callback on the
-    store's own connection, until `release()`: appends made meanwhile queue for the next group.
+    """Holds the store's first transaction at its BEGIN (or its INSERT, for a group written
+    from memory in one step), through a trace callback on the store's own connection, until
+    `release()`: appends made meanwhile queue for the next group.
     Records every statement the connection runs."""
 
     def __init__(self, store: SQLiteStore) -> None:

@@ -200,7 +200,8 @@ def live_story(
     """Run a scenario live on the loopback server, with `faults` done to the server at their
     times (seconds from the start); its result, the log as a story (one `Event: reason or why`
     line per event), the SID of each bridge join, what each fault returned, and each change
-    of what `watch` returned, polled every 50 ms, with the seconds since the start it was seen."""
+    of what `watch` returned, polled every 50 ms, with the seconds since the start it was seen.
+    `tokens_last_s`: as `loopback` takes it."""
     scenario = msgspec.convert(document, Scenario)
     server, settings = loopback(tokens_last_s)
     store = MemoryStore()
