@@ -197,10 +197,9 @@ class Supervisor(pykka.Actor):
 
     def _open_session(self, user: str, routed: object) -> pykka.ActorRef[Any] | None:
         """A new incarnation of `user`'s session, numbered after the store's latest."""
+        had_session = user in self._had_session
         try:
-            latest = (
-                self._store.last_incarnation(self._server, user) if user in self._had_session else 0
-            )
+            latest = self._store.last_incarnation(self._server, user) if had_session else 0
         except Exception:
             # Without the latest incarnation a new stream could collide with an old one: keep
             # the input, and ask the store again in a while.
@@ -212,7 +211,8 @@ class Supervisor(pykka.Actor):
         stream = stream_name(self._server, user, latest + 1)
         session = self._spawn_session(user, stream, latest + 1, None)
         self._sessions[user] = session
-        self._had_session.add(user)
+        if not had_session:  # added once: the filter follows the users, not their sessions
+            self._had_session.add(user)
         return session
 
     def _restart_later(self, failed: SessionFailed) -> None:

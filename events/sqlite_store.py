@@ -541,13 +541,9 @@ class SQLiteStore:
         constraint that memory did not see (another writer's row) or a full disk refuses the
         statement before its commit; any other error fails the group, as a failed COMMIT
         would, since its commit may have begun."""
-        written = self._written
-        if written is None:
+        known = self._remembered(group)
+        if known is None:
             return False
-        versions: dict[str, int] = {}
-        for each in group:
-            versions[each.stream] = written.versions.get(each.stream, 0)
-        known = _Known(versions, set(), written.last, written.crc)
         try:
             stamped = _stamp_at_once(group, known)
             if stamped is None or len(stamped.rows) > _PARAMETERS // len(stamped.rows[0]):
@@ -576,17 +572,21 @@ class SQLiteStore:
         another writer's rows hold the position, the `(stream, version)` or the event id the
         group would take, SQLite refuses the INSERT, and `_write_at_once` reads the log and
         gives each batch its outcome as if nothing had been remembered."""
-        written = self._written
-        if written is not None:
-            versions: dict[str, int] = {}
-            for each in group:
-                version = written.versions.get(each.stream, 0)
-                if version != each.expected_version:
-                    break
-                versions[each.stream] = version
-            else:
-                return _Known(versions, set(), written.last, written.crc), False
+        known = self._remembered(group)
+        if known is not None and all(
+            known.versions[each.stream] == each.expected_version for each in group
+        ):
+            return known, False
         return self._known(group), True
+
+    def _remembered(self, group: list[_Append]) -> _Known | None:
+        """The log as this writer's last commit left it, for `group`'s streams (0 for a stream
+        it never wrote); `None` when it remembers nothing."""
+        written = self._written
+        if written is None:
+            return None
+        versions = {each.stream: written.versions.get(each.stream, 0) for each in group}
+        return _Known(versions, set(), written.last, written.crc)
 
     def _remember(self, known: _Known, group: list[_Append]) -> None:
         """Keep `known`, the log as this commit left it, for the next group's checks."""
