@@ -12,6 +12,10 @@ and failure semantics behave as on threads. They are not entered in pykka's proc
 Every operation costs O(1) or O(log n) in the number of actors, so that a run of 100,000 users
 costs per user what a run of 100 does. CPython's full collections walk every tracked object, so
 an idle actor is three (itself, its mailbox, its reference) and a timer none once cancelled.
+With a `Collector` it tends CPython's cyclic collector on its virtual clock as the pool does on
+its real one (`actors.collector`), checked when the clock moves rather than from a timer of its
+own, so that the schedule is the same with it or without.
+
 Schedule version 2: an actor leaves the list of actors with mail by swapping places with the
 last one (version 1 shifted the rest down), so a seed gives another interleaving than it did
 before that change, and still the same one every time.
@@ -31,6 +35,7 @@ from typing import Any, TypeVar, cast
 import pykka
 from pykka._envelope import Envelope as PykkaEnvelope
 
+from actors.collector import Collector, Tending
 from actors.executor import HeldRef, StoppedFlag, Timer, TimerHandle, deliver, uuid4_text
 
 A = TypeVar("A", bound=pykka.Actor)
@@ -156,7 +161,15 @@ class _Runnable(pykka.Actor):
 class DeterministicExecutor:
     """Runs actors one message at a time in a seed-chosen order on a virtual clock."""
 
-    def __init__(self, seed: int, *, max_steps_per_instant: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        seed: int,
+        *,
+        max_steps_per_instant: int = 1_000_000,
+        collector: Collector | None = None,
+    ) -> None:
+        """`collector`: how to tend the process's cyclic collector while it runs (`None`, the
+        default: leave it alone, as tests that make many short runs in one process want)."""
         self.seed = seed
         self._random = random.Random(seed)
         self._now_ms = 0
@@ -175,6 +188,11 @@ class DeterministicExecutor:
         self._max_steps = max_steps_per_instant
         self._future_class = type("_Future", (_Future,), {"_executor": self})
         self.steps = 0
+        self._stopped = 0
+        """Actors stopped since the last full collection."""
+        self._tending = None if collector is None else Tending(collector, 0)
+        self._tend_at_ms = 0
+        self._tend()
 
     @property
     def random(self) -> random.Random:
@@ -234,6 +252,7 @@ class DeterministicExecutor:
         """`actor` stopped: it leaves the index of live actors (and the list of actors with
         mail the next time the scheduler picks it)."""
         self._live.pop(actor.actor_urn, None)
+        self._stopped += 1
 
     def start_process(self) -> Process:
         """A process starting now: these actors, this scheduler, a monotonic clock from zero."""
@@ -244,6 +263,7 @@ class DeterministicExecutor:
         for ref in refs:
             ref.actor_stopped.set()
             self._live.pop(ref.actor_urn, None)
+            self._stopped += 1
 
     def shutdown(self) -> None:
         for ref in reversed(self.live_actors()):
@@ -251,6 +271,16 @@ class DeterministicExecutor:
         self.run_until_idle()
         self._heap.clear()
         self._callbacks.clear()
+        if self._tending is not None:
+            self._tending.end()
+            self._tending = None
+
+    def _tend(self) -> None:
+        """Tend the collector if it is time (see `actors.collector`)."""
+        if self._tending is not None and self._now_ms >= self._tend_at_ms:
+            if self._tending.tend(self._now_ms, live=len(self._live), stopped=self._stopped):
+                self._stopped = 0
+            self._tend_at_ms = self._now_ms + self._tending.period_ms
 
     def _mark_ready(self, mailbox: _Mailbox) -> None:
         if not mailbox.ready:
@@ -292,7 +322,9 @@ class DeterministicExecutor:
             callback = self._callbacks.pop(sequence, None)
             if callback is None:  # cancelled
                 continue
-            self._now_ms = max(self._now_ms, deadline)
+            if deadline > self._now_ms:
+                self._now_ms = deadline
+                self._tend()
             callback()
             return True
         return False
@@ -302,7 +334,9 @@ class DeterministicExecutor:
         self.run_until_idle()
         while self._fire_next(t_ms):
             self.run_until_idle()
-        self._now_ms = max(self._now_ms, t_ms)
+        if t_ms > self._now_ms:
+            self._now_ms = t_ms
+            self._tend()
 
     def advance(self, delta_ms: int) -> None:
         self.advance_to(self._now_ms + delta_ms)

@@ -28,8 +28,8 @@ Where the time goes, and what that asks of the code that runs here:
   that need a worker never get one (and the actors never do: a request and its reply are
   both messages).
 - Timer callbacks run on the timer thread, one after another: they should only tell actors.
-- The pool owns CPython's cyclic collector while it runs (`Collector`): it freezes what
-  survives, so that a connect storm makes no full collection of every session so far.
+- The pool owns CPython's cyclic collector while it runs (`actors.collector`): it freezes
+  what survives, so that a connect storm makes no full collection of every session so far.
 
 Workers, the timer thread and the journal's thread are daemons: a process that exits without
 `shutdown()` does not wait for them, and its actors' `on_stop` hooks do not run.
@@ -38,7 +38,6 @@ Workers, the timer thread and the journal's thread are daemons: a process that e
 from __future__ import annotations
 
 import collections
-import gc
 import heapq
 import itertools
 import logging
@@ -51,10 +50,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-import msgspec
 import pykka
 from pykka._envelope import Envelope as PykkaEnvelope
 
+from actors.collector import COLLECTOR, Collector, Tending
 from actors.executor import (
     HeldRef,
     StoppedFlag,
@@ -76,37 +75,6 @@ TURN = 8
 
 SHUTDOWN_S = 5.0
 """How long `shutdown()` waits, in all, for the actors to stop and the threads to end."""
-
-
-class Collector(msgspec.Struct, frozen=True, kw_only=True):
-    """How the pool tends CPython's cyclic collector, which it owns while it runs.
-
-    By default CPython walks every tracked object again each time their number grows by a
-    quarter: while thousands of users connect, full passes of 100,000 objects and more, each
-    a pause of 0.1-0.5 s holding the GIL, which every input arriving meanwhile waits out. So
-    the pool's timer thread calls `gc.freeze()` every `freeze_every_s`: what has survived so
-    far (settled sessions and bridges) leaves the collector's generations, and young
-    collections go on as before. Frozen objects are still freed by their reference counts;
-    only garbage in a reference cycle waits, for the full collection the timer thread runs
-    every `collect_every_s` after `gc.unfreeze()`, or for `shutdown()`, which unfreezes.
-    So cyclic garbage lives at most that long, and a full pass comes at a fixed period
-    instead of with every quarter of growth.
-
-    Every stopped actor is such garbage (an actor and its reference hold each other), so
-    where actors churn the full collection comes sooner: once more than
-    `stopped_share` of the live actors, and at least `stopped_at_least`, have stopped
-    since the last one, as CPython's own rule counts a quarter of growth, but in actors
-    that ended rather than objects made. And a pool starting collects in full before its
-    first freeze, so it never freezes garbage made before it (a runtime stopped a moment
-    ago)."""
-
-    freeze_every_s: float = 0.1
-    collect_every_s: float = 600.0
-    stopped_share: float = 0.25
-    stopped_at_least: int = 1_000
-
-
-COLLECTOR = Collector()
 
 
 class _Mailbox(collections.deque[PykkaEnvelope[Any]]):
@@ -237,12 +205,11 @@ class PoolExecutor:
         for thread in [*self._workers, self._timers]:
             thread.start()
         self._journal = Journal()
-        self._collector = collector
         self._stopped = 0
         """Actors stopped since the last full collection."""
-        if collector is not None:
-            self._collect_at = self.now_ms()  # see `Collector`: in full before the first freeze
-            self._tend_collector()
+        self._tending = None if collector is None else Tending(collector, self.now_ms())
+        if self._tending is not None:
+            self._tend_collector(self._tending)
 
     @property
     def random(self) -> random.Random:
@@ -313,23 +280,13 @@ class PoolExecutor:
                 self._condition.notify()
         return Timer(self._callbacks, sequence)
 
-    def _tend_collector(self) -> None:
-        """Freeze what survived so far, after a full collection when one is due (see
-        `Collector`); then come back in `freeze_every_s`."""
-        collector = self._collector
-        assert collector is not None, "tended only when the pool owns the collector"
+    def _tend_collector(self, tending: Tending) -> None:
+        """Tend the collector (see `actors.collector`); then come back in its period."""
         now = self.now_ms()
-        churned = self._stopped > max(
-            collector.stopped_at_least, len(self._live) * collector.stopped_share
-        )
-        if churned or now >= self._collect_at:
-            gc.unfreeze()
-            gc.collect()
-            self._collect_at = now + int(collector.collect_every_s * 1000)
+        if tending.tend(now, live=len(self._live), stopped=self._stopped):
             with self._live_lock:
                 self._stopped = 0
-        gc.freeze()
-        self.call_at(now + int(collector.freeze_every_s * 1000), self._tend_collector)
+        self.call_at(now + tending.period_ms, lambda: self._tend_collector(tending))
 
     def new_id(self) -> str:
         # Random bits from the executor's own generator, seeded by the OS: `uuid4` asks the OS
@@ -373,9 +330,8 @@ class PoolExecutor:
         for thread in [*self._workers, self._timers]:
             if thread is not threading.current_thread():
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        if self._collector is not None:
-            # What was frozen goes back to the collector: its cycles are garbage it may free.
-            gc.unfreeze()
+        if self._tending is not None:
+            self._tending.end()
 
     def _work(self) -> None:
         ready = self._ready

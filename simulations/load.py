@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from actors.collector import COLLECTOR
 from actors.policy import POLICIES
 from events.catalog import JoinPaced, RestartBudgetExhausted
 from simulations.invariants import all_violations
@@ -166,6 +167,7 @@ def fleet(config: LoadConfig) -> World:
         policy=POLICIES[config.policy],
         sfu=SfuConfig(join_rate_per_s=config.join_rate_per_s),
         join_rate_per_s=config.server_rate,
+        collector=COLLECTOR,
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import msgspec
 
 from actors.acknowledgement import Acknowledgement
+from actors.collector import COLLECTOR, Collector
 from actors.connector import JoinRequest, LookupAnswer, Nobody, RoomEvent, RoomJoined
 from actors.executor import Executor
 from actors.pool_executor import PoolExecutor
@@ -33,6 +34,7 @@ class SimulatedScale(msgspec.Struct, frozen=True, kw_only=True):
     users: int
     phones: str
     collector: str
+    """`tended` by the executor (`actors.collector`) or left to `cpython`'s own rule."""
     wall_s: float
     cpu_s: float
     simulated_per_wall: float
@@ -55,7 +57,9 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def simulated(users: int, *, muted: bool = True, frozen: bool = False) -> SimulatedScale:
+def simulated(
+    users: int, *, muted: bool = True, collector: Collector | None = COLLECTOR
+) -> SimulatedScale:
     """`users` connect over the first 10 s, round-robin over three servers of one deterministic
     world, and stay while 150 s are simulated, with no audio packets.
 
@@ -64,33 +68,30 @@ def simulated(users: int, *, muted: bool = True, frozen: bool = False) -> Simula
     a user). Otherwise the phones are in the room, unmuted, and silent: each session notices the
     stall, restarts its bridge twice, then waits (33 events a user).
 
-    `frozen`: `gc.freeze()` after every 1,000 connects, so that what has settled leaves
-    CPython's cyclic collector, which otherwise walks every long-lived object again each time
-    their number grows by a quarter: the one cost that grows with the number of users.
+    `collector`: how the executor tends CPython's cyclic collector, as `rejoin load` has it
+    (`actors.collector`); `None` leaves CPython's own rule, which walks every long-lived object
+    again each time their number grows by a quarter.
     """
     gc.collect()
     before = rss_bytes()
     start, cpu = time.perf_counter(), time.process_time()
-    world = World(servers=SERVERS, seed=users, phones_send=False)
+    world = World(servers=SERVERS, seed=users, phones_send=False, collector=collector)
     for number in range(users):
         user = f"u{number}@example.com"
         world.run_until(number * 10_000 // users)
         world.connect(user, SERVERS[number % len(SERVERS)])
         if muted:
             world.mute_phone(user, muted=True)
-        if frozen and number % 1_000 == 999:
-            gc.freeze()
     world.run_until(SIMULATED_S * 1000)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     added = rss_bytes() - before
     actors = len(world.executor.live_actors())
     events = sum(sum(1 for _ in store.read_all()) for store in world.stores.values())
     world.stop()
-    gc.unfreeze()
     return SimulatedScale(
         users=users,
         phones="muted" if muted else "silent",
-        collector="frozen" if frozen else "default",
+        collector="cpython" if collector is None else "tended",
         wall_s=round(wall, 3),
         cpu_s=round(cpu, 3),
         simulated_per_wall=round(SIMULATED_S / wall, 1),
@@ -172,7 +173,7 @@ def durable_connects(
     """`users` glasses connect to one runtime on `executor`, with a durable SQLite log
     (`synchronous=FULL`) and `InstantRooms` with muted phones, at `offered_per_s` inputs a
     second. The pool executor tends the cyclic collector itself unless it was made with
-    `collector=None` (see `actors.pool_executor.Collector`).
+    `collector=None` (see `actors.collector`).
 
     `shared_log`: the runtime is told a fleet shares its log, so each connect also records
     itself in the user's fleet stream, one append of its own in the session's turn."""

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import msgspec
 
 from actors.bridge import AudioChunk
+from actors.collector import Collector
 from actors.deterministic_executor import DeterministicExecutor
 from actors.policy import SUPERVISED, Policy
 from actors.runtime import DEFAULT_GRACE_MS, Runtime
@@ -97,13 +98,16 @@ class World:
         phones_send: bool = True,
         join_rate_per_s: int | None = None,
         shared_log: bool = False,
+        collector: Collector | None = None,
     ) -> None:
+        """`collector`: how the executor tends CPython's cyclic collector (see
+        `actors.collector`); `None` leaves it alone, as tests that build many worlds want."""
         self.seed = seed
         self.policy = policy
         self.grace_ms = grace_ms
         self.join_rate_per_s = join_rate_per_s
         """Each server's own join rate (its share of the room server's); `None`: no limit."""
-        self.executor = DeterministicExecutor(seed)
+        self.executor = DeterministicExecutor(seed, collector=collector)
         # The room's randomness is separate from the scheduler's, so that adding a message
         # between actors does not change join latencies.
         self.rng = random.Random(seed ^ 0x5EED)
@@ -366,3 +370,4 @@ class World:
     def stop(self) -> None:
         for runtime in self.runtimes.values():
             runtime.stop()
+        self.executor.shutdown()

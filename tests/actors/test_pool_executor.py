@@ -7,7 +7,6 @@ import gc
 import random
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -19,7 +18,7 @@ import pytest
 from actors import pool_executor
 from actors.bridge import AudioChunk
 from actors.grace_timer import Arm, GraceTimer
-from actors.pool_executor import TURN, Collector, PoolExecutor
+from actors.pool_executor import TURN, PoolExecutor
 from actors.runtime import Runtime
 from events.catalog import GraceStarted, SessionDisposed, TimerFired
 from events.memory_store import MemoryStore
@@ -448,69 +447,6 @@ def test_an_idle_actor_is_four_objects_for_the_cyclic_collector() -> None:
             executor.wait(ref.ask("mail", block=False), 5)
         gc.collect()
         assert len(gc.get_objects()) - before <= 4 * len(refs) + 1  # the list of refs
-    finally:
-        executor.shutdown()
-
-
-class Cycle:
-    def __init__(self) -> None:
-        self.me = self
-
-
-def a_frozen_cycle() -> weakref.ref[Cycle]:
-    """A reference cycle that a running pool has frozen, and nothing else references."""
-    kept = Cycle()
-    frozen, count = weakref.ref(kept), gc.get_freeze_count()
-    assert eventually(lambda: gc.get_freeze_count() > count)
-    return frozen
-
-
-def test_the_pool_freezes_what_survives_and_unfreezes_it_at_shutdown() -> None:
-    executor = PoolExecutor(collector=Collector(freeze_every_s=0.01, collect_every_s=600))
-    try:
-        frozen = a_frozen_cycle()
-        gc.collect()
-        assert frozen() is not None, "a frozen cycle waits for the periodic collection"
-    finally:
-        executor.shutdown()
-    assert gc.get_freeze_count() == 0
-    gc.collect()
-    assert frozen() is None
-
-
-def test_a_frozen_cycle_is_freed_by_the_periodic_full_collection() -> None:
-    executor = PoolExecutor(collector=Collector(freeze_every_s=0.01, collect_every_s=0.2))
-    try:
-        frozen = a_frozen_cycle()
-        assert eventually(lambda: frozen() is None)
-    finally:
-        executor.shutdown()
-
-
-def test_actors_that_stopped_bring_the_full_collection_forward() -> None:
-    executor = PoolExecutor(
-        collector=Collector(freeze_every_s=0.01, collect_every_s=600, stopped_at_least=10)
-    )
-    try:
-        refs = [executor.spawn(Counter) for _ in range(11)]
-        frozen = a_frozen_cycle()
-        for ref in refs:
-            executor.wait(ref.stop(block=False), 5)
-        assert eventually(lambda: frozen() is None)
-    finally:
-        executor.shutdown()
-
-
-def test_a_starting_pool_never_freezes_garbage_made_before_it() -> None:
-    gc.disable()  # so that only the pool's own collection can free the cycle
-    try:
-        garbage = weakref.ref(Cycle())
-        assert garbage() is not None
-        executor = PoolExecutor(collector=Collector(freeze_every_s=0.01, collect_every_s=600))
-    finally:
-        gc.enable()
-    try:
-        assert garbage() is None
     finally:
         executor.shutdown()
 
