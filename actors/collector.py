@@ -4,7 +4,7 @@ By default CPython walks every tracked object again each time the objects that s
 young collections outnumber a quarter of those its last full pass kept. While thousands of
 users connect, what a connect makes lives long enough to count (join deadlines, replies in
 flight) before it dies, so full passes come often, each over every session so far: with
-100,000 simulated users, 23 passes took 17 of the run's 30 s of CPU; on the pool, each is a
+100,000 simulated users, 17 passes took 10 of the run's 30 s of CPU; on the pool, each is a
 pause of 0.1-0.5 s holding the GIL, which every input arriving meanwhile waits out.
 
 So an executor that owns the collector calls `gc.freeze()` every `freeze_every_s` of its
