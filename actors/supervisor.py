@@ -16,6 +16,10 @@ would act on the same sessions).
 It owns the server's join limiter (`JoinLimiter`, when the runtime is given a join rate and the
 policy limits joins), which every session consults before its bridge joins.
 
+A user whose latest incarnation the log cannot tell waits: the supervisor keeps that user's
+inputs in order and asks again with backoff (`SESSION_RESTARTS`), so a disconnect that arrives
+meanwhile still follows the connect it ends.
+
 It supervises its sessions one for one, as OTP does: a session whose turn failed is restarted at
 once a few times, then with backoff (`SESSION_RESTARTS`), and never given up on. A failed bridge
 is replaced by its session's policy, which hears of the failure as the bridge's loss.
@@ -71,6 +75,12 @@ class _Forget(msgspec.Struct, frozen=True, kw_only=True):
     """An ended session's retention is over."""
 
     stream: str
+
+
+class _OpenDue(msgspec.Struct, frozen=True, kw_only=True):
+    """Time to ask the log again for the latest incarnation of `user`, whose inputs wait."""
+
+    user: str
 
 
 class _RestartDue(msgspec.Struct, frozen=True, kw_only=True):
@@ -129,6 +139,12 @@ class Supervisor(pykka.Actor):
         self._bridges: dict[str, tuple[int, pykka.ActorRef[Any]]] = {}
         self._restarts: dict[str, list[int]] = {}
         """When each failing session was (or will be) restarted, on the monotonic clock."""
+        self._waiting: dict[str, list[ForUser]] = {}
+        """The inputs, in order, of each user whose session cannot open until the log says
+        which incarnation was the latest: a disconnect that arrives meanwhile follows the
+        connect it ends, instead of finding no session and being dropped."""
+        self._open_failures: dict[str, int] = {}
+        """Reads of each waiting user's latest incarnation that failed in a row."""
 
     def on_start(self) -> None:
         for view in self._recovered:
@@ -139,6 +155,11 @@ class Supervisor(pykka.Actor):
 
     def on_receive(self, message: object) -> object:
         match message:
+            case ForUser(user=user) if user in self._waiting:
+                self._waiting[user].append(message)
+            case _OpenDue(user=user):
+                for waited in self._waiting.pop(user, []):
+                    self.on_receive(waited)
             case ForUser(user=user, event=event, ack=ack):
                 session = self._sessions.get(user)
                 if session is None and isinstance(event, GlassesConnected):
@@ -195,19 +216,25 @@ class Supervisor(pykka.Actor):
                 return children
         return None
 
-    def _open_session(self, user: str, routed: object) -> pykka.ActorRef[Any] | None:
+    def _open_session(self, user: str, routed: ForUser) -> pykka.ActorRef[Any] | None:
         """A new incarnation of `user`'s session, numbered after the store's latest."""
         had_session = user in self._had_session
         try:
             latest = self._store.last_incarnation(self._server, user) if had_session else 0
         except Exception:
             # Without the latest incarnation a new stream could collide with an old one: keep
-            # the input, and ask the store again in a while.
-            logger.exception("cannot read %s's latest incarnation; trying again", user)
-            me = self.actor_ref
-            retry_at = self._executor.now_ms() + SESSION_RESTARTS.max_backoff_ms
-            self._executor.call_at(retry_at, lambda: tell(me, routed))
+            # the input, and the user's inputs after it, and ask the store again with backoff.
+            failures = self._open_failures.get(user, 0) + 1
+            self._open_failures[user] = failures
+            delay = SESSION_RESTARTS.backoff_ms(failures, self._executor.random)
+            logger.exception(
+                "cannot read %s's latest incarnation; trying again in %d ms", user, delay
+            )
+            self._waiting[user] = [routed]
+            me, due = self.actor_ref, _OpenDue(user=user)
+            self._executor.call_at(self._executor.now_ms() + delay, lambda: tell(me, due))
             return None
+        self._open_failures.pop(user, None)
         stream = stream_name(self._server, user, latest + 1)
         session = self._spawn_session(user, stream, latest + 1, None)
         self._sessions[user] = session

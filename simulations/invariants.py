@@ -218,7 +218,8 @@ def kick_war(world: World) -> list[str]:
 
 
 def zombies(world: World, logged: Logged | None = None) -> list[str]:
-    """Nothing of a disposed session remains: no actor, participant, or timer.
+    """Nothing of a disposed session remains: no actor, participant, or timer; and no session
+    stays ACTIVE on a server the glasses left (`_ghosts`).
 
     A participant orphaned by its process's death is not counted: LiveKit removes it once it
     notices (`DEPARTURE_DETECTION_MS`), a new join of the identity replaces it, and nothing
@@ -256,6 +257,32 @@ def zombies(world: World, logged: Logged | None = None) -> list[str]:
     actors = world.executor.live_actors()
     if len(actors) != held:
         violations.append(f"zombie: {len(actors)} live actors, of which the runtimes hold {held}")
+    return [*violations, *_ghosts(world)]
+
+
+def _ghosts(world: World) -> list[str]:
+    """Sessions still ACTIVE on a server the glasses left, whose bridges keep a place in the
+    room for nobody: allowed only while the disconnect may be on its way, `LIVENESS_WINDOW_MS`
+    after it, or after the end of a fault (and its aftermath) that it fell in."""
+    faults = fault_windows(world)
+    left: dict[tuple[str, str], int] = {}
+    for user, server, _, end in connections(world):
+        if world.where(user) != server:
+            left[(user, server)] = end  # in time order: the last time they left wins
+    violations = []
+    for (user, server), left_ms in left.items():
+        due = left_ms + LIVENESS_WINDOW_MS
+        for f_start, f_end, f_user in faults:
+            if f_start <= due and left_ms <= f_end and f_user in (None, user):
+                due = max(due, f_end + LIVENESS_WINDOW_MS)
+        if world.now_ms <= due:
+            continue
+        view = world.runtimes[server].session(user)
+        if view is not None and view.state == "ACTIVE":
+            violations.append(
+                f"zombie: {view.stream} still ACTIVE at {world.now_ms} ms, the glasses having "
+                f"left {server} at {left_ms} ms"
+            )
     return violations
 
 

@@ -14,9 +14,7 @@ from simulations.world import World
 USERS = ["isaiah@mentra.glass", "ada@example.com"]
 
 
-def busy_run(
-    seed: int, store_dir: Path | None = None, collector: Collector | None = None
-) -> World:
+def busy_run(seed: int, store_dir: Path | None = None, collector: Collector | None = None) -> World:
     world = World(
         servers=["prod", "debug", "dev"],
         seed=seed,
