@@ -9,9 +9,11 @@ It starts from the open sessions only (the store's index of sessions), and keeps
 session's final view for `retention_ms`, so that memory follows the users of the moment, not the
 length of the history. Of every user who ever had a session on its server it keeps a Bloom
 filter (ten bits a user, made with room for as many again): a user it certainly never had opens
-incarnation 1 without a read of the log. That needs the supervisor to be the only one opening
-sessions of its server, as the runtime already assumes (two processes with one server name
-would act on the same sessions).
+incarnation 1 without a read of the log. It adds the log's users to the filter `FILL_SLICE` at
+a time, a turn each, so that start-up does not wait for their hashing (100,000 users take 0.3 s
+or more); until the filter holds them all, every user is a "maybe". That needs the supervisor
+to be the only one opening sessions of its server, as the runtime already assumes (two
+processes with one server name would act on the same sessions).
 
 It owns the server's join limiter (`JoinLimiter`, when the runtime is given a join rate and the
 policy limits joins), which every session consults before its bridge joins.
@@ -83,6 +85,15 @@ class _OpenDue(msgspec.Struct, frozen=True, kw_only=True):
     user: str
 
 
+FILL_SLICE = 2_000
+"""Users a turn of the supervisor adds to its filter at start: a few milliseconds of hashing,
+between which it routes inputs as usual."""
+
+
+class _Fill(msgspec.Struct, frozen=True):
+    """Add the next slice of the log's users to the filter."""
+
+
 class _RestartDue(msgspec.Struct, frozen=True, kw_only=True):
     user: str
     stream: str
@@ -123,9 +134,12 @@ class Supervisor(pykka.Actor):
         self._sink = sink
         self._timer = timer
         self._recovered = sorted(recovered, key=lambda view: view.incarnation)
-        self._had_session = BloomFilter(users, capacity=max(4_096, 2 * len(users)))
+        self._had_session = BloomFilter(capacity=max(4_096, 2 * len(users)))
         """Every user who ever had a session here: those of the log at start, then each one
         this supervisor opens."""
+        self._unfilled = list(reversed(users))
+        """The log's users not yet in the filter, the next at the end: while there are any,
+        the filter cannot say that a user never had a session here."""
         self._retention_ms = retention_ms
         self._joins = (
             JoinLimiter(join_rate_per_s)
@@ -152,6 +166,18 @@ class Supervisor(pykka.Actor):
             self._sessions[view.user] = session
             tell(session, ProcessRestarted())
         self._recovered = []
+        self._fill()
+
+    def _fill(self) -> None:
+        """Add a slice of the log's users to the filter; if more are left, the next slice is
+        due now, as a timer: on the deterministic executor it waits until no actor has mail,
+        so the recovered sessions and the inputs of the moment go first."""
+        unfilled = self._unfilled
+        for _ in range(min(FILL_SLICE, len(unfilled))):
+            self._had_session.add(unfilled.pop())
+        if unfilled:
+            me = self.actor_ref
+            self._executor.call_at(self._executor.now_ms(), lambda: tell(me, _Fill()))
 
     def on_receive(self, message: object) -> object:
         match message:
@@ -168,6 +194,8 @@ class Supervisor(pykka.Actor):
                     tell(session, message)
                 elif ack is not None and isinstance(event, GlassesDisconnected):
                     ack.durable(0)  # no session to leave: nothing to record
+            case _Fill():
+                self._fill()
             case SessionFailed():
                 self._restart_later(message)
             case _RestartDue(user=user, stream=stream, error=error, restarts=restarts):
@@ -218,7 +246,8 @@ class Supervisor(pykka.Actor):
 
     def _open_session(self, user: str, routed: ForUser) -> pykka.ActorRef[Any] | None:
         """A new incarnation of `user`'s session, numbered after the store's latest."""
-        had_session = user in self._had_session
+        known = user in self._had_session
+        had_session = known or bool(self._unfilled)
         try:
             latest = self._store.last_incarnation(self._server, user) if had_session else 0
         except Exception:
@@ -238,7 +267,7 @@ class Supervisor(pykka.Actor):
         stream = stream_name(self._server, user, latest + 1)
         session = self._spawn_session(user, stream, latest + 1, None)
         self._sessions[user] = session
-        if not had_session:  # added once: the filter follows the users, not their sessions
+        if not known:  # added once: the filter follows the users, not their sessions
             self._had_session.add(user)
         return session
 

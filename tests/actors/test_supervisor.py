@@ -8,10 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 from actors.connector import JoinRequest, LookupAnswer, RoomEvent, RoomHandle
+from actors.deterministic_executor import DeterministicExecutor
 from actors.pool_executor import PoolExecutor
 from actors.runtime import Runtime
-from actors.supervisor import SESSION_RESTARTS
+from actors.supervisor import FILL_SLICE, SESSION_RESTARTS
 from events.catalog import (
+    AnyEvent,
     BridgeDisconnected,
     BridgeStarted,
     Event,
@@ -22,6 +24,8 @@ from events.catalog import (
     SessionRestarted,
     SessionResumed,
 )
+from events.envelope import Pending, stream_name
+from events.log import EventStore
 from events.memory_store import MemoryStore
 from simulations.faulty_store import FaultyStore
 from simulations.invariants import all_violations
@@ -133,6 +137,45 @@ def test_a_user_new_to_the_server_opens_a_session_without_reading_the_log() -> N
     assert heard(world, "prod", 0), "the Bloom filter of the server's users says: never here"
     assert all_violations(world) == []
     world.stop()
+
+
+def ended_sessions(store: EventStore, users: list[str]) -> None:
+    """A session of each of `users` on prod, opened and disposed."""
+    for user in users:
+        life: list[AnyEvent] = [
+            SessionOpened(cause="c", why="the glasses connected", incarnation=1, epoch=1),
+            SessionDisposed(cause="c", why="grace ran out"),
+        ]
+        store.append(
+            stream_name("prod", user, 1),
+            0,
+            [
+                Pending(event_id=f"{user}-{n}", time_ms=n, server="prod", user=user, event=event)
+                for n, event in enumerate(life)
+            ],
+        )
+
+
+def test_a_user_the_filter_has_not_reached_yet_is_asked_of_the_log() -> None:
+    """At start the supervisor fills its filter of the log's users a slice a turn; a user
+    connecting before the filter holds them all must not be taken for a stranger, whose
+    incarnation 1 would collide with the one in the log."""
+    users = [f"u{n}@example.com" for n in range(3 * FILL_SLICE)]
+    store = MemoryStore()
+    ended_sessions(store, users)
+    executor = DeterministicExecutor(0)
+    sfu = SimLiveKit(executor, executor.random, SfuConfig())
+    runtime = Runtime(
+        server="prod", executor=executor, store=store, connector=sfu.connector("prod")
+    )
+    last_filled = store.session_users("prod")[-1]  # the filter takes the log's users in order
+    runtime.glasses_connected(last_filled, epoch=2).wait(timeout_s=5)
+    assert store.stream_version(stream_name("prod", last_filled, 2)) > 0, "incarnation 2"
+    stranger = "new@example.com"
+    executor.run_until_idle()  # the filter is full
+    runtime.glasses_connected(stranger, epoch=2).wait(timeout_s=5)
+    assert store.stream_version(stream_name("prod", stranger, 1)) > 0
+    runtime.stop()
 
 
 def test_restarts_back_off_while_the_log_fails_and_never_give_up() -> None:

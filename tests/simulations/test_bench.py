@@ -29,6 +29,7 @@ def test_start_up_is_measured_on_a_log_of_real_session_lives(tmp_path: Path) -> 
         len(turn) for turn in bench.one_sessions_life()[:3]
     )
     assert figures["startup_s"] > 0
+    assert figures["settled_s"] > 0
 
 
 def test_appends_are_measured_with_the_turns_the_runtime_appends() -> None:
