@@ -43,8 +43,9 @@ COLLECTOR = Collector()
 
 
 class Tending:
-    """One executor's hold on the collector, on that executor's clock: it calls `tend` every
-    `period_ms`, counts its stopped actors, and calls `end` when it shuts down."""
+    """One executor's hold on the collector, on that executor's clock. The executor calls
+    `tend` every `period_ms` with the actors it has live and those stopped since the last full
+    collection, and `end` when it shuts down."""
 
     def __init__(self, collector: Collector, now_ms: int) -> None:
         self._collector = collector
