@@ -266,8 +266,23 @@ class Session(pykka.Actor):
         current = self._view is not None and live is not None and live[0] == self._view.generation
         self._bridge = live[1] if current and live is not None else None
         self._failed = False
+        if self._view is not None and self._view.state == "DISPOSED":
+            self._ended_before_restart(live)
         self._receive(SessionRestarted(error=restart.error, restarts=restart.restarts))
         self._go_on()
+
+    def _ended_before_restart(self, live: tuple[int, pykka.ActorRef[Any]] | None) -> None:
+        """The stream this session rebuilt from is disposed: its disposal was durable but its
+        turn failed before acting, or another incarnation 1 was there first (a log that did not
+        tell the supervisor of it). Act as the disposal would have, so the supervisor forgets
+        this session and the inputs it hands back open a new one, instead of coming back here
+        for ever."""
+        assert self._view is not None, "called with a disposed view"
+        if live is not None:
+            tell(self._supervisor, StopBridge(stream=self._stream, generation=live[0]))
+        self._bridge = None
+        tell(self._timer, DisarmAll(owner_key=self._stream))
+        tell(self._supervisor, SessionEnded(user=self._user, final=self._view))
 
     def _attach(self, attached: BridgeAttached) -> None:
         if self._view is not None and attached.generation == self._view.generation:

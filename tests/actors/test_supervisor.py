@@ -178,6 +178,36 @@ def test_a_user_the_filter_has_not_reached_yet_is_asked_of_the_log() -> None:
     runtime.stop()
 
 
+class IndexWithoutUsers(MemoryStore):
+    """A log whose list of the server's users is empty: the supervisor's filter takes every
+    user for a stranger, as a filter that lost a user would."""
+
+    def session_users(self, server: str) -> list[str]:
+        return []
+
+
+def test_a_colliding_session_ends_and_its_input_opens_the_next_incarnation() -> None:
+    """Taken for a stranger, a returning user opens incarnation 1, which the log already holds,
+    ended: the session's append is refused, and its restart rebuilds a disposed stream. It
+    ends, as its disposal would have ended it, and the input it hands back opens incarnation 2
+    (before, the input went back and forth between it and the supervisor for ever)."""
+    store = IndexWithoutUsers()
+    ended_sessions(store, [USER])
+    executor = DeterministicExecutor(0)
+    sfu = SimLiveKit(executor, executor.random, SfuConfig())
+    runtime = Runtime(
+        server="prod", executor=executor, store=store, connector=sfu.connector("prod")
+    )
+    runtime.glasses_connected(USER, epoch=2).wait(timeout_s=5)
+    executor.advance(5_000)
+    view = runtime.session(USER)
+    assert view is not None
+    assert (view.stream, view.state) == (stream_name("prod", USER, 2), "ACTIVE")
+    assert [p.server for p in sfu.participants(USER)] == ["prod"], "its bridge joined"
+    assert len(runtime.actors()) == 4, "the supervisor, the timer, one session and its bridge"
+    runtime.stop()
+
+
 def test_restarts_back_off_while_the_log_fails_and_never_give_up() -> None:
     world = World(servers=["prod"], seed=5)
     world.connect(USER, "prod")
