@@ -281,8 +281,7 @@ class Session(pykka.Actor):
         if live is not None:
             tell(self._supervisor, StopBridge(stream=self._stream, generation=live[0]))
         self._bridge = None
-        tell(self._timer, DisarmAll(owner_key=self._stream))
-        tell(self._supervisor, SessionEnded(user=self._user, final=self._view))
+        self._end(self._view)
 
     def _attach(self, attached: BridgeAttached) -> None:
         if self._view is not None and attached.generation == self._view.generation:
@@ -720,10 +719,15 @@ class Session(pykka.Actor):
     def _dispose(self, why: str) -> None:
         self._stop_bridge(why)
         self._decide_that(SessionDisposed(cause=self._cause, why=why))
-        self._then(lambda: tell(self._timer, DisarmAll(owner_key=self._stream)))
         final = self.view
-        self._then(lambda: tell(self._supervisor, SessionEnded(user=self._user, final=final)))
+        self._then(lambda: self._end(final))
         self._bridge = None
+
+    def _end(self, final: SessionView) -> None:
+        """Act on a durable disposal: no timer of the stream fires again, and the supervisor
+        forgets the session, so the user's next input opens a new one."""
+        tell(self._timer, DisarmAll(owner_key=self._stream))
+        tell(self._supervisor, SessionEnded(user=self._user, final=final))
 
     # The bridge
 

@@ -131,7 +131,6 @@ _PARAMETERS = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 _BUSY_S = 5.0
 """How long a writer waits for another connection's lock: SQLite's own wait (`sqlite3.connect`),
 and the tries at WAL mode, which SQLite refuses without waiting."""
-_FULL = sqlite3.SQLITE_FULL
 _REMEMBERED = 65_536
 """Streams a writer remembers the versions of at most (about 10 MB): more, and it starts over
 from the log, which costs a query per group until it has seen them again."""
@@ -551,7 +550,8 @@ class SQLiteStore:
             _insert_rows(self._db, _INSERT_EVENTS, stamped.rows)
         except sqlite3.Error as error:
             self._written = None
-            if isinstance(error, sqlite3.IntegrityError) or error.sqlite_errorcode == _FULL:
+            full = error.sqlite_errorcode == sqlite3.SQLITE_FULL
+            if isinstance(error, sqlite3.IntegrityError) or full:
                 return False
             self._fail_group(group, error)
             return True

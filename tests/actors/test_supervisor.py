@@ -4,11 +4,10 @@ brings the user's audio back; a bridge that cannot even start is replaced by its
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from actors.connector import JoinRequest, LookupAnswer, RoomEvent, RoomHandle
-from actors.deterministic_executor import DeterministicExecutor
 from actors.pool_executor import PoolExecutor
 from actors.runtime import Runtime
 from actors.supervisor import FILL_SLICE, SESSION_RESTARTS
@@ -24,14 +23,14 @@ from events.catalog import (
     SessionRestarted,
     SessionResumed,
 )
-from events.envelope import Pending, stream_name
-from events.log import EventStore
+from events.envelope import Envelope, Pending, stream_name
+from events.log import EventStore, WrongExpectedVersion
 from events.memory_store import MemoryStore
 from simulations.faulty_store import FaultyStore
 from simulations.invariants import all_violations
 from simulations.sim_livekit import SfuConfig, SimConnector, SimLiveKit
 from simulations.world import World
-from tests.actors.harness import eventually
+from tests.actors.harness import Harness, eventually
 
 USER = "isaiah@mentra.glass"
 
@@ -156,29 +155,45 @@ def ended_sessions(store: EventStore, users: list[str]) -> None:
         )
 
 
+class RefusalsCounted(MemoryStore):
+    """A log in memory that counts the appends it refused for a wrong expected version: an
+    incarnation opened under a number the log already holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = 0
+
+    def append(
+        self, stream: str, expected_version: int, events: Sequence[Pending]
+    ) -> list[Envelope]:
+        try:
+            return super().append(stream, expected_version, events)
+        except WrongExpectedVersion:
+            self.refused += 1
+            raise
+
+
 def test_a_user_the_filter_has_not_reached_yet_is_asked_of_the_log() -> None:
     """At start the supervisor fills its filter of the log's users a slice a turn; a user
     connecting before the filter holds them all must not be taken for a stranger, whose
     incarnation 1 would collide with the one in the log."""
     users = [f"u{n}@example.com" for n in range(3 * FILL_SLICE)]
-    store = MemoryStore()
+    store = RefusalsCounted()
     ended_sessions(store, users)
-    executor = DeterministicExecutor(0)
-    sfu = SimLiveKit(executor, executor.random, SfuConfig())
-    runtime = Runtime(
-        server="prod", executor=executor, store=store, connector=sfu.connector("prod")
-    )
+    harness = Harness("deterministic", store=lambda: store)
+    runtime = harness.runtimes["prod"]
     last_filled = store.session_users("prod")[-1]  # the filter takes the log's users in order
     runtime.glasses_connected(last_filled, epoch=2).wait(timeout_s=5)
     assert store.stream_version(stream_name("prod", last_filled, 2)) > 0, "incarnation 2"
+    assert store.refused == 0, "opened as incarnation 2 at once, not after colliding with 1"
     stranger = "new@example.com"
-    executor.run_until_idle()  # the filter is full
+    harness.run_for(0)  # every slice, each a timer due now: the filter is full
     runtime.glasses_connected(stranger, epoch=2).wait(timeout_s=5)
     assert store.stream_version(stream_name("prod", stranger, 1)) > 0
-    runtime.stop()
+    harness.stop()
 
 
-class IndexWithoutUsers(MemoryStore):
+class IndexWithoutUsers(RefusalsCounted):
     """A log whose list of the server's users is empty: the supervisor's filter takes every
     user for a stranger, as a filter that lost a user would."""
 
@@ -193,19 +208,17 @@ def test_a_colliding_session_ends_and_its_input_opens_the_next_incarnation() -> 
     (before, the input went back and forth between it and the supervisor for ever)."""
     store = IndexWithoutUsers()
     ended_sessions(store, [USER])
-    executor = DeterministicExecutor(0)
-    sfu = SimLiveKit(executor, executor.random, SfuConfig())
-    runtime = Runtime(
-        server="prod", executor=executor, store=store, connector=sfu.connector("prod")
-    )
+    harness = Harness("deterministic", store=lambda: store)
+    runtime = harness.runtimes["prod"]
     runtime.glasses_connected(USER, epoch=2).wait(timeout_s=5)
-    executor.advance(5_000)
+    harness.run_for(5_000)
     view = runtime.session(USER)
     assert view is not None
     assert (view.stream, view.state) == (stream_name("prod", USER, 2), "ACTIVE")
-    assert [p.server for p in sfu.participants(USER)] == ["prod"], "its bridge joined"
+    assert [p.server for p in harness.sfu.participants(USER)] == ["prod"], "its bridge joined"
     assert len(runtime.actors()) == 4, "the supervisor, the timer, one session and its bridge"
-    runtime.stop()
+    assert store.refused == 1, "one collision, then the log was asked"
+    harness.stop()
 
 
 def test_restarts_back_off_while_the_log_fails_and_never_give_up() -> None:
