@@ -18,7 +18,8 @@ pool executor's journal), and writes them the same way, in groups of at most `ma
 The `sessions` table is the index of open sessions (format 3). Format 4 chains the CRCs: each
 record's CRC continues the one stored at the position before it, so a run of records is checked
 by one CRC over all of them, and replay reads, checks and decodes a chunk of the log in one
-query, one CRC and one decode rather than record by record. Format 5 stores each record in
+query, one CRC and one decode rather than record by record; past its first few chunks, a read
+fetches and checks the next ones on a thread of its own while its caller decodes. Format 5 stores each record in
 msgpack instead of JSON (`events.codec`), which costs less to read. A writer that opens an
 older log upgrades it (format 2 builds the index once from the events) and chains and packs the
 records it appends from then on; the records before keep the encoding and the CRCs they were
@@ -31,12 +32,13 @@ import contextlib
 import functools
 import itertools
 import operator
+import queue
 import sqlite3
 import threading
 import time
 import urllib.parse
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -166,6 +168,14 @@ _INSERT_CHANGES = "INSERT INTO session_changes (stream, server, user, opens, clo
 _CHUNK_RECORDS = 256
 """Records in a chunk: the envelopes of 4,096 at once outgrew the CPU's cache, and the fold
 that took them next ran at half speed."""
+_CHUNKS_BEFORE_AHEAD = 4
+"""Whole chunks a read fetches itself before a thread fetches the rest ahead of it: a short
+read (a tail, a test's log) starts no thread."""
+_AHEAD_RECORDS = 512
+"""Records in a chunk the read-ahead thread fetches: each costs two hand-overs of the GIL
+between the threads. Of 512, 1,024 and 2,048, 512 was the fastest and the steadiest."""
+_AHEAD_CHUNKS = 2
+"""Chunks fetched ahead at most, waiting for the reader."""
 _CHUNK = """SELECT count(*), sum(schema != ?), CAST(group_concat(record, ?) AS BLOB),
     (SELECT crc FROM events WHERE position = ?)
 FROM events WHERE position BETWEEN ? AND ?"""
@@ -726,14 +736,18 @@ class SQLiteStore:
         else its records one by one up to the first bad one, which is named exactly."""
         before = self._crc_before(start)
         while True:
-            chunk = self._chunk(start, before) if start >= self._chained_from else None
-            if chunk is not None:
-                envelopes, before = chunk
-                if not envelopes:
-                    return
-                yield envelopes
-                start += len(envelopes)
-                continue
+            if start >= self._chained_from:
+                with contextlib.closing(self._fetches(start, before)) as fetches:
+                    for fetch in fetches:
+                        if fetch is None:
+                            break
+                        if fetch.size == 0:
+                            return
+                        envelopes = self._decoded(fetch)
+                        if envelopes is None:
+                            break
+                        yield envelopes
+                        start, before = start + fetch.size, fetch.crc
             begun = start
             for envelope, crc in self._records(start, before):
                 yield [envelope]
@@ -741,14 +755,40 @@ class SQLiteStore:
             if start == begun:
                 return
 
-    def _chunk(self, start: int, before: int | None) -> tuple[list[Envelope], int | None] | None:
-        """The next chunk of the log from `start` on, read, checked and decoded at once (one
-        query, one CRC, one decode), and the CRC of its last record; `None` if the chunk is
-        not whole (a record missing, damaged, out of place, or of another schema). A chunk of
-        JSON records ends where the msgpack ones begin."""
+    def _fetches(self, start: int, before: int | None) -> Generator[_Fetch | None]:
+        """The chunks of the log from `start` on, each fetched and its CRC checked, up to one
+        that is not whole (`None`) or the end (a chunk of no records). After a few whole ones
+        a thread fetches ahead while the caller decodes: SQLite's query and zlib's CRC leave
+        the GIL free, so a long read takes both cores."""
+        whole = 0
+        while True:
+            if whole < _CHUNKS_BEFORE_AHEAD:
+                fetch = self._fetch(start, before, _CHUNK_RECORDS)
+                yield fetch
+                if fetch is None or fetch.size == 0:
+                    return
+                whole = whole + 1 if fetch.size == _CHUNK_RECORDS else 0
+                start, before = start + fetch.size, fetch.crc
+                continue
+            ahead = _ReadAhead(self._fetch, start, before)
+            try:
+                for fetch in ahead:
+                    yield fetch
+                    if fetch is None or fetch.size == 0:
+                        return
+                    start, before = start + fetch.size, fetch.crc
+            finally:
+                ahead.stop()
+            whole = 0  # the thread stopped near the end: the rest is read here
+
+    def _fetch(self, start: int, before: int | None, size: int) -> _Fetch | None:
+        """The next `size` records of the log at most, from `start` on, in one query with their
+        CRC checked at once; `None` if they are not whole (a record missing or damaged, or
+        of another schema). A chunk of JSON records ends where the msgpack ones begin. The
+        read-ahead thread calls it too."""
         packed = start >= self._packed_from
         separator = RECORD_SEPARATOR if packed else _LINE
-        size = _CHUNK_RECORDS if packed else min(_CHUNK_RECORDS, self._packed_from - start)
+        size = size if packed else min(size, self._packed_from - start)
         last = start + size - 1
         with self._lock:
             try:
@@ -758,33 +798,39 @@ class SQLiteStore:
             except sqlite3.DatabaseError:
                 return None
         if count == 0:
-            return [], before
+            return _Fetch(start, 0, b"", 0, packed=packed)
         if before is None or others:
             return None
         if count != size:
-            # The end of the log (or a gap, which the positions below show): the chunk ends
-            # at its last record, whose CRC the query did not fetch.
-            last = start + count - 1
+            # The end of the log (or a gap, which the positions show): the chunk ends at its
+            # last record, whose CRC the query did not fetch.
             try:
-                crc = self._crc_before(last + 1)
+                crc = self._crc_before(start + count)
             except CorruptLog:
                 return None
         if _chained_crc(records, before, separator) != crc:
             return None
+        return _Fetch(start, count, records, crc, packed=packed)
+
+    @staticmethod
+    def _decoded(fetch: _Fetch) -> list[Envelope] | None:
+        """The envelopes of a fetched chunk; `None` if they do not decode as a current chunk
+        of its positions."""
         try:
-            if packed:
-                envelopes = decode_current_records(records, count)
+            if fetch.packed:
+                envelopes = decode_current_records(fetch.records, fetch.size)
             else:
-                envelopes = decode_current_lines(records)
+                envelopes = decode_current_lines(fetch.records)
         except UndecodableEvent:
             return None
         # Each envelope's own position and schema, checked in C: a record is whole, but the
         # CRC does not cover its schema column, and a writer could have erred.
         positions = list(map(_POSITION, envelopes))
         schemas = list(map(_SCHEMA_OF, envelopes))
-        if positions != list(range(start, last + 1)) or schemas.count(SCHEMA_VERSION) != count:
+        expected = list(range(fetch.start, fetch.start + fetch.size))
+        if positions != expected or schemas.count(SCHEMA_VERSION) != fetch.size:
             return None
-        return envelopes, crc
+        return envelopes
 
     def _records(self, start: int, before: int | None) -> Iterator[tuple[Envelope, int]]:
         """The next `_BATCH` records at most from `start` on, checked one by one, with their
@@ -908,6 +954,67 @@ class SQLiteStore:
             raise CorruptLog(self.path, position, "checksum mismatch")
         decode = decode_record if packed else decode_envelope
         return checked_envelope(self.path, position, schema, record, decode)
+
+
+class _Fetch(NamedTuple):
+    """A chunk of the log as fetched: its records joined, their CRC checked, not decoded."""
+
+    start: int
+    size: int
+    """How many records it has; none at the end of the log."""
+    records: bytes
+    crc: int
+    """The CRC stored with its last record, which the next chunk's chains to."""
+    packed: bool
+    """Its records are msgpack (format 5), not JSON."""
+
+
+_Fetcher = Callable[[int, int | None, int], _Fetch | None]
+"""`SQLiteStore._fetch`: the chunk of `size` records from `start` on, chained to `before`."""
+
+
+class _ReadAhead:
+    """A thread that fetches a log's chunks of `_AHEAD_RECORDS` from `start` on while their
+    reader decodes the ones before, up to the end or to a chunk that is not whole (`None`);
+    `_AHEAD_CHUNKS` of them wait at most. Iterate it once, then `stop` it."""
+
+    def __init__(self, fetch: _Fetcher, start: int, before: int | None) -> None:
+        self._fetch = fetch
+        self._fetched: queue.Queue[_Fetch | BaseException | None] = queue.Queue(_AHEAD_CHUNKS)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(start, before), name="rejoin-read-ahead", daemon=True
+        )
+        self._thread.start()
+
+    def __iter__(self) -> Iterator[_Fetch | None]:
+        while True:
+            fetch = self._fetched.get()
+            if isinstance(fetch, BaseException):
+                raise fetch
+            yield fetch
+            if fetch is None or fetch.size < _AHEAD_RECORDS:
+                return
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it: after the flag, it puts one chunk at most, and the
+        queue, emptied, has room for it."""
+        self._stopped.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._fetched.get_nowait()
+        self._thread.join()
+
+    def _run(self, start: int, before: int | None) -> None:
+        try:
+            while True:
+                fetch = self._fetch(start, before, _AHEAD_RECORDS)
+                self._fetched.put(fetch)
+                if self._stopped.is_set() or fetch is None or fetch.size < _AHEAD_RECORDS:
+                    return
+                start, before = start + fetch.size, fetch.crc
+        except BaseException as error:  # the reader raises it
+            self._fetched.put(error)
 
 
 class _AtOnce(NamedTuple):

@@ -912,3 +912,50 @@ def test_a_caller_interrupted_while_it_waits_takes_its_batch_back(tmp_path: Path
     store.append("prod/after/1", 0, [connected("after", 1)])
     assert [e.event_id for e in store.read_all()] == ["lead", "behind", "after"]
     store.close()
+
+
+def read_ahead_threads() -> int:
+    return sum(thread.name == "rejoin-read-ahead" for thread in threading.enumerate())
+
+
+def test_a_long_read_is_fetched_ahead_by_one_thread_that_ends_with_it(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    big_log(path, 6_000)
+    reading = SQLiteStore(path, read_only=True).read_all()
+    first = [next(reading).position for _ in range(2_000)]
+    assert read_ahead_threads() == 1
+    assert first + [e.position for e in reading] == list(range(1, 6_001))
+    assert read_ahead_threads() == 0
+
+
+def test_a_short_read_starts_no_thread(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    big_log(path, 1_000)
+    reading = SQLiteStore(path, read_only=True).read_all()
+    next(reading)
+    assert read_ahead_threads() == 0
+    assert len(list(reading)) == 999
+
+
+def test_a_read_given_up_midway_stops_its_thread(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    big_log(path, 6_000)
+    reading = SQLiteStore(path, read_only=True).read_all()
+    for _ in range(2_000):
+        next(reading)
+    assert read_ahead_threads() == 1
+    del reading
+    assert read_ahead_threads() == 0
+
+
+def test_records_appended_during_a_long_read_are_read_too(tmp_path: Path) -> None:
+    """The thread that fetched ahead stops at the end it found; the read goes on to the records
+    appended since."""
+    path = tmp_path / "log.db"
+    big_log(path, 3_000)
+    store = SQLiteStore(path, synchronous="NORMAL")
+    reading = store.read_all()
+    first = [next(reading).position for _ in range(2_900)]
+    store.append("prod/late/1", 0, [connected(f"late{n}", n, "late") for n in range(100)])
+    assert first + [e.position for e in reading] == list(range(1, 3_101))
+    assert read_ahead_threads() == 0
