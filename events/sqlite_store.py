@@ -19,11 +19,11 @@ The `sessions` table is the index of open sessions (format 3). Format 4 chains t
 record's CRC continues the one stored at the position before it, so a run of records is checked
 by one CRC over all of them, and replay reads, checks and decodes a chunk of the log in one
 query, one CRC and one decode rather than record by record; past its first few chunks, a read
-fetches and checks the next ones on a thread of its own while its caller decodes. Format 5 stores each record in
-msgpack instead of JSON (`events.codec`), which costs less to read. A writer that opens an
-older log upgrades it (format 2 builds the index once from the events) and chains and packs the
-records it appends from then on; the records before keep the encoding and the CRCs they were
-written with. A reader reads every format.
+fetches and checks the next ones on a thread of its own while its caller decodes. Format 5
+stores each record in msgpack instead of JSON (`events.codec`), which costs less to read. A
+writer that opens an older log upgrades it (format 2 builds the index once from the events) and
+chains and packs the records it appends from then on; the records before keep the encoding and
+the CRCs they were written with. A reader reads every format.
 """
 
 from __future__ import annotations
