@@ -959,3 +959,19 @@ def test_records_appended_during_a_long_read_are_read_too(tmp_path: Path) -> Non
     store.append("prod/late/1", 0, [connected(f"late{n}", n, "late") for n in range(100)])
     assert first + [e.position for e in reading] == list(range(1, 3_101))
     assert read_ahead_threads() == 0
+
+
+@pytest.mark.parametrize("position", [1_500, 1_536, 5_999])
+def test_a_damaged_record_where_the_read_ahead_fetches_is_named_exactly(
+    tmp_path: Path, position: int
+) -> None:
+    """Inside a chunk the thread fetched, at its last record, and in the last, short chunk: the
+    read stops the thread, reads on record by record, and names the damaged one."""
+    path = tmp_path / "log.db"
+    big_log(path, 6_000)
+    rewrite_record(path, position, b"epoch", b"epocH")
+    envelopes, error = read_valid_prefix(SQLiteStore(path, read_only=True))
+    assert [e.position for e in envelopes] == list(range(1, position))
+    assert error is not None
+    assert (error.position, error.reason) == (position, "checksum mismatch")
+    assert read_ahead_threads() == 0
