@@ -14,31 +14,48 @@ from typing import Any
 
 import pykka
 
-__all__ = ["Acknowledgement", "Backlog"]
+__all__ = ["Acknowledgement", "Backlog", "RuntimeStopped"]
 
 logger = logging.getLogger(__name__)
 
 
+class RuntimeStopped(Exception):
+    """The runtime stopped before it could say that the input was durable: it may be in the
+    log or not. A host answers the glasses as for any input it could not take."""
+
+
 class Backlog:
-    """How many inputs were accepted and are not yet durable. Thread-safe."""
+    """The inputs accepted and not yet durable. Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._count = 0
+        self._pending: set[Acknowledgement] = set()
 
     def __len__(self) -> int:
         with self._lock:
-            return self._count
+            return len(self._pending)
 
-    def _add(self, delta: int) -> None:
+    def stop(self, reason: str) -> None:
+        """Complete every input still pending with `RuntimeStopped(reason)`."""
         with self._lock:
-            self._count += delta
+            pending = list(self._pending)
+        for ack in pending:
+            ack.stopped(reason)
+
+    def _add(self, ack: Acknowledgement) -> None:
+        with self._lock:
+            self._pending.add(ack)
+
+    def _remove(self, ack: Acknowledgement) -> None:
+        with self._lock:
+            self._pending.discard(ack)
 
 
 class Acknowledgement:
-    """Completes with the input's position in the log once it is durable."""
+    """Completes with the input's position in the log once it is durable, or with
+    `RuntimeStopped` if the runtime stops first."""
 
-    __slots__ = ("_backlog", "_callbacks", "_future", "_lock", "_make_future", "_position", "_wait")
+    __slots__ = ("_backlog", "_callbacks", "_future", "_lock", "_make_future", "_outcome", "_wait")
 
     def __init__(
         self,
@@ -53,62 +70,95 @@ class Acknowledgement:
         self._backlog = backlog
         self._wait = wait
         self._lock = threading.Lock()
-        self._position: int | None = None
+        self._outcome: int | str | None = None
+        """The input's position once durable, or why the runtime stopped first."""
         self._future: pykka.Future[Any] | None = None
-        self._callbacks: list[Callable[[int], object]] | None = None
-        backlog._add(1)
+        self._callbacks: list[tuple[bool, Callable[[Any], object]]] | None = None
+        """Each callback, with whether it is for durability (else for a stop)."""
+        backlog._add(self)
 
     def durable(self, position: int) -> None:
         """The input is in the log at `position` (the session calls this, once)."""
+        self._settle(position)
+
+    def stopped(self, reason: str) -> None:
+        """The runtime stopped before the input was known to be durable (the runtime calls
+        this); nothing if it was known already."""
+        self._settle(reason)
+
+    def _settle(self, outcome: int | str) -> None:
         with self._lock:
-            if self._position is not None:
+            if self._outcome is not None:
                 return
-            self._position = position
+            self._outcome = outcome
             callbacks, self._callbacks = self._callbacks, None
             future = self._future
-        self._backlog._add(-1)
+        self._backlog._remove(self)
         if future is not None:
-            future.set(position)
-        for callback in callbacks or ():
-            _call(callback, position)
+            future.set(outcome)
+        for for_durable, callback in callbacks or ():
+            _notify(for_durable, callback, outcome)
 
     def on_durable(self, callback: Callable[[int], object]) -> None:
         """Call `callback(position)` once the input is durable: at once if it is already,
         else on the thread that makes it durable (it must only hand the news over)."""
+        self._on(True, callback)
+
+    def on_stopped(self, callback: Callable[[RuntimeStopped], object]) -> None:
+        """Call `callback(error)` if the runtime stops before the input is durable: at once if
+        it has, else on the thread that stops it (it must only hand the news over)."""
+        self._on(False, callback)
+
+    def _on(self, for_durable: bool, callback: Callable[[Any], object]) -> None:
         with self._lock:
-            if self._position is None:
+            outcome = self._outcome
+            if outcome is None:
                 if self._callbacks is None:
                     self._callbacks = []
-                self._callbacks.append(callback)
+                self._callbacks.append((for_durable, callback))
                 return
-            position = self._position
-        _call(callback, position)
+        _notify(for_durable, callback, outcome)
 
     def done(self) -> bool:
+        """Whether the input is known to be durable, or the runtime stopped first."""
         with self._lock:
-            return self._position is not None
+            return self._outcome is not None
 
     def wait(self, timeout_s: float) -> int:
-        """The input's position in the log, once durable; `TimeoutError` if not within
-        `timeout_s` (on the deterministic executor, of virtual time)."""
+        """The input's position in the log, once durable; `RuntimeStopped` if the runtime
+        stops first, `TimeoutError` if neither comes within `timeout_s` (on the deterministic
+        executor, of virtual time)."""
         with self._lock:
-            if self._position is not None:
-                return self._position
-            if self._future is None:
-                self._future = self._make_future()
-            future = self._future
-        try:
-            position: int = self._wait(future, timeout_s)
-        except pykka.Timeout as error:
-            msg = f"the input was not durable within {timeout_s:g} s"
-            raise TimeoutError(msg) from error
-        return position
+            outcome = self._outcome
+            if outcome is None:
+                if self._future is None:
+                    self._future = self._make_future()
+                future = self._future
+        if outcome is None:
+            try:
+                outcome = self._wait(future, timeout_s)
+            except pykka.Timeout as error:
+                msg = f"the input was not durable within {timeout_s:g} s"
+                raise TimeoutError(msg) from error
+        if isinstance(outcome, int):
+            return outcome
+        raise RuntimeStopped(outcome)
 
 
-def _call(callback: Callable[[int], object], position: int) -> None:
-    # A host's callback runs in a session's turn or the journal's reply: its failure is the
-    # host's, not theirs.
+def _notify(for_durable: bool, callback: Callable[[Any], object], outcome: int | str) -> None:
+    """Call a callback registered for durability with the position, one for a stop with the
+    error, if that is how the input ended."""
+    if isinstance(outcome, int):
+        if for_durable:
+            _call(callback, outcome)
+    elif not for_durable:
+        _call(callback, RuntimeStopped(outcome))
+
+
+def _call(callback: Callable[[Any], object], outcome: object) -> None:
+    # A host's callback runs in a session's turn, the journal's reply or the runtime's stop:
+    # its failure is the host's, not theirs.
     try:
-        callback(position)
+        callback(outcome)
     except Exception:
         logger.exception("an acknowledgement's callback failed")

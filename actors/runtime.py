@@ -126,7 +126,8 @@ class Runtime:
 
     def _input(self, user: str, event: GlassesConnected | GlassesDisconnected) -> Acknowledgement:
         ack = Acknowledgement(self._executor.future, self._backlog, self._executor.wait)
-        tell(self._supervisor, ForUser(user=user, event=event, ack=ack))
+        if not tell(self._supervisor, ForUser(user=user, event=event, ack=ack)):
+            ack.stopped("the runtime has stopped: the input was not taken")
         return ack
 
     def subscribe_health(self, subscriber: HealthSubscriber) -> Callable[[], None]:
@@ -190,9 +191,17 @@ class Runtime:
         return armed
 
     def stop(self) -> None:
-        """Stop every session and bridge (bridges leave their rooms), then the runtime."""
-        if not self._supervisor.is_alive():
-            return
+        """Stop every session and bridge (bridges leave their rooms), then the runtime; an
+        input not yet known to be durable then completes with `RuntimeStopped`."""
+        try:
+            if self._supervisor.is_alive():
+                self._stop_actors()
+        finally:
+            # Inputs a session had not made durable, or that waited for their session to
+            # open, would keep their hosts waiting until a timeout, and the backlog counting.
+            self._backlog.stop("the runtime stopped before the input was known to be durable")
+
+    def _stop_actors(self) -> None:
         children: list[pykka.ActorRef[Any]] = self._ask(self._supervisor, Shutdown())
         # Every child is asked at once, so their stops overlap rather than wait in turn (10,000
         # users took 2.3 s one by one); the supervisor and the timer go once they are stopped.

@@ -17,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from actors.acknowledgement import Acknowledgement
+    from actors.acknowledgement import Acknowledgement, RuntimeStopped
     from actors.bridge import AudioChunk, AudioSink, AudioWatch, BridgeReport
     from actors.connector import Deadlines, RoomConnector
     from actors.health_feed import HealthSubscriber
@@ -61,6 +61,7 @@ __all__ = [
     "PostgresStore",
     "RoomConnector",
     "Runtime",
+    "RuntimeStopped",
     "SQLiteStore",
     "Server",
     "SessionView",
@@ -96,6 +97,7 @@ _HOMES = {
     "PostgresStore": "events.postgres_store",
     "RoomConnector": "actors.connector",
     "Runtime": "actors.runtime",
+    "RuntimeStopped": "actors.acknowledgement",
     "SQLiteStore": "events.sqlite_store",
     "SUPERVISED": "actors.policy",
     "Server": "rejoin.server",

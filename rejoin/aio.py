@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Generic, TypeVar
 
-from actors.acknowledgement import Acknowledgement
+from actors.acknowledgement import Acknowledgement, RuntimeStopped
 from actors.bridge import AudioChunk, AudioSink
 from actors.connector import RoomConnector
 from actors.executor import Executor
@@ -139,7 +139,8 @@ class AsyncRuntime:
         self, user: str, epoch: int | None = None, *, timeout_s: float = 5.0
     ) -> int:
         """The user's glasses connected to this server (see `Runtime.glasses_connected`);
-        returns once the input is durable, with its position in the log."""
+        returns once the input is durable, with its position in the log. Raises
+        `RuntimeStopped` if the runtime stops first, `TimeoutError` after `timeout_s`."""
         return await self._durable(self.server.runtime.glasses_connected(user, epoch), timeout_s)
 
     async def glasses_disconnected(self, user: str, *, timeout_s: float = 5.0) -> int:
@@ -153,7 +154,12 @@ class AsyncRuntime:
             if not durable.done():
                 durable.set_result(position)
 
+        def fail(error: RuntimeStopped) -> None:
+            if not durable.done():
+                durable.set_exception(error)
+
         ack.on_durable(lambda position: self._loop.call_soon_threadsafe(settle, position))
+        ack.on_stopped(lambda error: self._loop.call_soon_threadsafe(fail, error))
         try:
             return await asyncio.wait_for(durable, timeout_s)
         except TimeoutError:

@@ -1,5 +1,6 @@
 """A host hears when each glasses input is durable, never before, and sees the backlog of those
-that are not yet: on both executors, through a log that fails for a while, and in a storm."""
+that are not yet: on both executors, through a log that fails for a while, in a storm, and
+when the runtime stops first."""
 
 import random
 import threading
@@ -10,7 +11,7 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.acknowledgement import Acknowledgement
+from actors.acknowledgement import Acknowledgement, RuntimeStopped
 from actors.bridge import AudioWatch
 from actors.pool_executor import PoolExecutor
 from actors.runtime import Runtime
@@ -19,6 +20,7 @@ from events.forwarding_store import ForwardingStore
 from events.log import Batch, EventStore, Outcome
 from events.memory_store import MemoryStore
 from events.sqlite_store import SQLiteStore
+from simulations.faulty_store import FaultyStore
 from simulations.sim_livekit import SfuConfig, SimLiveKit
 from simulations.world import World
 from tests.actors.harness import EXECUTORS, ExecutorKind, Harness
@@ -152,3 +154,79 @@ def test_an_input_is_acknowledged_when_durable_though_every_worker_is_busy() -> 
         disk.go_on.set()
         runtime.stop()
         executor.shutdown()
+
+
+def faulty(kind: ExecutorKind, grace_ms: int = 60_000) -> tuple[Harness, FaultyStore]:
+    """A runtime on `kind` whose log fails when the test says, on the executor's clock."""
+    logs: list[FaultyStore] = []
+
+    def now_ms() -> int:  # the harness is made after its store
+        return harness.executor.now_ms()
+
+    def store() -> EventStore:
+        logs.append(FaultyStore(MemoryStore(), now_ms))
+        return logs[0]
+
+    harness = Harness(kind, store=store, grace_ms=grace_ms)
+    return harness, logs[0]
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_an_input_the_runtime_stops_before_it_is_durable_completes_with_runtime_stopped(
+    kind: ExecutorKind,
+) -> None:
+    """A host waiting for it, or told by callback, hears at once that the runtime stopped,
+    not after its own timeout; the backlog no longer counts it."""
+    harness, log = faulty(kind)
+    log.fail_for(60_000)
+    runtime = harness.runtimes["prod"]
+    ack = runtime.glasses_connected(USER)
+    stopped: list[RuntimeStopped] = []
+    durable: list[int] = []
+    ack.on_stopped(stopped.append)
+    ack.on_durable(durable.append)
+    assert harness.eventually(lambda: log.refused > 0), "the session tried, the log refused"
+    assert not ack.done()
+    harness.stop()
+    assert ack.done()
+    assert runtime.backlog() == 0
+    with pytest.raises(RuntimeStopped, match="the runtime stopped before the input was known"):
+        ack.wait(timeout_s=60)
+    assert [type(error) for error in stopped] == [RuntimeStopped]
+    assert durable == []
+    ack.on_stopped(stopped.append)  # already stopped: called at once
+    assert len(stopped) == 2
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_an_input_given_to_a_stopped_runtime_completes_at_once_with_runtime_stopped(
+    kind: ExecutorKind,
+) -> None:
+    harness = Harness(kind)
+    runtime = harness.runtimes["prod"]
+    harness.stop()
+    ack = runtime.glasses_connected(USER)
+    assert ack.done()
+    assert runtime.backlog() == 0
+    with pytest.raises(RuntimeStopped, match="the runtime has stopped"):
+        ack.wait(timeout_s=60)
+
+
+def test_an_input_waiting_for_its_session_to_open_completes_with_runtime_stopped() -> None:
+    """The supervisor keeps a returning user's inputs while the log cannot say the latest
+    incarnation; a stop meanwhile completes them too."""
+    harness, log = faulty("deterministic", grace_ms=1_000)
+    runtime = harness.runtimes["prod"]
+    runtime.glasses_connected(USER).wait(timeout_s=5)
+    runtime.glasses_disconnected(USER).wait(timeout_s=5)
+    harness.run_for(2_000)  # the grace period is over: a connect opens the next incarnation
+    assert runtime.session(USER) is None
+    log.fail_reads_for(60_000)
+    ack = runtime.glasses_connected(USER)
+    harness.run_for(1_000)
+    assert runtime.session(USER) is None, "the input waits for the log to say the latest"
+    assert not ack.done()
+    harness.stop()
+    with pytest.raises(RuntimeStopped):
+        ack.wait(timeout_s=60)
+    assert runtime.backlog() == 0

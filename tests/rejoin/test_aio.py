@@ -3,11 +3,23 @@ iterators on its own loop, while the actors run on the pool."""
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from actors.connector import RoomData, RoomEvent
-from rejoin import AsyncRuntime, AudioChunk, Settings, SQLiteStore, Stream
+from rejoin import (
+    AsyncRuntime,
+    AudioChunk,
+    MemoryStore,
+    RuntimeStopped,
+    Settings,
+    SQLiteStore,
+    Stream,
+)
+from simulations.faulty_store import FaultyStore
 from simulations.scale import InstantRooms
 
 USER = "ada@example.com"
@@ -93,5 +105,30 @@ def test_the_audio_of_one_user_never_reaches_another_users_stream(tmp_path: Path
             assert heard.user == USER
             runtime.close_audio(theirs)
             assert [chunk async for chunk in theirs] == []
+
+    asyncio.run(host())
+
+
+def test_an_input_awaited_when_the_runtime_closes_raises_runtime_stopped_at_once(
+    tmp_path: Path,
+) -> None:
+    """Its log refuses the input, so it is never durable: closing the runtime ends the wait
+    with `RuntimeStopped`, well before the host's own timeout."""
+    log = FaultyStore(MemoryStore(), lambda: int(time.monotonic() * 1000))
+    log.fail_for(60_000)
+
+    async def host() -> None:
+        runtime = await AsyncRuntime.start(settings(tmp_path), store=log, connector=InstantRooms())
+        waiting = asyncio.ensure_future(runtime.glasses_connected(USER, timeout_s=30))
+        for _ in range(500):
+            if log.refused:
+                break
+            await asyncio.sleep(0.01)
+        assert log.refused, "the session tried, the log refused"
+        began = time.monotonic()
+        await runtime.close()
+        with pytest.raises(RuntimeStopped):
+            await waiting
+        assert time.monotonic() - began < 10
 
     asyncio.run(host())
