@@ -7,6 +7,9 @@ ifeq ($(UV),)
 UV := python3 -m uv
 endif
 RUN := $(UV) run --frozen
+PYTHON_SCRIPTS := $(shell grep -l '^\#!.*python' scripts/*)
+# The scripts have no `.py`: ruff and mypy are given them by name, and mypy takes each for a
+# module of its own name (every script is `__main__` otherwise).
 export HYPOTHESIS_PROFILE ?= ci
 
 .PHONY: demo test lint typecheck unit bootstrap postgres clean
@@ -24,11 +27,12 @@ demo: bootstrap
 test: lint typecheck unit
 
 lint: bootstrap
-	$(RUN) ruff check .
-	$(RUN) ruff format --check .
+	$(RUN) ruff check . $(PYTHON_SCRIPTS)
+	$(RUN) ruff format --check . $(PYTHON_SCRIPTS)
 
 typecheck: bootstrap
 	$(RUN) mypy
+	$(RUN) mypy --scripts-are-modules $(PYTHON_SCRIPTS)
 
 unit: bootstrap postgres
 	scripts/run-tests $(RUN) pytest
