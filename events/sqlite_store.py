@@ -184,6 +184,7 @@ another schema than the current one, the records joined by a separator in one BL
 joins in C (fetched as rows, they cost more than checking and decoding them), and the CRC at
 the last position asked. A range of positions walks the table once; a bare column beside an
 aggregate, or a subquery that sorts, cost SQLite a tenth more per record."""
+_AFTER = "SELECT 1 FROM events WHERE position > ? LIMIT 1"
 _POSITION: Callable[[Envelope], int] = operator.attrgetter("position")
 _SCHEMA_OF: Callable[[Envelope], int] = operator.attrgetter("schema")
 MAX_GROUP = 256
@@ -795,10 +796,13 @@ class SQLiteStore:
                 count, others, records, crc = self._db.execute(
                     _CHUNK, (SCHEMA_VERSION, separator, last, start, last)
                 ).fetchone()
+                # No record in the range is the end of the log, unless one comes after it: a
+                # gap as long as a chunk, which the records read one by one will name.
+                after_a_gap = count == 0 and self._db.execute(_AFTER, (last,)).fetchone()
             except sqlite3.DatabaseError:
                 return None
         if count == 0:
-            return _Fetch(start, 0, b"", 0, packed=packed)
+            return None if after_a_gap else _Fetch(start, 0, b"", 0, packed=packed)
         if before is None or others:
             return None
         if count != size:
@@ -885,9 +889,7 @@ class SQLiteStore:
                 ).fetchone()
                 if row is not None:
                     return row
-                later = self._db.execute(
-                    "SELECT 1 FROM events WHERE position > ? LIMIT 1", (position,)
-                ).fetchone()
+                later = self._db.execute(_AFTER, (position,)).fetchone()
             except sqlite3.DatabaseError as error:
                 raise CorruptLog(self.path, position, str(error)) from error
         if later is None:

@@ -363,7 +363,10 @@ def test_an_upgraded_log_is_read_a_chunk_at_a_time_on_each_side_of_its_upgrade(
     starts = [int(s.split("BETWEEN ")[1].split()[0]) for s in statements if "group_concat" in s]
     assert starts == [1, 257, 301, 557, 601], "JSON 1-256, 257-300; msgpack 301-556, 557-600"
     others = [s for s in statements if "group_concat" not in s]
-    assert others == ["SELECT crc FROM events WHERE position = 600"], "the last chunk's CRC"
+    assert others == [
+        "SELECT crc FROM events WHERE position = 600",  # the last chunk's CRC
+        "SELECT 1 FROM events WHERE position > 856 LIMIT 1",  # nothing after the empty one
+    ]
 
 
 def test_a_record_boundary_moved_between_two_records_is_caught(tmp_path: Path) -> None:
@@ -975,3 +978,18 @@ def test_a_damaged_record_where_the_read_ahead_fetches_is_named_exactly(
     assert error is not None
     assert (error.position, error.reason) == (position, "checksum mismatch")
     assert read_ahead_threads() == 0
+
+
+@pytest.mark.parametrize("first", [1_000, 3_000])
+def test_a_gap_longer_than_a_chunk_is_named_not_taken_for_the_end(
+    tmp_path: Path, first: int
+) -> None:
+    """Read here, then by the read-ahead thread: 600 records deleted from the middle leave no
+    record in a whole chunk's positions, and the records after them are still there."""
+    path = tmp_path / "log.db"
+    big_log(path, 6_000)
+    tamper(path, f"DELETE FROM events WHERE position BETWEEN {first} AND {first + 599}")
+    envelopes, error = read_valid_prefix(SQLiteStore(path, read_only=True))
+    assert [e.position for e in envelopes] == list(range(1, first))
+    assert error is not None
+    assert (error.position, error.reason) == (first, "the record is missing")
