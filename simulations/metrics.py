@@ -132,7 +132,7 @@ def compute(envelopes: Iterable[Envelope], *, end_ms: int | None = None) -> Metr
     current: dict[str, _Connection] = {}
     newest_epoch: dict[str, int] = {}
     last_server: dict[str, str] = {}
-    held_since: dict[str, int] = {}
+    misrouting = _Misrouting()
     stalls: dict[str, _Stall] = {}
     counts = _Counts()
     for envelope in ordered:
@@ -142,6 +142,7 @@ def compute(envelopes: Iterable[Envelope], *, end_ms: int | None = None) -> Metr
         if view is not None:
             views[envelope.stream] = view
         user, server, now = envelope.user, envelope.server, envelope.time_ms
+        connection_before = current.get(user)
         match event:
             case GlassesConnected(epoch=epoch) if epoch < newest_epoch.get(user, epoch):
                 # A live server stamps a connection when it takes it, so one the glasses had
@@ -186,9 +187,10 @@ def compute(envelopes: Iterable[Envelope], *, end_ms: int | None = None) -> Metr
                 counts.joins += 1
             case BridgeStarted(generation=generation) if generation > 1:
                 counts.rejoins += 1
-        counts.misrouted_ms += _misrouted_until(now, views, current, held_since)
+        counts.misrouted_ms += misrouting.after(
+            envelope, views, current, reconnected=current.get(user) is not connection_before
+        )
     if end_ms is not None:
-        counts.misrouted_ms += _misrouted_until(end_ms, views, current, held_since)
         for stream in list(stalls):
             _end_stall(stalls, stream, end_ms, counts, recovered=False)
     return _summarise(connections, views, counts, end_ms)
@@ -210,26 +212,54 @@ def _end_stall(
         counts.recoveries.append(now - stall.noticed_ms)
 
 
-def _misrouted_until(
-    now: int, views: dict[str, SessionView], current: dict[str, _Connection], since: dict[str, int]
-) -> int:
-    """Close or open the intervals in which a bridge hands audio to a server the glasses left
-    for another one; return the milliseconds of the intervals closed."""
-    closed = 0
-    for stream, view in views.items():
-        elsewhere = current.get(view.user)
-        misrouting = (
-            view.state == "GRACE"
-            and not view.audio_held
-            and view.bridge == "up"
-            and elsewhere is not None
-            and elsewhere.server != view.server
-        )
-        if misrouting and stream not in since:
-            since[stream] = now
-        elif not misrouting and stream in since:
-            closed += now - since.pop(stream)
-    return closed
+class _Misrouting:
+    """The intervals in which a bridge in its grace period hands audio to a server the glasses
+    left for another one. Whether a stream misroutes changes only with its own view or with
+    its user's connection, so only the streams an event can change are looked at: every stream
+    of the log at every event made the replay of a long log quadratic."""
+
+    def __init__(self) -> None:
+        self._since: dict[str, int] = {}
+        """When each stream's open interval began."""
+        self._in_grace: dict[str, set[str]] = {}
+        """Each user's streams whose session is in its grace period: the only ones that can
+        misroute, and the only ones a change of the user's connection can change."""
+
+    def after(
+        self,
+        envelope: Envelope,
+        views: dict[str, SessionView],
+        current: dict[str, _Connection],
+        *,
+        reconnected: bool,
+    ) -> int:
+        """Open or close the intervals `envelope` changes (`reconnected`: it changed its
+        user's current connection); the milliseconds of the intervals it closed."""
+        stream, now = envelope.stream, envelope.time_ms
+        in_grace = self._in_grace.setdefault(envelope.user, set())
+        view = views.get(stream)
+        if view is not None and view.state == "GRACE":
+            in_grace.add(stream)
+        else:
+            in_grace.discard(stream)
+        closed = 0
+        for changed in in_grace | {stream} if reconnected else (stream,):
+            view = views.get(changed)
+            if view is None:
+                continue
+            elsewhere = current.get(view.user)
+            misrouting = (
+                view.state == "GRACE"
+                and not view.audio_held
+                and view.bridge == "up"
+                and elsewhere is not None
+                and elsewhere.server != view.server
+            )
+            if misrouting and changed not in self._since:
+                self._since[changed] = now
+            elif not misrouting and changed in self._since:
+                closed += now - self._since.pop(changed)
+        return closed
 
 
 def _summarise(
