@@ -195,12 +195,14 @@ def timeline_lines(
     """Each user's story across servers, in wall-clock order: times from the run's start when
     there is one (`started_ms`), else UTC clock times."""
     lines: list[str] = []
-    users = sorted({e.user for e in envelopes})
-    for user in users:
+    # Each user's envelopes gathered in one pass: a pass over the log for each user made the
+    # timeline of a fleet's log quadratic.
+    of_user: dict[str, list[Envelope]] = {}
+    for envelope in envelopes:
+        of_user.setdefault(envelope.user, []).append(envelope)
+    for user in sorted(of_user):
         lines.append(printable(user))
-        for envelope in sorted(
-            (e for e in envelopes if e.user == user), key=lambda e: (e.time_ms, e.position)
-        ):
+        for envelope in sorted(of_user[user], key=lambda e: (e.time_ms, e.position)):
             event = envelope.event
             name = type(event).__name__
             detail = getattr(event, "why", "")
