@@ -243,23 +243,29 @@ class _Misrouting:
         else:
             in_grace.discard(stream)
         closed = 0
-        for changed in in_grace | {stream} if reconnected else (stream,):
+        for changed in (in_grace | {stream}) if reconnected else (stream,):
             view = views.get(changed)
             if view is None:
                 continue
-            elsewhere = current.get(view.user)
-            misrouting = (
-                view.state == "GRACE"
-                and not view.audio_held
-                and view.bridge == "up"
-                and elsewhere is not None
-                and elsewhere.server != view.server
-            )
+            connection = current.get(view.user)
+            misrouting = misroutes(view, None if connection is None else connection.server)
             if misrouting and changed not in self._since:
                 self._since[changed] = now
             elif not misrouting and changed in self._since:
                 closed += now - self._since.pop(changed)
         return closed
+
+
+def misroutes(view: SessionView, connected_to: str | None) -> bool:
+    """Whether `view`'s bridge, its session in grace, hands the phone's audio to its server
+    while the glasses are connected to another one (`connected_to`; `None`: to none)."""
+    return (
+        view.state == "GRACE"
+        and not view.audio_held
+        and view.bridge == "up"
+        and connected_to is not None
+        and connected_to != view.server
+    )
 
 
 def _summarise(

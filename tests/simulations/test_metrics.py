@@ -14,7 +14,7 @@ from events.catalog import (
 from events.envelope import Envelope, Pending, stream_name
 from events.memory_store import MemoryStore
 from events.projection import SessionView, apply
-from simulations.metrics import Metrics, canonical_order, compute, server_events
+from simulations.metrics import Metrics, canonical_order, compute, misroutes, server_events
 from simulations.scenario import BUILT_IN, load
 from simulations.scenario_runner import play, world_for
 
@@ -73,7 +73,7 @@ def test_a_connection_stamped_after_a_newer_one_does_not_hide_the_newer_ones_aud
 
 def misrouted_by_every_stream_at_every_event(envelopes: list[Envelope]) -> int:
     """Misrouted audio as its definition reads, at the cost `compute` avoids: every stream
-    looked at after every event."""
+    looked at after every event, with the same test of each (`misroutes`)."""
     views: dict[str, SessionView] = {}
     current: dict[str, str] = {}
     newest: dict[str, int] = {}
@@ -89,14 +89,7 @@ def misrouted_by_every_stream_at_every_event(envelopes: list[Envelope]) -> int:
         elif isinstance(event, GlassesDisconnected) and current.get(user) == envelope.server:
             del current[user]
         for stream, seen in views.items():
-            elsewhere = current.get(seen.user)
-            misrouting = (
-                seen.state == "GRACE"
-                and not seen.audio_held
-                and seen.bridge == "up"
-                and elsewhere is not None
-                and elsewhere != seen.server
-            )
+            misrouting = misroutes(seen, current.get(seen.user))
             if misrouting and stream not in since:
                 since[stream] = envelope.time_ms
             elif not misrouting and stream in since:
