@@ -291,15 +291,18 @@ def grace_preserved(world: World) -> list[str]:
     streams: dict[tuple[str, str], list[Envelope]] = defaultdict(list)
     for envelope in server_events(world.stores.values()):
         streams[(envelope.server, envelope.stream)].append(envelope)
+    offset = world.wall_ms - world.now_ms
     violations = []
     for (server, stream), envelopes in streams.items():
-        violations.extend(_blips_restarting_healthy_bridges(server, stream, envelopes))
+        violations.extend(_blips_restarting_healthy_bridges(server, stream, envelopes, offset))
     return violations
 
 
 def _blips_restarting_healthy_bridges(
-    server: str, stream: str, envelopes: list[Envelope]
+    server: str, stream: str, envelopes: list[Envelope], offset: int
 ) -> list[str]:
+    """The restarts of `stream`'s healthy bridge after a blip, named in world time (the log's
+    wall-clock times less `offset`)."""
     view: SessionView | None = None
     blip_since: int | None = None
     resumed = False
@@ -331,7 +334,7 @@ def _blips_restarting_healthy_bridges(
         elif isinstance(event, BridgeStarted) and resumed:
             violations.append(
                 f"grace: {server} restarted the healthy bridge of {stream} after a blip "
-                f"that began at {blip_since} ms ({event.why})"
+                f"that began at {blip_since - offset} ms ({event.why})"
             )
             blip_since = None
     return violations

@@ -36,6 +36,13 @@ def test_the_grace_invariant_names_each_violation_once_and_on_its_own_server() -
     ]
 
 
+def test_the_grace_invariant_names_when_the_blip_began_in_the_scenarios_time() -> None:
+    result = run(load("rapid-switch"), POLICIES["dispose-on-grace"])
+    grace = [v for v in result.invariant_violations if "grace:" in v]
+    assert grace
+    assert all("after a blip that began at 3000 ms " in v for v in grace), grace
+
+
 def test_a_slash_in_a_user_name_does_not_mix_two_servers_sessions(tmp_path: Path) -> None:
     scenario = parse(
         b"""servers = ["a", "a/b"]
