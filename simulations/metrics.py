@@ -191,14 +191,22 @@ def compute(envelopes: Iterable[Envelope], *, end_ms: int | None = None) -> Metr
             envelope, views, current, reconnected=current.get(user) is not connection_before
         )
     if end_ms is not None:
-        for stream in list(stalls):
-            _end_stall(stalls, stream, end_ms, counts, recovered=False)
+        _end_run(end_ms, stalls, misrouting, counts)
     return _summarise(connections, views, counts, end_ms)
 
 
 def _connected_here(current: dict[str, _Connection], user: str, server: str) -> bool:
     connection = current.get(user)
     return connection is not None and connection.server == server
+
+
+def _end_run(
+    end_ms: int, stalls: dict[str, _Stall], misrouting: _Misrouting, counts: _Counts
+) -> None:
+    """Count what is still going on when the run ends as lasting until its end."""
+    for stream in list(stalls):
+        _end_stall(stalls, stream, end_ms, counts, recovered=False)
+    counts.misrouted_ms += misrouting.close(end_ms)
 
 
 def _end_stall(
@@ -253,6 +261,13 @@ class _Misrouting:
                 self._since[changed] = now
             elif not misrouting and changed in self._since:
                 closed += now - self._since.pop(changed)
+        return closed
+
+    def close(self, end_ms: int) -> int:
+        """Close every interval still open when the run ends at `end_ms`; their milliseconds:
+        a bridge that misroutes until the end misrouted all that time."""
+        closed = sum(max(0, end_ms - since) for since in self._since.values())
+        self._since.clear()
         return closed
 
 

@@ -44,6 +44,14 @@ def test_compare_prints_the_seed_table_for_every_policy(capsys: pytest.CaptureFi
     assert supervised.split()[1:4] == ["100%", "200", "ms"]
 
 
+def test_the_readme_shows_what_compare_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's quick start quotes `rejoin compare` whole: a change of any figure or
+    message must change the README with it."""
+    code, out, _ = rejoin(capsys, "compare")
+    assert code == 0
+    assert f"```\n{out}```" in (ROOT / "README.md").read_text()
+
+
 def test_compare_json_shows_the_bug_and_the_fix(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = rejoin(capsys, "compare", "--json")
     assert code == 0

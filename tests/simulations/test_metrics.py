@@ -5,10 +5,12 @@ from pathlib import Path
 from actors.policy import LEGACY, POLICIES, SUPERVISED
 from events.catalog import (
     AnyEvent,
+    BridgeJoined,
     BridgeStarted,
     FirstAudio,
     GlassesConnected,
     GlassesDisconnected,
+    GraceStarted,
     SessionOpened,
 )
 from events.envelope import Envelope, Pending, stream_name
@@ -44,20 +46,9 @@ def test_the_seed_story_measures_the_bug_and_the_fix() -> None:
     assert fixed.misrouted_audio_ms == 0
 
 
-def test_a_connection_stamped_after_a_newer_one_does_not_hide_the_newer_ones_audio() -> None:
-    """Live servers stamp an input when they take it: prod took the glasses' older connection
-    (epoch 1) after debug took the newer one (epoch 2), and left it at once."""
-    user, log = "ada@example.com", list[Envelope]()
-    steps: list[tuple[str, int, AnyEvent]] = [
-        ("debug", 301, GlassesConnected(epoch=2)),
-        ("debug", 301, SessionOpened(cause="c2", why="connected", incarnation=1, epoch=2)),
-        ("debug", 301, BridgeStarted(cause="c2", why="joins", generation=1, identity="i", epoch=2)),
-        ("prod", 303, GlassesConnected(epoch=1)),
-        ("prod", 303, SessionOpened(cause="c1", why="connected", incarnation=1, epoch=1)),
-        ("prod", 309, GlassesDisconnected()),
-        ("debug", 800, FirstAudio(generation=1)),
-    ]
-    versions: dict[str, int] = {}
+def logged(steps: list[tuple[str, int, AnyEvent]], user: str = "ada@example.com") -> list[Envelope]:
+    """`steps` (server, time, event) as the envelopes of each server's first session of `user`."""
+    log, versions = list[Envelope](), dict[str, int]()
     for position, (server, at, event) in enumerate(steps, start=1):
         stream = stream_name(server, user, 1)
         versions[stream] = versions.get(stream, 0) + 1
@@ -65,15 +56,66 @@ def test_a_connection_stamped_after_a_newer_one_does_not_hide_the_newer_ones_aud
             event_id=f"e{position}", time_ms=at, server=server, user=user, event=event
         )
         log.append(pending.at(position=position, stream=stream, version=versions[stream]))
+    return log
+
+
+def test_audio_still_misrouted_when_the_run_ends_counts_until_the_end() -> None:
+    """prod's bridge, its session in grace, keeps the audio after the glasses moved to debug,
+    and nothing ends that before the run does: the whole time counts, not none of it."""
+    log = logged(
+        [
+            ("prod", 0, GlassesConnected(epoch=1)),
+            ("prod", 0, SessionOpened(cause="c1", why="connected", incarnation=1, epoch=1)),
+            (
+                "prod",
+                0,
+                BridgeStarted(cause="c1", why="joins", generation=1, identity="i", epoch=1),
+            ),
+            (
+                "prod",
+                200,
+                BridgeJoined(
+                    generation=1, participant_sid="p", participant_count=2, phone_present=True
+                ),
+            ),
+            ("prod", 1_000, GlassesDisconnected()),
+            ("prod", 1_000, GraceStarted(cause="c2", why="away", deadline_ms=61_000)),
+            ("debug", 1_500, GlassesConnected(epoch=2)),
+        ]
+    )
+    assert compute(log, end_ms=9_500).misrouted_audio_ms == 8_000
+    assert compute(
+        log, end_ms=9_500
+    ).misrouted_audio_ms == misrouted_by_every_stream_at_every_event(log, 9_500)
+
+
+def test_a_connection_stamped_after_a_newer_one_does_not_hide_the_newer_ones_audio() -> None:
+    """Live servers stamp an input when they take it: prod took the glasses' older connection
+    (epoch 1) after debug took the newer one (epoch 2), and left it at once."""
+    log = logged(
+        [
+            ("debug", 301, GlassesConnected(epoch=2)),
+            ("debug", 301, SessionOpened(cause="c2", why="connected", incarnation=1, epoch=2)),
+            (
+                "debug",
+                301,
+                BridgeStarted(cause="c2", why="joins", generation=1, identity="i", epoch=2),
+            ),
+            ("prod", 303, GlassesConnected(epoch=1)),
+            ("prod", 303, SessionOpened(cause="c1", why="connected", incarnation=1, epoch=1)),
+            ("prod", 309, GlassesDisconnected()),
+            ("debug", 800, FirstAudio(generation=1)),
+        ]
+    )
     metrics = compute(log, end_ms=10_000)
     assert metrics.time_to_audio_ms.count == 1
     assert metrics.time_to_audio_ms.p50 == 499
     assert metrics.switch_success_ratio is None, "prod's connection had no chance: no evidence"
 
 
-def misrouted_by_every_stream_at_every_event(envelopes: list[Envelope]) -> int:
+def misrouted_by_every_stream_at_every_event(envelopes: list[Envelope], end_ms: int) -> int:
     """Misrouted audio as its definition reads, at the cost `compute` avoids: every stream
-    looked at after every event, with the same test of each (`misroutes`)."""
+    looked at after every event, with the same test of each (`misroutes`), until `end_ms`."""
     views: dict[str, SessionView] = {}
     current: dict[str, str] = {}
     newest: dict[str, int] = {}
@@ -94,7 +136,7 @@ def misrouted_by_every_stream_at_every_event(envelopes: list[Envelope]) -> int:
                 since[stream] = envelope.time_ms
             elif not misrouting and stream in since:
                 closed += envelope.time_ms - since.pop(stream)
-    return closed
+    return closed + sum(end_ms - began for began in since.values())
 
 
 def test_misrouted_audio_looks_only_at_the_streams_an_event_changes_and_counts_the_same() -> None:
@@ -109,7 +151,7 @@ def test_misrouted_audio_looks_only_at_the_streams_an_event_changes_and_counts_t
             world = world_for(scenario, policy, scenario.seed, None)
             play(world, scenario)
             envelopes = server_events(world.stores.values())
-            expected = misrouted_by_every_stream_at_every_event(envelopes)
+            expected = misrouted_by_every_stream_at_every_event(envelopes, world.wall_ms)
             assert compute(envelopes, end_ms=world.wall_ms).misrouted_audio_ms == expected
             misrouted += expected > 0
     assert misrouted >= 5, "the comparison covers runs that misroute"
