@@ -54,7 +54,10 @@ def _refusals(*statuses: int) -> dict[str, Any]:
         404: "no session for this user on this server",
         413: "the body is too large",
         426: "a request for the WebSocket that does not ask for the upgrade",
-        503: "draining (new sessions go elsewhere), or the log did not take the input in time",
+        503: (
+            "draining (new sessions go elsewhere), stopping, "
+            "or the log did not take the input in time"
+        ),
     }
     return {
         str(status): _json("#/components/schemas/Refusal", reasons[status]) for status in statuses

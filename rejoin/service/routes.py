@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from actors.acknowledgement import RuntimeStopped
 from actors.redaction import redact
 
 if TYPE_CHECKING:
@@ -176,6 +177,8 @@ async def _durable(input_: Any) -> int:
         position: int = await input_
     except TimeoutError as error:
         raise Refused(503, f"{error}: the log may be failing; retry") from None
+    except RuntimeStopped:
+        raise Refused(503, "this server is stopping: retry on another server") from None
     return position
 
 

@@ -248,3 +248,27 @@ def test_a_failing_log_answers_503_and_the_input_lands_once_the_log_recovers(
         )
 
     asyncio.run(main())
+
+
+def test_an_input_the_runtime_stops_under_is_refused_with_503(tmp_path: Path) -> None:
+    """The log fails, so the connect waits; the runtime stops before it is durable: the
+    glasses hear 503, as for any input the server could not take, not a 500 or a hang."""
+
+    async def main() -> None:
+        log = FaultyStore(SQLiteStore(tmp_path / "prod.db"), lambda: int(time.monotonic() * 1000))
+        service = Service(settings(tmp_path), connector=InstantRooms(phones=True), store=log)
+        await service.start()
+        log.fail_for(60_000)
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{service.port}/v1/users/{USER}/connect"
+            answer = asyncio.ensure_future(http.post(url))
+            while service.runtime.backlog() == 0:
+                await asyncio.sleep(0.01)
+            await service.runtime.close()
+            async with await answer as response:
+                refused = response.status, await response.json()
+        await service.close()
+        log.close()
+        assert refused == (503, {"error": "this server is stopping: retry on another server"})
+
+    asyncio.run(main())
