@@ -29,6 +29,12 @@ class ForwardingStore:
     def read_stream(self, stream: str) -> list[Envelope]:
         return self.inner.read_stream(stream)
 
+    def read_user(self, user: str) -> Iterator[Envelope]:
+        return self.inner.read_user(user)
+
+    def users(self) -> list[str]:
+        return self.inner.users()
+
     def stream_version(self, stream: str) -> int:
         return self.inner.stream_version(stream)
 

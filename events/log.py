@@ -108,6 +108,16 @@ class EventStore(Protocol):
 
     def read_stream(self, stream: str) -> list[Envelope]: ...
 
+    def read_user(self, user: str) -> Iterator[Envelope]:
+        """Every event of `user`'s sessions, on every server, and of its fleet stream, in
+        global order, found through the index of sessions: what a replay of one user reads
+        instead of the whole log. Raises `CorruptLog` at its first bad record."""
+        ...
+
+    def users(self) -> list[str]:
+        """Every user the log has a session of, each once, in no given order."""
+        ...
+
     def stream_version(self, stream: str) -> int: ...
 
     def open_streams(self, server: str) -> list[str]:
@@ -125,11 +135,14 @@ class EventStore(Protocol):
     def close(self) -> None: ...
 
 
-def read_valid_prefix(store: EventStore) -> tuple[list[Envelope], CorruptLog | None]:
-    """Every readable envelope up to the first corrupt record, and that record's error."""
+def read_valid_prefix(
+    store: EventStore, user: str | None = None
+) -> tuple[list[Envelope], CorruptLog | None]:
+    """Every readable envelope up to the first corrupt record, and that record's error: of the
+    whole log, or of `user`'s events only (`read_user`)."""
     envelopes: list[Envelope] = []
     try:
-        envelopes.extend(store.read_all())
+        envelopes.extend(store.read_all() if user is None else store.read_user(user))
     except CorruptLog as error:
         return envelopes, error
     return envelopes, None

@@ -99,6 +99,14 @@ class MemoryStore:
         with self._lock:
             return [self._envelopes[p - 1] for p in self._streams.get(stream, [])]
 
+    def read_user(self, user: str) -> Iterator[Envelope]:
+        with self._lock:
+            return iter([envelope for envelope in self._envelopes if envelope.user == user])
+
+    def users(self) -> list[str]:
+        with self._lock:
+            return list({user for (_, user) in self._incarnations})
+
     def stream_version(self, stream: str) -> int:
         with self._lock:
             return len(self._streams.get(stream, []))

@@ -36,6 +36,7 @@ from psycopg_pool import ConnectionPool
 from events.catalog import SCHEMA_VERSION
 from events.codec import UndecodableEvent, decode_current_lines, encode_envelope
 from events.envelope import Envelope, Pending
+from events.fleet import fleet_stream
 from events.locations import shown_location
 from events.log import (
     Batch,
@@ -394,6 +395,25 @@ class PostgresStore:
                 binary=True,
             ).fetchall()
         return [self._decode(row) for row in rows]
+
+    def read_user(self, user: str) -> Iterator[Envelope]:
+        with self._reading() as db:
+            rows: list[Stored] = db.execute(
+                f"SELECT {_READ} FROM rejoin_events WHERE stream IN"
+                ' (SELECT stream FROM rejoin_sessions WHERE "user" = %s UNION ALL SELECT %s)'
+                " ORDER BY position",
+                (user, fleet_stream(user)),
+                binary=True,
+            ).fetchall()
+        # A record is the user's by what it says, not by the columns beside it.
+        return (
+            envelope for envelope in (self._decode(row) for row in rows) if envelope.user == user
+        )
+
+    def users(self) -> list[str]:
+        with self._reading() as db:
+            rows = db.execute('SELECT DISTINCT "user" FROM rejoin_sessions').fetchall()
+        return [str(user) for (user,) in rows]
 
     def stream_version(self, stream: str) -> int:
         with self._reading() as db:

@@ -55,6 +55,7 @@ from events.codec import (
     encode_record,
 )
 from events.envelope import Envelope, Pending
+from events.fleet import fleet_stream
 from events.log import (
     Batch,
     CorruptLog,
@@ -113,6 +114,12 @@ _READ = "position, schema, record, crc"
 _BEFORE = "(SELECT crc FROM events AS before WHERE before.position = events.position - 1)"
 """The CRC stored at the position before a record: the one a chained record's continues,
 read beside each record of a read that does not go in order of position."""
+_USER_INDEXED = f"""SELECT {_READ}, {_BEFORE} FROM events WHERE stream IN
+    (SELECT stream FROM sessions WHERE user = ? UNION ALL SELECT ?) ORDER BY position"""
+"""A user's events: its sessions' streams by the index of sessions, and its fleet stream, each
+found by the index of streams; the log is not scanned."""
+_USER_SCANNED = f"SELECT {_READ}, {_BEFORE} FROM events WHERE user = ? ORDER BY position"
+"""A user's events in a log of format 2, which has no index of sessions: a scan of the log."""
 _BATCH = 4096
 """Records fetched per query when reading the log record by record."""
 _KNOWN = """SELECT
@@ -903,6 +910,38 @@ class SQLiteStore:
                 (stream,),
             ).fetchall()
         return [self._decode(row[:4], row[4]) for row in rows]
+
+    def read_user(self, user: str) -> Iterator[Envelope]:
+        with self._reads_lock:
+            indexed = self._indexed(self._reads)
+            query, arguments = (
+                (_USER_INDEXED, (user, fleet_stream(user))) if indexed else (_USER_SCANNED, (user,))
+            )
+            rows: list[tuple[int, int, bytes, int, int | None]] = self._reads.execute(
+                query, arguments
+            ).fetchall()
+        # A record is the user's by what it says, not by the columns beside it.
+        return (
+            envelope
+            for envelope in (self._decode(row[:4], row[4]) for row in rows)
+            if envelope.user == user
+        )
+
+    def users(self) -> list[str]:
+        with self._reads_lock:
+            query = (
+                "SELECT DISTINCT user FROM sessions"
+                if self._indexed(self._reads)
+                else "SELECT DISTINCT user FROM events"
+            )
+            rows = self._reads.execute(query).fetchall()
+        return [user for (user,) in rows]
+
+    @staticmethod
+    def _indexed(db: sqlite3.Connection) -> bool:
+        """Whether the log has its index of sessions: every format since 3 has."""
+        found = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sessions'").fetchone()
+        return found is not None
 
     def stream_version(self, stream: str) -> int:
         with self._reads_lock:

@@ -14,12 +14,14 @@ import pytest
 
 from events.catalog import (
     AnyEvent,
+    ConnectionRecorded,
     GlassesConnected,
     GlassesDisconnected,
     SessionDisposed,
     SessionOpened,
 )
 from events.envelope import Envelope, Pending
+from events.fleet import record_connection
 from events.log import (
     Batch,
     CorruptLog,
@@ -176,6 +178,31 @@ def test_the_index_of_sessions_follows_openings_and_disposals(store: EventStore)
     assert sorted(store.session_users("prod")) == ["a", "b"]
     assert store.session_users("debug") == ["a"]
     assert store.session_users("dev") == []
+
+
+def test_a_users_read_holds_its_sessions_on_every_server_and_its_fleet_stream(
+    store: EventStore,
+) -> None:
+    """What `rejoin replay --user` reads: that user's events alone, in the log's order, found
+    through the index of sessions and the fleet stream's name."""
+    store.append("prod/a/1", 0, [opened("prod/a/1", "a", 1, "a1")])
+    store.append("prod/b/1", 0, [opened("prod/b/1", "b", 1, "b1")])
+    recorded = ConnectionRecorded(cause="a1", why="glasses here", epoch=1)
+    record_connection(
+        store, Pending(event_id="fa", time_ms=0, server="prod", user="a", event=recorded)
+    )
+    store.append("debug/a/1", 0, [opened("debug/a/1", "a", 1, "da1")])
+    store.append("prod/a/1", 1, [disposed("prod/a/1", "a", "a1-end")])
+    store.append("prod/b/1", 1, [disposed("prod/b/1", "b", "b1-end")])
+    assert [(e.position, e.event_id) for e in store.read_user("a")] == [
+        (1, "a1"),
+        (3, "fa"),
+        (4, "da1"),
+        (5, "a1-end"),
+    ]
+    assert [e.event_id for e in store.read_user("b")] == ["b1", "b1-end"]
+    assert list(store.read_user("nobody")) == []
+    assert sorted(store.users()) == ["a", "b"]
 
 
 def test_a_refused_append_leaves_the_index_as_it_was(store: EventStore) -> None:
@@ -394,6 +421,23 @@ def test_a_flipped_byte_is_reported_at_its_position_after_the_valid_prefix(
         assert (error.position, error.reason) == (4, "checksum mismatch")
         with pytest.raises(CorruptLog, match="position 4 is corrupt: checksum mismatch"):
             store.read_stream("prod/a/1")
+
+
+def test_a_users_read_stops_at_its_first_bad_record_and_not_at_another_users(
+    durable: Durable,
+) -> None:
+    with contextlib.closing(durable.open()) as store:
+        for number in range(3):
+            for user in ("a", "b"):
+                stream = f"prod/{user}/{number + 1}"
+                store.append(stream, 0, [opened(stream, user, number + 1, f"{user}{number}")])
+    durable.replace_in_record(4, b"b1", b"b9")  # b's second session, in a's read's range
+    durable.replace_in_record(5, b"a2", b"a7")
+    with contextlib.closing(durable.open()) as store:
+        envelopes, error = read_valid_prefix(store, "a")
+    assert [e.event_id for e in envelopes] == ["a0", "a1"]
+    assert error is not None
+    assert (error.position, error.reason) == (5, "checksum mismatch")
 
 
 def test_a_missing_record_is_reported_as_a_gap(durable: Durable) -> None:
