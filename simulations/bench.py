@@ -275,8 +275,11 @@ def concurrent_appends(store: EventStore, threads: int, inputs: int) -> AppendFi
     )
 
 
-def _copies(runs: Sequence[Sequence[Turn]], owner: str, count: int) -> list[Turn]:
-    """The first `count` turns of copies of `runs`, each copy on streams and ids of its own."""
+def _copies(
+    runs: Sequence[Sequence[Turn]], owner: str, count: int, *, own_users: bool = False
+) -> list[Turn]:
+    """The first `count` turns of copies of `runs`, each copy on streams and ids of its own
+    (and, with `own_users`, users of its own, as a fleet's log has)."""
     every = [(number, turn) for number, turns in enumerate(runs) for turn in turns]
     copied = []
     for index in range(count):
@@ -284,7 +287,11 @@ def _copies(runs: Sequence[Sequence[Turn]], owner: str, count: int) -> list[Turn
         number, turn = every[at]
         tag = f"{owner}.{copy}.{number}"
         events = tuple(
-            msgspec.structs.replace(pending, event_id=f"{tag}.{pending.event_id}")
+            msgspec.structs.replace(
+                pending,
+                event_id=f"{tag}.{pending.event_id}",
+                user=f"{pending.user}~{tag}" if own_users else pending.user,
+            )
             for pending in turn.events
         )
         copied.append(Turn(f"{turn.stream}~{tag}", turn.expected_version, events))
@@ -313,16 +320,25 @@ def replay_events_per_s(events: int = 100_000, repeats: int = 3, log: str | None
             store: EventStore = SQLiteStore(Path(folder) / "bench.db", synchronous="NORMAL")
         else:
             store = open_log(log)
-        turns_per_copy = sum(len(turns) for turns in seed_turns())
-        events_per_copy = sum(len(turn.events) for turns in seed_turns() for turn in turns)
-        copies = -(-events // events_per_copy)
-        turns = _copies(seed_turns(), "replay", copies * turns_per_copy)
-        for start in range(0, len(turns), GROUP):
-            store.append_group([Batch(*turn) for turn in turns[start : start + GROUP]])
+        seed_copies_log(store, events)
         stored = sum(1 for _ in store.read_all())
         seconds = _median_s(lambda: replay(store.read_all()), repeats)
         store.close()
     return stored / seconds
+
+
+def seed_copies_log(store: EventStore, events: int, *, own_users: bool = False) -> None:
+    """Fill `store` with copies of the seed's turns, each appended as the runtime appended it,
+    until it holds at least `events`; with `own_users`, each copy has users of its own, as a
+    fleet's long log has."""
+    turns_per_copy = sum(len(turns) for turns in seed_turns())
+    events_per_copy = sum(len(turn.events) for turns in seed_turns() for turn in turns)
+    copies = -(-events // events_per_copy)
+    turns = _copies(seed_turns(), "replay", copies * turns_per_copy, own_users=own_users)
+    for start in range(0, len(turns), GROUP):
+        for outcome in store.append_group([Batch(*turn) for turn in turns[start : start + GROUP]]):
+            if isinstance(outcome, Exception):
+                raise outcome
 
 
 def process_appends(log: str, *, writers: int, group: int, inputs: int) -> AppendFigures:

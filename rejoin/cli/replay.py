@@ -12,7 +12,7 @@ from actors.policy import POLICIES
 from events.catalog import RunEnded, RunStarted
 from events.envelope import Envelope
 from events.locations import is_postgres_url, open_log, shown_location
-from events.log import read_valid_prefix
+from events.log import CorruptLog, EventStore, read_valid_prefix
 from rejoin.cli.usage import UsageError, print_json
 from simulations.metrics import RUN_STREAM, Metrics, compute
 from simulations.report import printable, result_lines, timeline_lines
@@ -43,7 +43,13 @@ def replay(args: argparse.Namespace) -> int:
     log = shown_location(args.log)
     store = open_log(args.log, read_only=True)
     try:
-        envelopes, corrupt = read_valid_prefix(store)
+        envelopes, corrupt = _read(store, args.user)
+        mine = any(e.stream != RUN_STREAM for e in envelopes)
+        if args.user is not None and not mine and corrupt is None:
+            users = sorted(store.users())
+            listed = ", ".join(repr(u) for u in users[:5]) + (", ..." if len(users) > 5 else "")
+            msg = f"{log}: no user {args.user!r} in this log (it has {listed or 'none'})"
+            raise UsageError(msg)
     finally:
         store.close()
     if corrupt is not None:
@@ -55,11 +61,6 @@ def replay(args: argparse.Namespace) -> int:
     if args.policy is not None:
         return _rerun(args, recorded)
     events = [e for e in envelopes if e.stream != RUN_STREAM]
-    if args.user is not None and all(e.user != args.user for e in events):
-        users = sorted({e.user for e in events})
-        listed = ", ".join(repr(u) for u in users[:5]) + (", ..." if len(users) > 5 else "")
-        msg = f"{log}: no user {args.user!r} in this log (it has {listed or 'none'})"
-        raise UsageError(msg)
     last_ms = max((e.time_ms for e in events), default=None)
     if recorded is not None and recorded.ended_ms is None and corrupt is None:
         until = "" if last_ms is None else f" up to {(last_ms - recorded.started_ms) / 1000:g} s"
@@ -76,15 +77,31 @@ def replay(args: argparse.Namespace) -> int:
         complete=None if recorded is None else ended is not None,
         metrics=compute(events, end_ms=ended if ended is not None else last_ms),
     )
-    shown = [e for e in events if args.user is None or e.user == args.user]
     if args.html is not None:
-        _write_picture(args.log, args.html, shown)
+        _write_picture(args.log, args.html, events)
     elif args.json:
         print_json([result])
     else:
         started = recorded.started_ms if recorded is not None else None
-        print("\n".join(timeline_lines(shown, result.metrics, started)))
+        print("\n".join(timeline_lines(events, result.metrics, started)))
     return 0
+
+
+def _read(store: EventStore, user: str | None) -> tuple[list[Envelope], CorruptLog | None]:
+    """The whole log, or the run's records and `user`'s events alone (through the index of
+    sessions: a user's story in a long log without reading the log), up to the first corrupt
+    record among them, and that record's error."""
+    if user is None:
+        return read_valid_prefix(store)
+    mine, corrupt = read_valid_prefix(store, user)
+    try:
+        run = store.read_stream(RUN_STREAM)
+    except CorruptLog as error:
+        run = []
+        if corrupt is None or error.position < corrupt.position:
+            corrupt = error
+            mine = [e for e in mine if e.position < error.position]
+    return sorted([*run, *mine], key=lambda e: e.position), corrupt
 
 
 def _write_picture(location: str, picture: Path, events: list[Envelope]) -> None:

@@ -1,6 +1,7 @@
 """The `rejoin` command as a user types it: tables, JSON, exit codes, logs and replays."""
 
 import asyncio
+import contextlib
 import json
 import shlex
 import sqlite3
@@ -10,11 +11,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 from aiohttp import web
 
+from events.catalog import RunEnded
+from events.sqlite_store import SQLiteStore
 from rejoin.cli.main import _parser, main
+from simulations.metrics import Metrics, compute
 from simulations.scenario import BUILT_IN
 
 ROOT = Path(__file__).parents[2]
@@ -168,6 +173,38 @@ def test_a_recorded_run_replays_to_the_same_metrics(
     )
     code, out, _ = rejoin(capsys, "replay", str(log), "--user", "isaiah@mentra.glass")
     assert "DUPLICATE_IDENTITY while in grace" in out
+
+
+def test_replay_of_one_user_reads_that_users_records_alone_and_gives_that_users_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three users: damage in another user's record is not read, and the figures are those
+    of the user's own events, as `compute` gives them from the whole log's."""
+    log = tmp_path / "log.db"
+    rejoin(capsys, "simulate", str(ROOT / "examples" / "several-users.toml"), "--events", str(log))
+    with contextlib.closing(SQLiteStore(log, read_only=True)) as store:
+        everything = list(store.read_all())
+    ada = [e for e in everything if e.user == "ada@example.com"]
+    bo_first = next(e.position for e in everything if e.user == "bo@example.com")
+    db = sqlite3.connect(log)
+    db.execute("UPDATE events SET record = X'00' WHERE position = ?", (bo_first,))
+    db.commit()
+    db.close()
+    code, out, err = rejoin(capsys, "replay", str(log), "--user", "ada@example.com", "--json")
+    assert (code, err) == (0, "")
+    replayed = json.loads(out)[0]
+    assert replayed["complete"] is True, "the run's own records are read"
+    figures = msgspec.json.decode(json.dumps(replayed["metrics"]), type=Metrics)
+    assert figures == compute(
+        ada, end_ms=next(e.time_ms for e in everything if isinstance(e.event, RunEnded))
+    )
+    code, out, err = rejoin(capsys, "replay", str(log), "--user", "ada@example.com")
+    assert code == 0
+    assert "ada@example.com" in out
+    assert "bo@example.com" not in out
+    assert "isaiah@mentra.glass" not in out
+    code, _, err = rejoin(capsys, "replay", str(log), "--json")
+    assert f"record at position {bo_first} is corrupt" in err, "the whole log's read sees it"
 
 
 def test_replay_with_another_policy_re_runs_the_recorded_inputs(
