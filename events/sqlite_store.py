@@ -19,7 +19,8 @@ The `sessions` table is the index of open sessions (format 3). Format 4 chains t
 record's CRC continues the one stored at the position before it, so a run of records is checked
 by one CRC over all of them, and replay reads, checks and decodes a chunk of the log in one
 query, one CRC and one decode rather than record by record; past its first few chunks, a read
-fetches and checks the next ones on a thread of its own while its caller decodes. Format 5
+fetches and checks the next ones on a thread of its own while its caller decodes (reading is
+`events.sqlite_reader`'s). Format 5
 stores each record in msgpack instead of JSON (`events.codec`), which costs less to read. A
 writer that opens an older log upgrades it (format 2 builds the index once from the events) and
 chains and packs the records it appends from then on; the records before keep the encoding and
@@ -30,35 +31,25 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
-import operator
-import queue
 import sqlite3
 import threading
 import time
 import urllib.parse
-import zlib
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 import msgspec
 
-from events.catalog import SCHEMA_VERSION
 from events.codec import (
     RECORD_SEPARATOR,
-    UndecodableEvent,
-    decode_current_lines,
-    decode_current_records,
     decode_envelope,
-    decode_record,
     encode_record,
 )
 from events.envelope import Envelope, Pending
 from events.fleet import fleet_stream
 from events.log import (
     Batch,
-    CorruptLog,
     DuplicateEventId,
     LogError,
     Outcome,
@@ -66,9 +57,9 @@ from events.log import (
     UnreadableLog,
     WrongExpectedVersion,
     check_batch,
-    checked_envelope,
     session_change,
 )
+from events.sqlite_reader import BEFORE, READ, RecordReader, chained_crc
 
 FORMAT = "rejoin-event-log/5"
 READABLE = frozenset({"rejoin-event-log/2", "rejoin-event-log/3", "rejoin-event-log/4", FORMAT})
@@ -76,9 +67,6 @@ READABLE = frozenset({"rejoin-event-log/2", "rejoin-event-log/3", "rejoin-event-
 _NOWHERE = 2**63
 """Where the chained CRCs begin in a log of format 2 or 3, and the msgpack records in one of
 format 2 to 4: nowhere."""
-_LINE = b"\n"
-"""What joins the JSON records of a run, and ends each in its chained CRC (format 4)."""
-
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS events (
@@ -110,18 +98,12 @@ _SESSIONS = (
 """Statements one by one: `executescript` would commit the transaction they belong to."""
 
 _COLUMNS = "position, stream, version, event_id, time_ms, server, user, schema, record, crc"
-_READ = "position, schema, record, crc"
-_BEFORE = "(SELECT crc FROM events AS before WHERE before.position = events.position - 1)"
-"""The CRC stored at the position before a record: the one a chained record's continues,
-read beside each record of a read that does not go in order of position."""
-_USER_INDEXED = f"""SELECT {_READ}, {_BEFORE} FROM events WHERE stream IN
+_USER_INDEXED = f"""SELECT {READ}, {BEFORE} FROM events WHERE stream IN
     (SELECT stream FROM sessions WHERE user = ? UNION ALL SELECT ?) ORDER BY position"""
 """A user's events: its sessions' streams by the index of sessions, and its fleet stream, each
 found by the index of streams; the log is not scanned."""
-_USER_SCANNED = f"SELECT {_READ}, {_BEFORE} FROM events WHERE user = ? ORDER BY position"
+_USER_SCANNED = f"SELECT {READ}, {BEFORE} FROM events WHERE user = ? ORDER BY position"
 """A user's events in a log of format 2, which has no index of sessions: a scan of the log."""
-_BATCH = 4096
-"""Records fetched per query when reading the log record by record."""
 _KNOWN = """SELECT
     (SELECT json_group_object(stream, version) FROM (SELECT stream, MAX(version) AS version
         FROM events WHERE stream IN (SELECT value FROM json_each(?1)) GROUP BY stream)),
@@ -172,53 +154,12 @@ that fails takes back its whole statement, index included. An upgrade from forma
 index through `session_changes`, by the same rules."""
 _INSERT_EVENTS = f"INSERT INTO indexed_events ({_COLUMNS}, opens, closes)"
 _INSERT_CHANGES = "INSERT INTO session_changes (stream, server, user, opens, closes)"
-_CHUNK_RECORDS = 256
-"""Records in a chunk: the envelopes of 4,096 at once outgrew the CPU's cache, and the fold
-that took them next ran at half speed."""
-_CHUNKS_BEFORE_AHEAD = 4
-"""Whole chunks a read fetches itself before a thread fetches the rest ahead of it: a short
-read (a tail, a test's log) starts no thread."""
-_AHEAD_RECORDS = 512
-"""Records in a chunk the read-ahead thread fetches: each costs two hand-overs of the GIL
-between the threads. Of 512, 1,024 and 2,048, 512 was the fastest and the steadiest."""
-_AHEAD_CHUNKS = 2
-"""Chunks fetched ahead at most, waiting for the reader."""
-_CHUNK = """SELECT count(*), sum(schema != ?), CAST(group_concat(record, ?) AS BLOB),
-    (SELECT crc FROM events WHERE position = ?)
-FROM events WHERE position BETWEEN ? AND ?"""
-"""A chunk of the log as one row: how many records it has of the positions asked, how many of
-another schema than the current one, the records joined by a separator in one BLOB, which SQLite
-joins in C (fetched as rows, they cost more than checking and decoding them), and the CRC at
-the last position asked. A range of positions walks the table once; a bare column beside an
-aggregate, or a subquery that sorts, cost SQLite a tenth more per record."""
-_AFTER = "SELECT 1 FROM events WHERE position > ? LIMIT 1"
-_POSITION: Callable[[Envelope], int] = operator.attrgetter("position")
-_SCHEMA_OF: Callable[[Envelope], int] = operator.attrgetter("schema")
 MAX_GROUP = 256
 """Batches one transaction takes at most: bounds the work, and so the wait, of a group. With
 64, a journal fed 5,000 batches a second by 2,500 connects hit the bound: its commits (an
 fsync, a few statements that each wait for the GIL back) could not go faster."""
 
 Row = tuple[int, str, int, str, int, str, str, int, bytes, int, int | None, int | None]
-Stored = tuple[int, int, bytes, int]
-
-
-def _crc(schema: int, record: bytes) -> int:
-    """CRC-32 of a record of format 2 or 3, seeded with its schema so that a changed schema
-    column is caught too."""
-    return zlib.crc32(record, schema)
-
-
-def _chained_crc(record: bytes, before: int, separator: bytes) -> int:
-    """CRC-32 of a chained record: of the record and the separator of its encoding (a newline
-    after JSON, format 4; `RECORD_SEPARATOR` after msgpack, format 5), continuing `before`, the
-    CRC stored at the position before it (0 at position 1). So this of a run of records joined
-    by their separator, with the CRC before the run, is the CRC stored with its last record;
-    the separators, which SQLite puts between the records, make it cover where each ends.
-
-    Its schema column is not covered: each record holds its schema too, and a reader checks
-    that the two agree."""
-    return zlib.crc32(separator, zlib.crc32(record, before))
 
 
 class SQLiteStore:
@@ -261,10 +202,13 @@ class SQLiteStore:
         `_checks`): the versions of the streams it wrote (an ended session's forgotten) and
         the last position with its CRC. Its stored ids are always empty."""
         self._db = self._open_reader() if read_only else self._open_writer(synchronous)
-        self._chained_from = self._read_position(self._db, "chained_from", 4)
-        """The first position whose CRC is chained (format 4); the ones before are not."""
-        self._packed_from = self._read_position(self._db, "packed_from", 5)
-        """The first position whose record is msgpack (format 5); the ones before are JSON."""
+        self._reader = RecordReader(
+            self.path,
+            self._db,
+            self._lock,
+            chained_from=self._read_position(self._db, "chained_from", 4),
+            packed_from=self._read_position(self._db, "packed_from", 5),
+        )
         self._reads, self._reads_lock = self._db, self._lock
         if not read_only:
             # A writer's point reads (a new session's incarnation, a restarted session's
@@ -723,7 +667,7 @@ class SQLiteStore:
         ids = [pending.event_id for pending in events]
         marks = ", ".join("?" * len(ids))
         rows: list[tuple[str, str, int, int, bytes, int, int | None]] = self._db.execute(
-            f"SELECT event_id, stream, {_READ}, {_BEFORE} FROM events"
+            f"SELECT event_id, stream, {READ}, {BEFORE} FROM events"
             f" WHERE event_id IN ({marks}) ORDER BY position",
             ids,
         ).fetchall()
@@ -732,184 +676,18 @@ class SQLiteStore:
         if [row[0] for row in rows] != ids or any(row[1] != stream for row in rows):
             msg = f"stream {stream}: event id {ids[0]} is stored with other events"
             raise DuplicateEventId(msg)
-        return [self._decode(row[2:6], row[6]) for row in rows]
+        return [self._reader.decode(row[2:6], row[6]) for row in rows]
 
     def read_all(self, from_position: int = 1) -> Iterator[Envelope]:
-        # The lists of envelopes are chained in C: a generator that yielded each envelope cost
-        # more per event than the checks of its whole chunk.
-        return itertools.chain.from_iterable(self._chunks(max(from_position, 1)))
-
-    def _chunks(self, start: int) -> Iterator[list[Envelope]]:
-        """The log from `start` on, in lists: a chunk whole where every check of it holds, or
-        else its records one by one up to the first bad one, which is named exactly."""
-        before = self._crc_before(start)
-        while True:
-            if start >= self._chained_from:
-                with contextlib.closing(self._fetches(start, before)) as fetches:
-                    for fetch in fetches:
-                        if fetch is None:
-                            break
-                        if fetch.size == 0:
-                            return
-                        envelopes = self._decoded(fetch)
-                        if envelopes is None:
-                            break
-                        yield envelopes
-                        start, before = start + fetch.size, fetch.crc
-            begun = start
-            for envelope, crc in self._records(start, before):
-                yield [envelope]
-                start, before = start + 1, crc
-            if start == begun:
-                return
-
-    def _fetches(self, start: int, before: int | None) -> Generator[_Fetch | None]:
-        """The chunks of the log from `start` on, each fetched and its CRC checked, up to one
-        that is not whole (`None`) or the end (a chunk of no records). After a few whole ones
-        a thread fetches ahead while the caller decodes: SQLite's query and zlib's CRC leave
-        the GIL free, so a long read takes both cores."""
-        whole = 0
-        while True:
-            if whole < _CHUNKS_BEFORE_AHEAD:
-                fetch = self._fetch(start, before, _CHUNK_RECORDS)
-                yield fetch
-                if fetch is None or fetch.size == 0:
-                    return
-                whole = whole + 1 if fetch.size == _CHUNK_RECORDS else 0
-                start, before = start + fetch.size, fetch.crc
-                continue
-            ahead = _ReadAhead(self._fetch, start, before)
-            try:
-                for fetch in ahead:
-                    yield fetch
-                    if fetch is None or fetch.size == 0:
-                        return
-                    start, before = start + fetch.size, fetch.crc
-            finally:
-                ahead.stop()
-            whole = 0  # the thread stopped near the end: the rest is read here
-
-    def _fetch(self, start: int, before: int | None, size: int) -> _Fetch | None:
-        """The next `size` records of the log at most, from `start` on, in one query with their
-        CRC checked at once; `None` if they are not whole (a record missing or damaged, or
-        of another schema). A chunk of JSON records ends where the msgpack ones begin. The
-        read-ahead thread calls it too."""
-        packed = start >= self._packed_from
-        separator = RECORD_SEPARATOR if packed else _LINE
-        size = size if packed else min(size, self._packed_from - start)
-        last = start + size - 1
-        with self._lock:
-            try:
-                count, others, records, crc = self._db.execute(
-                    _CHUNK, (SCHEMA_VERSION, separator, last, start, last)
-                ).fetchone()
-                # No record in the range is the end of the log, unless one comes after it: a
-                # gap as long as a chunk, which the records read one by one will name.
-                after_a_gap = count == 0 and self._db.execute(_AFTER, (last,)).fetchone()
-            except sqlite3.DatabaseError:
-                return None
-        if count == 0:
-            return None if after_a_gap else _Fetch(start, 0, b"", 0, packed=packed)
-        if before is None or others:
-            return None
-        if count != size:
-            # The end of the log (or a gap, which the positions show): the chunk ends at its
-            # last record, whose CRC the query did not fetch.
-            try:
-                crc = self._crc_before(start + count)
-            except CorruptLog:
-                return None
-        if _chained_crc(records, before, separator) != crc:
-            return None
-        return _Fetch(start, count, records, crc, packed=packed)
-
-    @staticmethod
-    def _decoded(fetch: _Fetch) -> list[Envelope] | None:
-        """The envelopes of a fetched chunk; `None` if they do not decode as a current chunk
-        of its positions."""
-        try:
-            if fetch.packed:
-                envelopes = decode_current_records(fetch.records, fetch.size)
-            else:
-                envelopes = decode_current_lines(fetch.records)
-        except UndecodableEvent:
-            return None
-        # Each envelope's own position and schema, checked in C: a record is whole, but the
-        # CRC does not cover its schema column, and a writer could have erred.
-        positions = list(map(_POSITION, envelopes))
-        schemas = list(map(_SCHEMA_OF, envelopes))
-        expected = list(range(fetch.start, fetch.start + fetch.size))
-        if positions != expected or schemas.count(SCHEMA_VERSION) != fetch.size:
-            return None
-        return envelopes
-
-    def _records(self, start: int, before: int | None) -> Iterator[tuple[Envelope, int]]:
-        """The next `_BATCH` records at most from `start` on, checked one by one, with their
-        CRCs, up to the first bad one, which raises `CorruptLog`; `before` is the CRC stored at
-        the position before `start` (`None`: there is no record there)."""
-        with self._lock:
-            try:
-                rows: list[Stored] | None = self._db.execute(
-                    f"SELECT {_READ} FROM events WHERE position >= ?"
-                    f" ORDER BY position LIMIT {_BATCH}",
-                    (start,),
-                ).fetchall()
-            except sqlite3.DatabaseError:
-                rows = None
-        if rows is None:
-            # A damaged page fails the whole batch: read it again record by record.
-            for position in range(start, start + _BATCH):
-                row = self._read_one(position)
-                if row is None:
-                    return
-                yield self._decode(row, before), row[3]
-                before = row[3]
-            return
-        expected = start
-        for row in rows:
-            if row[0] != expected:
-                raise CorruptLog(self.path, expected, "the record is missing")
-            yield self._decode(row, before), row[3]
-            before, expected = row[3], expected + 1
-
-    def _crc_before(self, position: int) -> int | None:
-        """The CRC a chained record at `position` continues: the one stored before it, 0 at
-        position 1; `None` if there is no record before it (past the end of the log, or a
-        gap, which the record at `position`, if there is one, then reports)."""
-        if position == 1 or position < self._chained_from:
-            return 0
-        with self._lock:
-            try:
-                row = self._db.execute(
-                    "SELECT crc FROM events WHERE position = ?", (position - 1,)
-                ).fetchone()
-            except sqlite3.DatabaseError as error:
-                raise CorruptLog(self.path, position - 1, str(error)) from error
-        return None if row is None else int(row[0])
-
-    def _read_one(self, position: int) -> Stored | None:
-        """The record at `position`; `None` past the end of the log."""
-        with self._lock:
-            try:
-                row: Stored | None = self._db.execute(
-                    f"SELECT {_READ} FROM events WHERE position = ?", (position,)
-                ).fetchone()
-                if row is not None:
-                    return row
-                later = self._db.execute(_AFTER, (position,)).fetchone()
-            except sqlite3.DatabaseError as error:
-                raise CorruptLog(self.path, position, str(error)) from error
-        if later is None:
-            return None
-        raise CorruptLog(self.path, position, "the record is missing")
+        return self._reader.read_all(from_position)
 
     def read_stream(self, stream: str) -> list[Envelope]:
         with self._reads_lock:
             rows: list[tuple[int, int, bytes, int, int | None]] = self._reads.execute(
-                f"SELECT {_READ}, {_BEFORE} FROM events WHERE stream = ? ORDER BY version",
+                f"SELECT {READ}, {BEFORE} FROM events WHERE stream = ? ORDER BY version",
                 (stream,),
             ).fetchall()
-        return [self._decode(row[:4], row[4]) for row in rows]
+        return [self._reader.decode(row[:4], row[4]) for row in rows]
 
     def read_user(self, user: str) -> Iterator[Envelope]:
         with self._reads_lock:
@@ -923,7 +701,7 @@ class SQLiteStore:
         # A record is the user's by what it says, not by the columns beside it.
         return (
             envelope
-            for envelope in (self._decode(row[:4], row[4]) for row in rows)
+            for envelope in (self._reader.decode(row[:4], row[4]) for row in rows)
             if envelope.user == user
         )
 
@@ -979,83 +757,6 @@ class SQLiteStore:
             self._reads.close()
         with self._lock:
             self._db.close()
-
-    def _decode(self, row: Stored, before: int | None) -> Envelope:
-        """The envelope of one record, checked on its own; `before` is the CRC stored at the
-        position before it (`None`: there is no record there)."""
-        position, schema, record, crc = row
-        packed = position >= self._packed_from
-        if position < self._chained_from:
-            good = _crc(schema, record) == crc
-        elif before is None and position > 1:
-            raise CorruptLog(self.path, position - 1, "the record is missing")
-        else:
-            good = _chained_crc(record, before or 0, RECORD_SEPARATOR if packed else _LINE) == crc
-        if not good:
-            raise CorruptLog(self.path, position, "checksum mismatch")
-        decode = decode_record if packed else decode_envelope
-        return checked_envelope(self.path, position, schema, record, decode)
-
-
-class _Fetch(NamedTuple):
-    """A chunk of the log as fetched: its records joined, their CRC checked, not decoded."""
-
-    start: int
-    size: int
-    """How many records it has; none at the end of the log."""
-    records: bytes
-    crc: int
-    """The CRC stored with its last record, which the next chunk's chains to."""
-    packed: bool
-    """Its records are msgpack (format 5), not JSON."""
-
-
-_Fetcher = Callable[[int, int | None, int], _Fetch | None]
-"""`SQLiteStore._fetch`: the chunk of `size` records from `start` on, chained to `before`."""
-
-
-class _ReadAhead:
-    """A thread that fetches a log's chunks of `_AHEAD_RECORDS` from `start` on while their
-    reader decodes the ones before, up to the end or to a chunk that is not whole (`None`);
-    `_AHEAD_CHUNKS` of them wait at most. Iterate it once, then `stop` it."""
-
-    def __init__(self, fetch: _Fetcher, start: int, before: int | None) -> None:
-        self._fetch = fetch
-        self._fetched: queue.Queue[_Fetch | BaseException | None] = queue.Queue(_AHEAD_CHUNKS)
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(start, before), name="rejoin-read-ahead", daemon=True
-        )
-        self._thread.start()
-
-    def __iter__(self) -> Iterator[_Fetch | None]:
-        while True:
-            fetch = self._fetched.get()
-            if isinstance(fetch, BaseException):
-                raise fetch
-            yield fetch
-            if fetch is None or fetch.size < _AHEAD_RECORDS:
-                return
-
-    def stop(self) -> None:
-        """Stop the thread and wait for it: after the flag, it puts one chunk at most, and the
-        queue, emptied, has room for it."""
-        self._stopped.set()
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._fetched.get_nowait()
-        self._thread.join()
-
-    def _run(self, start: int, before: int | None) -> None:
-        try:
-            while True:
-                fetch = self._fetch(start, before, _AHEAD_RECORDS)
-                self._fetched.put(fetch)
-                if self._stopped.is_set() or fetch is None or fetch.size < _AHEAD_RECORDS:
-                    return
-                start, before = start + fetch.size, fetch.crc
-        except BaseException as error:  # the reader raises it
-            self._fetched.put(error)
 
 
 class _AtOnce(NamedTuple):
@@ -1212,7 +913,7 @@ def _row(envelope: Envelope, before: int) -> Row:
         e.user,
         e.schema,
         record,
-        _chained_crc(record, before, RECORD_SEPARATOR),
+        chained_crc(record, before, RECORD_SEPARATOR),
         *_opens_closes(change),
     )
 
