@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from events import sqlite_store
+from events import sqlite_group_commit
 from events.catalog import GlassesConnected, SessionDisposed, SessionOpened
 from events.codec import RECORD_SEPARATOR, decode_record, encode_envelope
 from events.envelope import Envelope, Pending
@@ -674,8 +674,8 @@ def test_a_writer_remembers_the_versions_of_open_sessions_only(tmp_path: Path) -
         store.append(f"prod/u{n}/1", 0, [opening(f"prod/u{n}/1", f"u{n}")])
     ended = Pending(event_id="end", time_ms=0, server="prod", user="u1", event=disposed)
     store.append("prod/u1/1", 1, [ended])
-    assert store._written is not None
-    assert sorted(store._written.versions) == ["prod/u0/1", "prod/u2/1"]
+    assert store._writer._written is not None
+    assert sorted(store._writer._written.versions) == ["prod/u0/1", "prod/u2/1"]
     with pytest.raises(WrongExpectedVersion):
         store.append("prod/u1/1", 0, [connected("late", 1, "u1")])
     store.close()
@@ -700,7 +700,7 @@ def test_a_group_too_big_for_one_statement_is_written_whole(
     """A full group (256 batches) binds more parameters than one statement takes where SQLite
     is older than 3.32 (999): its rows go in 83 a statement (twelve values each), and the
     group is written whole, its sessions indexed."""
-    monkeypatch.setattr(sqlite_store, "_PARAMETERS", 999)
+    monkeypatch.setattr(sqlite_group_commit, "_PARAMETERS", 999)
     store = SQLiteStore(tmp_path / "log.db")
     streams = [f"prod/u{n:03}/1" for n in range(256)]
     statements: list[str] = []
