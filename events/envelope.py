@@ -44,6 +44,17 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     schema: int = SCHEMA_VERSION
 
 
+Columns = tuple[int, str, int, str, int, str, str, int]
+"""An envelope's fields as a store's columns hold them, beside its record."""
+
+
+def columns(envelope: Envelope) -> Columns:
+    """`envelope`'s position, stream, version, event id, time, server, user and schema: the
+    columns of a store's row, in their order, before its record and CRC."""
+    e = envelope
+    return (e.position, e.stream, e.version, e.event_id, e.time_ms, e.server, e.user, e.schema)
+
+
 def stream_name(server: str, user: str, incarnation: int) -> str:
     """The stream of one session incarnation, e.g. `prod/alice@x.io/3`.
 

@@ -35,7 +35,7 @@ from psycopg_pool import ConnectionPool
 
 from events.catalog import SCHEMA_VERSION
 from events.codec import UndecodableEvent, decode_current_lines, encode_envelope
-from events.envelope import Envelope, Pending
+from events.envelope import Envelope, Pending, columns
 from events.fleet import fleet_stream
 from events.locations import shown_location
 from events.log import (
@@ -287,22 +287,14 @@ class PostgresStore:
         ]
         for envelope in envelopes:
             record = encode_envelope(envelope)
-            e = envelope
             rows.append(
                 (
-                    e.position,
-                    e.stream,
-                    e.version,
-                    e.event_id,
-                    e.time_ms,
-                    e.server,
-                    e.user,
-                    e.schema,
+                    *columns(envelope),
                     record,
-                    _crc(e.schema, record),
+                    _crc(envelope.schema, record),
                 )
             )
-            known.placed[e.event_id] = envelope
+            known.placed[envelope.event_id] = envelope
             known.index(stream, envelope)
         known.versions[stream] = version + len(events)
         known.last += len(events)

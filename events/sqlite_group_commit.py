@@ -23,7 +23,7 @@ from typing import NamedTuple
 import msgspec
 
 from events.codec import RECORD_SEPARATOR, encode_record
-from events.envelope import Envelope, Pending
+from events.envelope import Envelope, Pending, columns
 from events.log import (
     Batch,
     DuplicateEventId,
@@ -573,21 +573,12 @@ def _caused_by(error: LogError, cause: BaseException) -> LogError:
 def _row(envelope: Envelope, before: int) -> Row:
     """The row of `envelope`, its CRC chained to `before`, the CRC of the row before it, and
     the session it opens or closes (see `INDEXED`)."""
-    e = envelope
-    record = encode_record(e)
-    change = session_change(e)
+    record = encode_record(envelope)
     return (
-        e.position,
-        e.stream,
-        e.version,
-        e.event_id,
-        e.time_ms,
-        e.server,
-        e.user,
-        e.schema,
+        *columns(envelope),
         record,
         chained_crc(record, before, RECORD_SEPARATOR),
-        *_opens_closes(change),
+        *_opens_closes(session_change(envelope)),
     )
 
 
