@@ -265,6 +265,11 @@ class Supervisor(pykka.Actor):
             return None
         self._open_failures.pop(user, None)
         stream = stream_name(self._server, user, latest + 1)
+        while stream in self._ended:
+            # That incarnation ended here, so the log holds it, whatever its index says (a
+            # damaged index says 0): opened again, it would collide and end again, for ever.
+            latest += 1
+            stream = stream_name(self._server, user, latest + 1)
         session = self._spawn_session(user, stream, latest + 1, None)
         self._sessions[user] = session
         if not known:  # added once: the filter follows the users, not their sessions

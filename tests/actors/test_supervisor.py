@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pytest
+
 from actors.connector import JoinRequest, LookupAnswer, RoomEvent, RoomHandle
 from actors.pool_executor import PoolExecutor
 from actors.runtime import Runtime
@@ -30,7 +32,7 @@ from simulations.faulty_store import FaultyStore
 from simulations.invariants import all_violations
 from simulations.sim_livekit import SfuConfig, SimConnector, SimLiveKit
 from simulations.world import World
-from tests.actors.harness import Harness, eventually
+from tests.actors.harness import EXECUTORS, ExecutorKind, Harness, eventually
 
 USER = "isaiah@mentra.glass"
 
@@ -218,6 +220,32 @@ def test_a_colliding_session_ends_and_its_input_opens_the_next_incarnation() -> 
     assert [p.server for p in harness.sfu.participants(USER)] == ["prod"], "its bridge joined"
     assert len(runtime.actors()) == 4, "the supervisor, the timer, one session and its bridge"
     assert store.refused == 1, "one collision, then the log was asked"
+    harness.stop()
+
+
+class IndexWithoutSessions(IndexWithoutUsers):
+    """A log whose index of sessions has lost its rows (a damaged or tampered file): it says
+    no user ever had a session, and that every user's latest incarnation is 0."""
+
+    def last_incarnation(self, server: str, user: str) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_a_session_the_index_lost_is_not_opened_again_once_it_ended(kind: ExecutorKind) -> None:
+    """The log's index under-reports: asked, it still says incarnation 0. The first collision
+    ends the rebuilt incarnation 1 as before; the supervisor then knows that stream ended and
+    opens the next one, where it opened incarnation 1 again at once, for ever (a livelock)."""
+    store = IndexWithoutSessions()
+    ended_sessions(store, [USER])
+    harness = Harness(kind, store=lambda: store)
+    runtime = harness.runtimes["prod"]
+    runtime.glasses_connected(USER, epoch=2).wait(timeout_s=5)
+    assert harness.eventually(
+        lambda: getattr(runtime.session(USER), "stream", "") == stream_name("prod", USER, 2)
+    )
+    assert harness.eventually(lambda: len(harness.sfu.participants(USER)) == 1), "it joined"
+    assert store.refused == 1, "one collision"
     harness.stop()
 
 
