@@ -84,10 +84,13 @@ class Runtime:
         self._timeout = reply_timeout_s
         self._backlog = Backlog()
         self._health = HealthFeed()
+        # The stream, not the index, says whether a session ended: a damaged or forged index
+        # that calls an ended one open would recover a session that hands every input back.
         recovered = [
             view
             for stream in store.open_streams(server)
             if (view := replay_stream(store.read_stream(stream))) is not None
+            and view.state != "DISPOSED"
         ]
         self._timer = executor.spawn(GraceTimer, executor)
         self._supervisor: pykka.ActorRef[Supervisor] = executor.spawn(

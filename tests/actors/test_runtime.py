@@ -1,6 +1,8 @@
 """The runtime facade, on both executors: it starts from the open sessions alone, whatever the
 history behind them, and keeps an ended session's view only for the retention period."""
 
+import contextlib
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +76,27 @@ def test_only_a_user_the_log_knows_costs_a_read_of_the_latest_incarnation(
     runtime.glasses_connected("u7").wait(timeout_s=5)
     assert CountingStore.incarnation_reads == 1
     assert {"prod/stranger/1", "prod/u7/2"} <= set(runtime.views())
+    harness.stop()
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_an_ended_session_the_index_calls_open_is_not_recovered(
+    kind: ExecutorKind, tmp_path: Path
+) -> None:
+    """A damaged or forged index says every session is open: start-up recovers only the one
+    whose stream says so, and an ended user's connect opens a new incarnation (the ended one,
+    recovered, handed every input back to the supervisor, which handed it back: a livelock)."""
+    log = tmp_path / "log.db"
+    twenty_ended_sessions_and_one_open(log)
+    with contextlib.closing(sqlite3.connect(log)) as db:
+        db.execute("UPDATE sessions SET open = 1")
+        db.commit()
+    harness = Harness(kind, store=lambda: SQLiteStore(log))
+    runtime = harness.runtimes["prod"]
+    assert harness.eventually(lambda: getattr(runtime.session(USER), "state", None) == "GRACE")
+    assert list(runtime.views()) == [f"prod/{USER}/1"]
+    runtime.glasses_connected("u7").wait(timeout_s=5)
+    assert harness.eventually(lambda: getattr(runtime.session("u7"), "stream", "") == "prod/u7/2")
     harness.stop()
 
 

@@ -10,6 +10,7 @@ import io
 import json
 import math
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -24,11 +25,22 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from events.catalog import AnyEvent, RunEnded, RunStarted
-from events.envelope import Pending
+from events.catalog import (
+    AnyEvent,
+    BridgeStarted,
+    GlassesConnected,
+    GlassesDisconnected,
+    GraceStarted,
+    RunEnded,
+    RunStarted,
+    SessionDisposed,
+    SessionOpened,
+)
+from events.envelope import Pending, stream_name
 from events.log import LogError, read_valid_prefix
 from events.sqlite_store import SQLiteStore
 from rejoin.cli import main
+from simulations.world import World
 from tests.events.reference_reader import readable_records
 
 ROOT = Path(__file__).parents[2]
@@ -437,3 +449,91 @@ def test_a_forged_log_replays_or_is_refused_without_a_traceback(
     assert code in (0, 1, 2), err
     code, _, err = rejoin("replay", str(log), "--user", records[0][1].user)
     assert code in (0, 2), err
+
+
+FORGED_USERS = ["ada@example.com", "b/c", "émile"]
+LIFE: list[AnyEvent] = [
+    GlassesConnected(epoch=1),
+    SessionOpened(cause="c", why="forged", incarnation=1, epoch=1),
+    BridgeStarted(cause="c", why="forged", generation=1, identity="i", epoch=1),
+    GlassesDisconnected(),
+    GraceStarted(cause="c", why="forged", deadline_ms=0),
+    SessionDisposed(cause="c", why="forged"),
+]
+"""A session's life, event by event, which random events of every type seldom spell."""
+
+
+@st.composite
+def forged_server_logs(draw: st.DrawFn) -> list[tuple[str, Pending]]:
+    """prod's own log, forged in its shape: for each user, sessions that each live some way
+    through a session's life and then hold any events at all, at any times, with valid
+    checksums; the sessions they open are in the index of open sessions, which a server
+    starting on the log recovers."""
+    records: list[tuple[str, Pending]] = []
+    any_event = st.one_of([st.from_type(t) for t in EVENT_TYPES])
+    for user in FORGED_USERS:
+        for incarnation in range(1, draw(st.integers(min_value=0, max_value=3)) + 1):
+            life = LIFE[: draw(st.integers(min_value=0, max_value=len(LIFE)))]
+            for event in [*life, *draw(st.lists(any_event, max_size=4))]:
+                pending = Pending(
+                    event_id=f"forged-{len(records)}",
+                    time_ms=draw(
+                        st.one_of(
+                            st.integers(min_value=0, max_value=60_000),
+                            st.integers(min_value=-(2**62), max_value=2**62),
+                        )
+                    ),
+                    server="prod",
+                    user=user,
+                    event=event,
+                )
+                try:
+                    msgspec.json.encode(pending)
+                except (OverflowError, msgspec.EncodeError):
+                    assume(False)
+                records.append((stream_name("prod", user, incarnation), pending))
+    return records
+
+
+INDEX_TAMPERING = [
+    "",
+    "DELETE FROM sessions",
+    "UPDATE sessions SET incarnation = 0",
+    "UPDATE sessions SET open = 1",
+    "UPDATE sessions SET open = 0",
+]
+"""What an attacker can do to the index of sessions beside the records: nothing, lose it, make
+it under-report incarnations, or say every session is open, or none."""
+
+
+@FUZZ
+@given(records=forged_server_logs(), tampering=st.sampled_from(INDEX_TAMPERING))
+def test_a_server_started_on_a_forged_log_neither_fails_nor_hangs_and_serves_a_new_user(
+    records: list[tuple[str, Pending]], tampering: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`rejoin serve` on a log an attacker wrote, records and index: start-up recovers whatever
+    sessions it says are open, each user of the log connects, and the run goes on (a livelock
+    or an error out of the runtime fails the test); a user the log never saw gets a session and
+    audio."""
+    log = tmp_path_factory.mktemp("forged") / "prod.db"
+    with contextlib.closing(SQLiteStore(log, synchronous="NORMAL")) as store:
+        for stream, pending in records:
+            try:
+                store.append(stream, store.stream_version(stream), [pending])
+            except LogError:
+                assume(False)  # a record no writer could store
+    with contextlib.closing(sqlite3.connect(log)) as db:
+        db.execute(tampering)
+        db.commit()
+    world = World(servers=["prod"], store_for=lambda _: SQLiteStore(log, synchronous="NORMAL"))
+    stranger = "new@example.com"
+    for user in [*FORGED_USERS, stranger]:
+        world.connect(user, "prod")
+    world.run_for(20_000)
+    view = world.runtimes["prod"].session(stranger)
+    assert view is not None
+    assert view.state == "ACTIVE"
+    assert world.deliveries.heard(
+        stranger, "prod", after_ms=world.now_ms - 5_000, until_ms=world.now_ms
+    )
+    world.stop()
