@@ -429,21 +429,25 @@ def forged_records(draw: st.DrawFn) -> list[tuple[str, Pending]]:
     return records
 
 
-@FUZZ
-@given(records=forged_records(), ended=st.booleans())
-def test_a_forged_log_replays_or_is_refused_without_a_traceback(
-    records: list[tuple[str, Pending]], ended: bool, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    log = tmp_path_factory.mktemp("forged") / "log.db"
+def forge(log: Path, records: list[tuple[str, Pending]]) -> None:
+    """Write `records` (stream, record) to a new log at `log`, each at its stream's next
+    version, as any writer could."""
     with contextlib.closing(SQLiteStore(log, synchronous="NORMAL")) as store:
         for stream, pending in records:
             try:
                 store.append(stream, store.stream_version(stream), [pending])
             except LogError:
                 assume(False)  # a record no writer could store
-        if ended:
-            end = Pending(event_id="end", time_ms=0, server="", user="", event=RunEnded())
-            store.append("run", store.stream_version("run"), [end])
+
+
+@FUZZ
+@given(records=forged_records(), ended=st.booleans())
+def test_a_forged_log_replays_or_is_refused_without_a_traceback(
+    records: list[tuple[str, Pending]], ended: bool, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    log = tmp_path_factory.mktemp("forged") / "log.db"
+    end = Pending(event_id="end", time_ms=0, server="", user="", event=RunEnded())
+    forge(log, [*records, ("run", end)] if ended else records)
     replay_contract(log)
     code, _, err = rejoin("replay", str(log), "--policy", "legacy")
     assert code in (0, 1, 2), err
@@ -516,12 +520,7 @@ def test_a_server_started_on_a_forged_log_neither_fails_nor_hangs_and_serves_a_n
     or an error out of the runtime fails the test); a user the log never saw gets a session and
     audio."""
     log = tmp_path_factory.mktemp("forged") / "prod.db"
-    with contextlib.closing(SQLiteStore(log, synchronous="NORMAL")) as store:
-        for stream, pending in records:
-            try:
-                store.append(stream, store.stream_version(stream), [pending])
-            except LogError:
-                assume(False)  # a record no writer could store
+    forge(log, records)
     with contextlib.closing(sqlite3.connect(log)) as db:
         db.execute(tampering)
         db.commit()
