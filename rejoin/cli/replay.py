@@ -44,8 +44,8 @@ def replay(args: argparse.Namespace) -> int:
     store = open_log(args.log, read_only=True)
     try:
         envelopes, corrupt = _read(store, args.user)
-        mine = any(e.stream != RUN_STREAM for e in envelopes)
-        if args.user is not None and not mine and corrupt is None:
+        seen = any(e.stream != RUN_STREAM for e in envelopes)
+        if args.user is not None and not seen and corrupt is None:
             users = sorted(store.users())
             listed = ", ".join(repr(u) for u in users[:5]) + (", ..." if len(users) > 5 else "")
             msg = f"{log}: no user {args.user!r} in this log (it has {listed or 'none'})"
