@@ -31,6 +31,15 @@ class SessionEnded(msgspec.Struct, frozen=True, kw_only=True):
     final: SessionView
 
 
+class StreamTaken(msgspec.Struct, frozen=True, kw_only=True):
+    """The stream a new session of `user` was to open holds records but no session (a log
+    whose index lost it, or forged): the session gives it up and hands its inputs back, for
+    the next incarnation."""
+
+    user: str
+    stream: str
+
+
 class SessionFailed(msgspec.Struct, frozen=True, kw_only=True):
     """A session's turn failed: it keeps its messages and waits for `RestartSession`."""
 

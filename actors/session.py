@@ -57,6 +57,7 @@ from actors.messages import (
     StartBridge,
     StatusRequest,
     StopBridge,
+    StreamTaken,
     ViewQuery,
 )
 from actors.policy import Policy
@@ -261,6 +262,9 @@ class Session(pykka.Actor):
             self._fail(restart, error)
             return
         self._view = self._durable = replay_stream(envelopes)
+        if self._view is None and envelopes:
+            self._give_up_stream()
+            return
         self._version = self._view.version if self._view is not None else 0
         live = restart.bridge
         current = self._view is not None and live is not None and live[0] == self._view.generation
@@ -270,6 +274,16 @@ class Session(pykka.Actor):
             self._ended_before_restart(live)
         self._receive(SessionRestarted(error=restart.error, restarts=restart.restarts))
         self._go_on()
+
+    def _give_up_stream(self) -> None:
+        """This new session's stream holds records but no session's opening, so no turn of it
+        can ever be appended: give the stream up and hand the inputs kept for it back to the
+        supervisor, which opens the next incarnation for them."""
+        tell(self._supervisor, StreamTaken(user=self._user, stream=self._stream))
+        for message in self._kept or ():
+            if isinstance(message, ForUser):
+                tell(self._supervisor, message)
+        self._kept = None
 
     def _ended_before_restart(self, live: tuple[int, pykka.ActorRef[Any]] | None) -> None:
         """The stream this session rebuilt from is disposed: its disposal was durable but its

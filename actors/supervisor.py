@@ -53,6 +53,7 @@ from actors.messages import (
     Shutdown,
     StartBridge,
     StopBridge,
+    StreamTaken,
     Tree,
     TreeQuery,
 )
@@ -150,6 +151,9 @@ class Supervisor(pykka.Actor):
         user's."""
         self._sessions: dict[str, pykka.ActorRef[Any]] = {}
         self._ended: dict[str, SessionView] = {}
+        self._taken: set[str] = set()
+        """Streams given up because they hold records but no session: only a damaged or forged
+        log has any."""
         self._bridges: dict[str, tuple[int, pykka.ActorRef[Any]]] = {}
         self._restarts: dict[str, list[int]] = {}
         """When each failing session was (or will be) restarted, on the monotonic clock."""
@@ -206,17 +210,17 @@ class Supervisor(pykka.Actor):
                     ),
                 )
             case SessionEnded(user=user, final=final):
-                session = self._sessions.pop(user, None)
-                self._restarts.pop(final.stream, None)
+                self._forget_session(user, final.stream)
                 self._ended[final.stream] = final
                 me, forget = self.actor_ref, _Forget(stream=final.stream)
                 self._executor.call_at(
                     self._executor.now_ms() + self._retention_ms, lambda: tell(me, forget)
                 )
-                if session is not None:
-                    session.stop(block=False)
             case _Forget(stream=stream):
                 self._ended.pop(stream, None)
+            case StreamTaken(user=user, stream=stream):
+                self._forget_session(user, stream)
+                self._taken.add(stream)
             case StartBridge():
                 self._start_bridge(message)
             case StopBridge(stream=stream, generation=generation):
@@ -244,6 +248,13 @@ class Supervisor(pykka.Actor):
                 return children
         return None
 
+    def _forget_session(self, user: str, stream: str) -> None:
+        """Stop `user`'s session of `stream`, over: the user's next input opens a new one."""
+        session = self._sessions.pop(user, None)
+        self._restarts.pop(stream, None)
+        if session is not None:
+            session.stop(block=False)
+
     def _open_session(self, user: str, routed: ForUser) -> pykka.ActorRef[Any] | None:
         """A new incarnation of `user`'s session, numbered after the store's latest."""
         known = user in self._had_session
@@ -265,9 +276,10 @@ class Supervisor(pykka.Actor):
             return None
         self._open_failures.pop(user, None)
         stream = stream_name(self._server, user, latest + 1)
-        while stream in self._ended:
-            # That incarnation ended here, so the log holds it, whatever its index says (a
-            # damaged index says 0): opened again, it would collide and end again, for ever.
+        while stream in self._ended or stream in self._taken:
+            # That incarnation ended here, or its stream holds no session, so the log holds it,
+            # whatever its index says (a damaged index says 0): opened again, it would collide
+            # and end again, for ever.
             latest += 1
             stream = stream_name(self._server, user, latest + 1)
         session = self._spawn_session(user, stream, latest + 1, None)

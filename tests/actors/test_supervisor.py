@@ -249,6 +249,32 @@ def test_a_session_the_index_lost_is_not_opened_again_once_it_ended(kind: Execut
     harness.stop()
 
 
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_a_stream_that_holds_no_session_is_passed_over_for_the_next_incarnation(
+    kind: ExecutorKind,
+) -> None:
+    """The stream a new session takes already holds records but no session's opening (a log
+    whose index lost it, or forged): its rebuild finds no session. It hands the stream and its
+    input back, and the supervisor opens the next incarnation; before, it failed and restarted
+    on that stream for ever, backing off, and the user never had audio."""
+    store = IndexWithoutSessions()
+    connected = GlassesConnected(epoch=1)
+    store.append(
+        stream_name("prod", USER, 1),
+        0,
+        [Pending(event_id="stray", time_ms=0, server="prod", user=USER, event=connected)],
+    )
+    harness = Harness(kind, store=lambda: store)
+    runtime = harness.runtimes["prod"]
+    runtime.glasses_connected(USER, epoch=2).wait(timeout_s=5)
+    assert harness.eventually(
+        lambda: getattr(runtime.session(USER), "stream", "") == stream_name("prod", USER, 2)
+    )
+    assert harness.eventually(lambda: len(harness.sfu.participants(USER)) == 1), "it joined"
+    assert store.refused == 1, "one collision"
+    harness.stop()
+
+
 def test_restarts_back_off_while_the_log_fails_and_never_give_up() -> None:
     world = World(servers=["prod"], seed=5)
     world.connect(USER, "prod")

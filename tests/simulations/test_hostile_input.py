@@ -517,8 +517,8 @@ def test_a_server_started_on_a_forged_log_neither_fails_nor_hangs_and_serves_a_n
 ) -> None:
     """`rejoin serve` on a log an attacker wrote, records and index: start-up recovers whatever
     sessions it says are open, each user of the log connects, and the run goes on (a livelock
-    or an error out of the runtime fails the test); a user the log never saw gets a session and
-    audio."""
+    or an error out of the runtime fails the test); every connect is taken into the log, and a
+    user the log never saw gets a session and audio."""
     log = tmp_path_factory.mktemp("forged") / "prod.db"
     forge(log, records)
     with contextlib.closing(sqlite3.connect(log)) as db:
@@ -529,6 +529,12 @@ def test_a_server_started_on_a_forged_log_neither_fails_nor_hangs_and_serves_a_n
     for user in [*FORGED_USERS, stranger]:
         world.connect(user, "prod")
     world.run_for(20_000)
+    taken = [
+        e.user
+        for e in world.stores["prod"].read_all()
+        if isinstance(e.event, GlassesConnected) and not e.event_id.startswith("forged-")
+    ]
+    assert sorted(taken) == sorted([*FORGED_USERS, stranger]), "every connect is in the log"
     view = world.runtimes["prod"].session(stranger)
     assert view is not None
     assert view.state == "ACTIVE"
