@@ -231,13 +231,9 @@ class IndexWithoutSessions(IndexWithoutUsers):
         return 0
 
 
-@pytest.mark.parametrize("kind", EXECUTORS)
-def test_a_session_the_index_lost_is_not_opened_again_once_it_ended(kind: ExecutorKind) -> None:
-    """The log's index under-reports: asked, it still says incarnation 0. The first collision
-    ends the rebuilt incarnation 1 as before; the supervisor then knows that stream ended and
-    opens the next one, where it opened incarnation 1 again at once, for ever (a livelock)."""
-    store = IndexWithoutSessions()
-    ended_sessions(store, [USER])
+def connects_after_one_collision(kind: ExecutorKind, store: RefusalsCounted) -> None:
+    """The user connects to a server on `store`: its first incarnation collides with the log
+    once, and the second opens, joins and holds the session."""
     harness = Harness(kind, store=lambda: store)
     runtime = harness.runtimes["prod"]
     runtime.glasses_connected(USER, epoch=2).wait(timeout_s=5)
@@ -247,6 +243,16 @@ def test_a_session_the_index_lost_is_not_opened_again_once_it_ended(kind: Execut
     assert harness.eventually(lambda: len(harness.sfu.participants(USER)) == 1), "it joined"
     assert store.refused == 1, "one collision"
     harness.stop()
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_a_session_the_index_lost_is_not_opened_again_once_it_ended(kind: ExecutorKind) -> None:
+    """The log's index under-reports: asked, it still says incarnation 0. The first collision
+    ends the rebuilt incarnation 1 as before; the supervisor then knows that stream ended and
+    opens the next one, where it opened incarnation 1 again at once, for ever (a livelock)."""
+    store = IndexWithoutSessions()
+    ended_sessions(store, [USER])
+    connects_after_one_collision(kind, store)
 
 
 @pytest.mark.parametrize("kind", EXECUTORS)
@@ -264,15 +270,7 @@ def test_a_stream_that_holds_no_session_is_passed_over_for_the_next_incarnation(
         0,
         [Pending(event_id="stray", time_ms=0, server="prod", user=USER, event=connected)],
     )
-    harness = Harness(kind, store=lambda: store)
-    runtime = harness.runtimes["prod"]
-    runtime.glasses_connected(USER, epoch=2).wait(timeout_s=5)
-    assert harness.eventually(
-        lambda: getattr(runtime.session(USER), "stream", "") == stream_name("prod", USER, 2)
-    )
-    assert harness.eventually(lambda: len(harness.sfu.participants(USER)) == 1), "it joined"
-    assert store.refused == 1, "one collision"
-    harness.stop()
+    connects_after_one_collision(kind, store)
 
 
 def test_restarts_back_off_while_the_log_fails_and_never_give_up() -> None:
