@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from events.catalog import (
     AnyEvent,
     BridgeStarted,
+    ConnectionRecorded,
     GlassesConnected,
     GlassesDisconnected,
     GraceStarted,
@@ -37,6 +38,7 @@ from events.catalog import (
     SessionOpened,
 )
 from events.envelope import Pending, stream_name
+from events.fleet import fleet_stream
 from events.log import LogError, read_valid_prefix
 from events.sqlite_store import SQLiteStore
 from rejoin.cli import main
@@ -470,32 +472,39 @@ LIFE: list[AnyEvent] = [
 @st.composite
 def forged_server_logs(draw: st.DrawFn) -> list[tuple[str, Pending]]:
     """prod's own log, forged in its shape: for each user, sessions that each live some way
-    through a session's life and then hold any events at all, at any times, with valid
-    checksums; the sessions they open are in the index of open sessions, which a server
-    starting on the log recovers."""
+    through a session's life and then hold any events at all, and records of the fleet's
+    connections (which a fleet sharing the log fences by), at any times, with valid checksums;
+    the sessions they open are in the index of open sessions, which a server starting on the
+    log recovers."""
     records: list[tuple[str, Pending]] = []
     any_event = st.one_of([st.from_type(t) for t in EVENT_TYPES])
+    any_time = st.one_of(
+        st.integers(min_value=0, max_value=60_000),
+        st.integers(min_value=-(2**62), max_value=2**62),
+    )
+
+    def forged(stream: str, user: str, event: AnyEvent) -> None:
+        pending = Pending(
+            event_id=f"forged-{len(records)}",
+            time_ms=draw(any_time),
+            server=draw(st.sampled_from(["prod", "prod", "debug"])),
+            user=user,
+            event=event,
+        )
+        try:
+            msgspec.json.encode(pending)
+        except (OverflowError, msgspec.EncodeError):
+            assume(False)
+        records.append((stream, pending))
+
     for user in FORGED_USERS:
         for incarnation in range(1, draw(st.integers(min_value=0, max_value=3)) + 1):
             life = LIFE[: draw(st.integers(min_value=0, max_value=len(LIFE)))]
             for event in [*life, *draw(st.lists(any_event, max_size=4))]:
-                pending = Pending(
-                    event_id=f"forged-{len(records)}",
-                    time_ms=draw(
-                        st.one_of(
-                            st.integers(min_value=0, max_value=60_000),
-                            st.integers(min_value=-(2**62), max_value=2**62),
-                        )
-                    ),
-                    server="prod",
-                    user=user,
-                    event=event,
-                )
-                try:
-                    msgspec.json.encode(pending)
-                except (OverflowError, msgspec.EncodeError):
-                    assume(False)
-                records.append((stream_name("prod", user, incarnation), pending))
+                forged(stream_name("prod", user, incarnation), user, event)
+        for epoch in draw(st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1))):
+            recorded = ConnectionRecorded(cause="c", why="forged", epoch=epoch)
+            forged(fleet_stream(user), user, recorded)
     return records
 
 
@@ -511,20 +520,31 @@ it under-report incarnations, or say every session is open, or none."""
 
 
 @FUZZ
-@given(records=forged_server_logs(), tampering=st.sampled_from(INDEX_TAMPERING))
+@given(
+    records=forged_server_logs(),
+    tampering=st.sampled_from(INDEX_TAMPERING),
+    shared=st.booleans(),
+)
 def test_a_server_started_on_a_forged_log_neither_fails_nor_hangs_and_serves_a_new_user(
-    records: list[tuple[str, Pending]], tampering: str, tmp_path_factory: pytest.TempPathFactory
+    records: list[tuple[str, Pending]],
+    tampering: str,
+    shared: bool,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    """`rejoin serve` on a log an attacker wrote, records and index: start-up recovers whatever
-    sessions it says are open, each user of the log connects, and the run goes on (a livelock
-    or an error out of the runtime fails the test); every connect is taken into the log, and a
-    user the log never saw gets a session and audio."""
+    """`rejoin serve` on a log an attacker wrote, records and index, its own or a fleet's shared
+    one: start-up recovers whatever sessions it says are open, each user of the log connects,
+    and the run goes on (a livelock or an error out of the runtime fails the test); every
+    connect is taken into the log, and a user the log never saw gets a session and audio."""
     log = tmp_path_factory.mktemp("forged") / "prod.db"
     forge(log, records)
     with contextlib.closing(sqlite3.connect(log)) as db:
         db.execute(tampering)
         db.commit()
-    world = World(servers=["prod"], store_for=lambda _: SQLiteStore(log, synchronous="NORMAL"))
+    world = World(
+        servers=["prod"],
+        store_for=lambda _: SQLiteStore(log, synchronous="NORMAL"),
+        shared_log=shared,
+    )
     stranger = "new@example.com"
     for user in [*FORGED_USERS, stranger]:
         world.connect(user, "prod")
