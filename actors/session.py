@@ -202,12 +202,18 @@ class Session(pykka.Actor):
         failed one first); `None` when there are none."""
         self._failed = False
 
+    _given_up = False
+    """Set once this session gave its stream up (`_give_up_stream`): inputs the supervisor
+    routed here meanwhile go back to it. A class default: no session but such a one holds it."""
+
     def on_receive(self, message: object) -> object:
         match message:
             case ViewQuery():
                 return self._durable
             case Persisted():
                 self._persisted(message)
+            case ForUser() if self._given_up:
+                tell(self._supervisor, message)
             case RestartSession() if self._failed:
                 self._restart(message)
             case _ if self._failed or self._writing is not None:
@@ -280,6 +286,7 @@ class Session(pykka.Actor):
         can ever be appended: give the stream up and hand the inputs kept for it back to the
         supervisor, which opens the next incarnation for them."""
         tell(self._supervisor, StreamTaken(user=self._user, stream=self._stream))
+        self._given_up = True
         for message in self._kept or ():
             if isinstance(message, ForUser):
                 tell(self._supervisor, message)
