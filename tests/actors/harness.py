@@ -124,6 +124,12 @@ class Harness:
         heard = any(c.server == "dev" for c in self.chunks[-5:])
         return in_room and heard and self.count(RejoinDeclined, "debug") == 1
 
+    def step(self) -> None:
+        """Deliver one message, on the deterministic executor: a test can then act between any
+        two steps of a schedule."""
+        assert self._deterministic is not None, "the pool's schedule is not the test's to step"
+        self._deterministic.step()
+
     def run_for(self, ms: int) -> None:
         if self._deterministic is not None:
             self._deterministic.advance(ms)

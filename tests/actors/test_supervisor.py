@@ -255,6 +255,19 @@ def test_a_session_the_index_lost_is_not_opened_again_once_it_ended(kind: Execut
     connects_after_one_collision(kind, store)
 
 
+def stray_stream() -> IndexWithoutSessions:
+    """A log whose index lost its rows, where the user's first stream holds one stray input
+    and no session's opening."""
+    store = IndexWithoutSessions()
+    connected = GlassesConnected(epoch=1)
+    store.append(
+        stream_name("prod", USER, 1),
+        0,
+        [Pending(event_id="stray", time_ms=0, server="prod", user=USER, event=connected)],
+    )
+    return store
+
+
 @pytest.mark.parametrize("kind", EXECUTORS)
 def test_a_stream_that_holds_no_session_is_passed_over_for_the_next_incarnation(
     kind: ExecutorKind,
@@ -263,14 +276,22 @@ def test_a_stream_that_holds_no_session_is_passed_over_for_the_next_incarnation(
     whose index lost it, or forged): its rebuild finds no session. It hands the stream and its
     input back, and the supervisor opens the next incarnation; before, it failed and restarted
     on that stream for ever, backing off, and the user never had audio."""
-    store = IndexWithoutSessions()
-    connected = GlassesConnected(epoch=1)
-    store.append(
-        stream_name("prod", USER, 1),
-        0,
-        [Pending(event_id="stray", time_ms=0, server="prod", user=USER, event=connected)],
-    )
-    connects_after_one_collision(kind, store)
+    connects_after_one_collision(kind, stray_stream())
+
+
+def test_an_input_that_reaches_a_session_giving_its_stream_up_goes_on_to_the_next() -> None:
+    """A disconnect reaches the supervisor at each step, in turn, of a connect whose session
+    gives up a stream that holds no session: wherever it lands, it is durable, never held by
+    the session given up and lost with it."""
+    for steps in range(40):
+        harness = Harness("deterministic", store=stray_stream)
+        runtime = harness.runtimes["prod"]
+        connected = runtime.glasses_connected(USER, epoch=2)
+        for _ in range(steps):
+            harness.step()
+        runtime.glasses_disconnected(USER).wait(timeout_s=5)
+        connected.wait(timeout_s=5)
+        harness.stop()
 
 
 def test_restarts_back_off_while_the_log_fails_and_never_give_up() -> None:
