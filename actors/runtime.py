@@ -86,12 +86,17 @@ class Runtime:
         self._health = HealthFeed()
         # The stream, not the index, says whether a session ended: a damaged or forged index
         # that calls an ended one open would recover a session that hands every input back.
-        recovered = [
-            view
-            for stream in store.open_streams(server)
-            if (view := replay_stream(store.read_stream(stream))) is not None
-            and view.state != "DISPOSED"
-        ]
+        # And a user has one session: of two an index calls open, the older would end at its
+        # grace's end and take the supervisor's session of the user, the newer, with it (the
+        # index gives the oldest first, so the newest is kept).
+        recovered = list(
+            {
+                view.user: view
+                for stream in store.open_streams(server)
+                if (view := replay_stream(store.read_stream(stream))) is not None
+                and view.state != "DISPOSED"
+            }.values()
+        )
         self._timer = executor.spawn(GraceTimer, executor)
         self._supervisor: pykka.ActorRef[Supervisor] = executor.spawn(
             Supervisor,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from events.envelope import Envelope
+from events.catalog import AnyEvent, GlassesConnected, SessionOpened
+from events.envelope import Envelope, Pending
 from events.sqlite_store import SQLiteStore
 from simulations.world import World
 from tests.actors.harness import EXECUTORS, ExecutorKind, Harness
@@ -97,6 +98,40 @@ def test_an_ended_session_the_index_calls_open_is_not_recovered(
     assert list(runtime.views()) == [f"prod/{USER}/1"]
     runtime.glasses_connected("u7").wait(timeout_s=5)
     assert harness.eventually(lambda: getattr(runtime.session("u7"), "stream", "") == "prod/u7/2")
+    harness.stop()
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_of_two_open_sessions_of_one_user_only_the_latest_is_recovered(
+    kind: ExecutorKind, tmp_path: Path
+) -> None:
+    """A damaged or forged log says two sessions of a user are open, which no runtime writes:
+    only the latest incarnation is recovered. (Both were, and the older, which the supervisor
+    no longer knew, ended at its grace's end and took the newer down with it.)"""
+    log = tmp_path / "log.db"
+    with contextlib.closing(SQLiteStore(log)) as store:
+        for incarnation in (1, 2):
+            events: list[AnyEvent] = [
+                GlassesConnected(epoch=incarnation),
+                SessionOpened(cause="c", why="forged", incarnation=incarnation, epoch=incarnation),
+            ]
+            store.append(
+                f"prod/{USER}/{incarnation}",
+                0,
+                [
+                    Pending(
+                        event_id=f"{incarnation}-{n}", time_ms=0, server="prod", user=USER, event=e
+                    )
+                    for n, e in enumerate(events)
+                ],
+            )
+    harness = Harness(kind, store=lambda: SQLiteStore(log), grace_ms=1_000)
+    runtime = harness.runtimes["prod"]
+    assert harness.eventually(lambda: getattr(runtime.session(USER), "state", None) == "GRACE")
+    assert list(runtime.views()) == [f"prod/{USER}/2"]
+    runtime.glasses_connected(USER, epoch=3).wait(timeout_s=5)
+    harness.run_for(3_000)
+    assert getattr(runtime.session(USER), "state", None) == "ACTIVE", "its session lives on"
     harness.stop()
 
 
