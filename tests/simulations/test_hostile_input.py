@@ -39,7 +39,7 @@ from events.catalog import (
 )
 from events.envelope import Pending, stream_name
 from events.fleet import fleet_stream
-from events.log import LogError, read_valid_prefix
+from events.log import EventStore, LogError, read_valid_prefix
 from events.sqlite_store import SQLiteStore
 from rejoin.cli import main
 from simulations.world import World
@@ -519,6 +519,39 @@ INDEX_TAMPERING = [
 it under-report incarnations, or say every session is open, or none."""
 
 
+STRANGER = "new@example.com"
+
+
+def forged_and_tampered(
+    tmp_path_factory: pytest.TempPathFactory, records: list[tuple[str, Pending]], tampering: str
+) -> Path:
+    """A new log of `records`, its index of sessions then changed by `tampering`."""
+    log = tmp_path_factory.mktemp("forged") / "log.db"
+    forge(log, records)
+    with contextlib.closing(sqlite3.connect(log)) as db:
+        db.execute(tampering)
+        db.commit()
+    return log
+
+
+def connects_taken(store: EventStore) -> list[str]:
+    """The user of every glasses connection the runtime took into `store`, forged ones aside."""
+    return [
+        e.user
+        for e in store.read_all()
+        if isinstance(e.event, GlassesConnected) and not e.event_id.startswith("forged-")
+    ]
+
+
+def the_stranger_has_audio_on_prod(world: World) -> None:
+    view = world.runtimes["prod"].session(STRANGER)
+    assert view is not None
+    assert view.state == "ACTIVE"
+    assert world.deliveries.heard(
+        STRANGER, "prod", after_ms=world.now_ms - 5_000, until_ms=world.now_ms
+    )
+
+
 @FUZZ
 @given(
     records=forged_server_logs(),
@@ -535,30 +568,40 @@ def test_a_server_started_on_a_forged_log_neither_fails_nor_hangs_and_serves_a_n
     one: start-up recovers whatever sessions it says are open, each user of the log connects,
     and the run goes on (a livelock or an error out of the runtime fails the test); every
     connect is taken into the log, and a user the log never saw gets a session and audio."""
-    log = tmp_path_factory.mktemp("forged") / "prod.db"
-    forge(log, records)
-    with contextlib.closing(sqlite3.connect(log)) as db:
-        db.execute(tampering)
-        db.commit()
+    log = forged_and_tampered(tmp_path_factory, records, tampering)
     world = World(
         servers=["prod"],
         store_for=lambda _: SQLiteStore(log, synchronous="NORMAL"),
         shared_log=shared,
     )
-    stranger = "new@example.com"
-    for user in [*FORGED_USERS, stranger]:
+    for user in [*FORGED_USERS, STRANGER]:
         world.connect(user, "prod")
     world.run_for(20_000)
-    taken = [
-        e.user
-        for e in world.stores["prod"].read_all()
-        if isinstance(e.event, GlassesConnected) and not e.event_id.startswith("forged-")
-    ]
-    assert sorted(taken) == sorted([*FORGED_USERS, stranger]), "every connect is in the log"
-    view = world.runtimes["prod"].session(stranger)
-    assert view is not None
-    assert view.state == "ACTIVE"
-    assert world.deliveries.heard(
-        stranger, "prod", after_ms=world.now_ms - 5_000, until_ms=world.now_ms
+    taken = connects_taken(world.stores["prod"])
+    assert sorted(taken) == sorted([*FORGED_USERS, STRANGER]), "every connect is in the log"
+    the_stranger_has_audio_on_prod(world)
+    world.stop()
+
+
+@FUZZ
+@given(records=forged_server_logs(), tampering=st.sampled_from(INDEX_TAMPERING))
+def test_a_fleet_on_a_forged_shared_log_fences_without_failing_or_hanging(
+    records: list[tuple[str, Pending]], tampering: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two servers share a forged log and fence by its fleet records: every user, and one the
+    log never saw, connects to prod, then debug, then prod again, each switch a kick the
+    fleet's records decide. Nothing fails or hangs, every connect reaches the log, and the new
+    user ends with a session and audio on prod."""
+    shared = SQLiteStore(
+        forged_and_tampered(tmp_path_factory, records, tampering), synchronous="NORMAL"
     )
+    world = World(servers=["prod", "debug"], store_for=lambda _: shared, shared_log=True)
+    users = [*FORGED_USERS, STRANGER]
+    for server, settle_ms in (("prod", 5_000), ("debug", 5_000), ("prod", 15_000)):
+        for user in users:
+            world.connect(user, server)
+        world.run_for(settle_ms)
+    taken = connects_taken(shared)
+    assert all(taken.count(user) == 3 for user in users), "every connect is in the log"
+    the_stranger_has_audio_on_prod(world)
     world.stop()
