@@ -32,9 +32,6 @@ class ForwardingStore:
     def read_user(self, user: str) -> Iterator[Envelope]:
         return self.inner.read_user(user)
 
-    def users(self) -> list[str]:
-        return self.inner.users()
-
     def stream_version(self, stream: str) -> int:
         return self.inner.stream_version(stream)
 
@@ -44,7 +41,7 @@ class ForwardingStore:
     def last_incarnation(self, server: str, user: str) -> int:
         return self.inner.last_incarnation(server, user)
 
-    def session_users(self, server: str) -> list[str]:
+    def session_users(self, server: str | None = None) -> list[str]:
         return self.inner.session_users(server)
 
     def close(self) -> None:

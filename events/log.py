@@ -114,10 +114,6 @@ class EventStore(Protocol):
         instead of the whole log. Raises `CorruptLog` at its first bad record."""
         ...
 
-    def users(self) -> list[str]:
-        """Every user the log has a session of, each once, in no given order."""
-        ...
-
     def stream_version(self, stream: str) -> int: ...
 
     def open_streams(self, server: str) -> list[str]:
@@ -128,8 +124,9 @@ class EventStore(Protocol):
         """The latest incarnation of `user`'s session on `server`; 0 if it never had one."""
         ...
 
-    def session_users(self, server: str) -> list[str]:
-        """Every user who ever had a session on `server`, each once, in no given order."""
+    def session_users(self, server: str | None = None) -> list[str]:
+        """Every user who ever had a session on `server` (on any server: `None`), each once,
+        in no given order."""
         ...
 
     def close(self) -> None: ...

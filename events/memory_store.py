@@ -103,10 +103,6 @@ class MemoryStore:
         with self._lock:
             return iter([envelope for envelope in self._envelopes if envelope.user == user])
 
-    def users(self) -> list[str]:
-        with self._lock:
-            return list({user for (_, user) in self._incarnations})
-
     def stream_version(self, stream: str) -> int:
         with self._lock:
             return len(self._streams.get(stream, []))
@@ -120,9 +116,11 @@ class MemoryStore:
         with self._lock:
             return self._incarnations.get((server, user), 0)
 
-    def session_users(self, server: str) -> list[str]:
+    def session_users(self, server: str | None = None) -> list[str]:
         with self._lock:
-            return [user for (where, user) in self._incarnations if where == server]
+            # In the order they first had one; a user with sessions on two servers, once.
+            mine = (user for (where, user) in self._incarnations if server in (None, where))
+            return list(dict.fromkeys(mine))
 
     def close(self) -> None:
         """Nothing to release."""

@@ -402,11 +402,6 @@ class PostgresStore:
             envelope for envelope in (self._decode(row) for row in rows) if envelope.user == user
         )
 
-    def users(self) -> list[str]:
-        with self._reading() as db:
-            rows = db.execute('SELECT DISTINCT "user" FROM rejoin_sessions').fetchall()
-        return [str(user) for (user,) in rows]
-
     def stream_version(self, stream: str) -> int:
         with self._reading() as db:
             found = db.execute(
@@ -432,10 +427,12 @@ class PostgresStore:
             ).fetchone()
         return int(found[0]) if found is not None else 0
 
-    def session_users(self, server: str) -> list[str]:
+    def session_users(self, server: str | None = None) -> list[str]:
         with self._reading() as db:
             rows = db.execute(
-                'SELECT DISTINCT "user" FROM rejoin_sessions WHERE server = %s', (server,)
+                'SELECT DISTINCT "user" FROM rejoin_sessions'
+                + ("" if server is None else " WHERE server = %s"),
+                () if server is None else (server,),
             ).fetchall()
         return [str(user) for (user,) in rows]
 

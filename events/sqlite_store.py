@@ -333,16 +333,6 @@ class SQLiteStore:
             if envelope.user == user
         )
 
-    def users(self) -> list[str]:
-        with self._reads_lock:
-            query = (
-                "SELECT DISTINCT user FROM sessions"
-                if self._indexed(self._reads)
-                else "SELECT DISTINCT user FROM events"
-            )
-            rows = self._reads.execute(query).fetchall()
-        return [user for (user,) in rows]
-
     @staticmethod
     def _indexed(db: sqlite3.Connection) -> bool:
         """Whether the log has its index of sessions: every format since 3 has."""
@@ -373,10 +363,13 @@ class SQLiteStore:
             ).fetchone()
         return int(incarnation)
 
-    def session_users(self, server: str) -> list[str]:
+    def session_users(self, server: str | None = None) -> list[str]:
+        where, arguments = ("", ()) if server is None else (" WHERE server = ?", (server,))
         with self._reads_lock:
+            # A log of format 2 has no index of sessions: its events name its users.
+            table = "sessions" if self._indexed(self._reads) else "events"
             rows = self._reads.execute(
-                "SELECT DISTINCT user FROM sessions WHERE server = ?", (server,)
+                f"SELECT DISTINCT user FROM {table}{where}", arguments
             ).fetchall()
         return [user for (user,) in rows]
 

@@ -41,7 +41,7 @@ class FaultyStore(ForwardingStore):
         self._check_reads()
         return self.inner.last_incarnation(server, user)
 
-    def session_users(self, server: str) -> list[str]:
+    def session_users(self, server: str | None = None) -> list[str]:
         self._check_reads()
         return self.inner.session_users(server)
 

@@ -46,7 +46,7 @@ def replay(args: argparse.Namespace) -> int:
         envelopes, corrupt = _read(store, args.user)
         seen = any(e.stream != RUN_STREAM for e in envelopes)
         if args.user is not None and not seen and corrupt is None:
-            users = sorted(store.users())
+            users = sorted(store.session_users())
             listed = ", ".join(repr(u) for u in users[:5]) + (", ..." if len(users) > 5 else "")
             msg = f"{log}: no user {args.user!r} in this log (it has {listed or 'none'})"
             raise UsageError(msg)

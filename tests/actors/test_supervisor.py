@@ -199,7 +199,7 @@ class IndexWithoutUsers(RefusalsCounted):
     """A log whose list of the server's users is empty: the supervisor's filter takes every
     user for a stranger, as a filter that lost a user would."""
 
-    def session_users(self, server: str) -> list[str]:
+    def session_users(self, server: str | None = None) -> list[str]:
         return []
 
 

@@ -300,7 +300,7 @@ def test_an_older_log_is_read_untouched_and_upgraded_by_a_writer(
     reader = SQLiteStore(path, read_only=True)
     assert [e.event_id for e in reader.read_all()] == ["o", "b", "b-end"]
     assert [e.event_id for e in reader.read_user("b")] == ["b", "b-end"], "format 2 has no index"
-    assert sorted(reader.users()) == ["a", "b"]
+    assert sorted(reader.session_users()) == ["a", "b"]
     reader.close()
     assert path.read_bytes() == before, "a reader does not upgrade"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.db"]

@@ -202,7 +202,7 @@ def test_a_users_read_holds_its_sessions_on_every_server_and_its_fleet_stream(
     ]
     assert [e.event_id for e in store.read_user("b")] == ["b1", "b1-end"]
     assert list(store.read_user("nobody")) == []
-    assert sorted(store.users()) == ["a", "b"]
+    assert sorted(store.session_users()) == ["a", "b"]
 
 
 def test_a_refused_append_leaves_the_index_as_it_was(store: EventStore) -> None:
