@@ -203,8 +203,9 @@ class Session(pykka.Actor):
         self._failed = False
 
     _given_up = False
-    """Set once this session gave its stream up (`_give_up_stream`): inputs the supervisor
-    routed here meanwhile go back to it. A class default: no session but such a one holds it."""
+    """Set once this session gave its stream up (`_give_up_stream`): it stays failed, and the
+    inputs it would keep go back to the supervisor. A class default: no session but such a one
+    holds it."""
 
     def on_receive(self, message: object) -> object:
         match message:
@@ -212,8 +213,6 @@ class Session(pykka.Actor):
                 return self._durable
             case Persisted():
                 self._persisted(message)
-            case ForUser() if self._given_up:
-                tell(self._supervisor, message)
             case RestartSession() if self._failed:
                 self._restart(message)
             case _ if self._failed or self._writing is not None:
@@ -236,6 +235,11 @@ class Session(pykka.Actor):
             self._fail(message, error)
 
     def _hold(self, message: object, *, first: bool = False) -> None:
+        if self._given_up:
+            # No turn of this stream can be appended: the user's inputs go on to the next.
+            if isinstance(message, ForUser):
+                tell(self._supervisor, message)
+            return
         if self._kept is None:
             self._kept = collections.deque()
         if first:
@@ -287,10 +291,9 @@ class Session(pykka.Actor):
         supervisor, which opens the next incarnation for them."""
         tell(self._supervisor, StreamTaken(user=self._user, stream=self._stream))
         self._given_up = True
-        for message in self._kept or ():
-            if isinstance(message, ForUser):
-                tell(self._supervisor, message)
-        self._kept = None
+        kept, self._kept = self._kept, None
+        for message in kept or ():
+            self._hold(message)
 
     def _ended_before_restart(self, live: tuple[int, pykka.ActorRef[Any]] | None) -> None:
         """The stream this session rebuilt from is disposed: its disposal was durable but its
