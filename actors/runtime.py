@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,8 @@ from actors.supervisor import Supervisor
 from events.catalog import GlassesConnected, GlassesDisconnected, TimerKind
 from events.log import EventStore
 from events.projection import Health, SessionView, replay_stream
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_GRACE_MS = 60_000
 DEFAULT_RETENTION_MS = 600_000
@@ -84,19 +87,7 @@ class Runtime:
         self._timeout = reply_timeout_s
         self._backlog = Backlog()
         self._health = HealthFeed()
-        # The stream, not the index, says whether a session ended: a damaged or forged index
-        # that calls an ended one open would recover a session that hands every input back.
-        # And a user has one session: of two an index calls open, the older would end at its
-        # grace's end and take the supervisor's session of the user, the newer, with it (the
-        # index gives the oldest first, so the newest is kept).
-        recovered = list(
-            {
-                view.user: view
-                for stream in store.open_streams(server)
-                if (view := replay_stream(store.read_stream(stream))) is not None
-                and view.state != "DISPOSED"
-            }.values()
-        )
+        recovered = _recoverable(store, server)
         self._timer = executor.spawn(GraceTimer, executor)
         self._supervisor: pykka.ActorRef[Supervisor] = executor.spawn(
             Supervisor,
@@ -222,3 +213,32 @@ class Runtime:
 
     def _ask(self, ref: pykka.ActorRef[Any], message: object) -> Any:
         return self._executor.wait(ref.ask(message, block=False), self._timeout)
+
+
+def _recoverable(store: EventStore, server: str) -> list[SessionView]:
+    """The sessions of `server` to recover: those its index calls open, as their streams say.
+    The stream, not the index, says whether a session ended: a damaged or forged index that
+    calls an ended one open would recover a session that hands every input back. And a user
+    has one session: of two an index calls open, the older would end at its grace's end and
+    take the supervisor's session of the user, the newer, with it (the index gives the oldest
+    first, so the newest is kept). Each one passed over is logged: only a damaged or forged
+    log has any."""
+    recovered: dict[str, SessionView] = {}
+    for stream in store.open_streams(server):
+        view = replay_stream(store.read_stream(stream))
+        if view is None or view.state == "DISPOSED":
+            logger.warning(
+                "%s: the index calls %s open, but its stream has no open session", server, stream
+            )
+            continue
+        older = recovered.get(view.user)
+        if older is not None:
+            logger.warning(
+                "%s: the index calls two sessions of %s open; recovering %s, not %s",
+                server,
+                view.user,
+                stream,
+                older.stream,
+            )
+        recovered[view.user] = view
+    return list(recovered.values())

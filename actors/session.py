@@ -289,6 +289,11 @@ class Session(pykka.Actor):
         """This new session's stream holds records but no session's opening, so no turn of it
         can ever be appended: give the stream up and hand the inputs kept for it back to the
         supervisor, which opens the next incarnation for them."""
+        logger.warning(
+            "session %s: its stream holds records but no session (a damaged or forged log); "
+            "giving it up for the user's next incarnation",
+            self._stream,
+        )
         tell(self._supervisor, StreamTaken(user=self._user, stream=self._stream))
         self._given_up = True
         kept, self._kept = self._kept, None

@@ -82,7 +82,7 @@ def test_only_a_user_the_log_knows_costs_a_read_of_the_latest_incarnation(
 
 @pytest.mark.parametrize("kind", EXECUTORS)
 def test_an_ended_session_the_index_calls_open_is_not_recovered(
-    kind: ExecutorKind, tmp_path: Path
+    kind: ExecutorKind, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A damaged or forged index says every session is open: start-up recovers only the one
     whose stream says so, and an ended user's connect opens a new incarnation (the ended one,
@@ -96,6 +96,9 @@ def test_an_ended_session_the_index_calls_open_is_not_recovered(
     runtime = harness.runtimes["prod"]
     assert harness.eventually(lambda: getattr(runtime.session(USER), "state", None) == "GRACE")
     assert list(runtime.views()) == [f"prod/{USER}/1"]
+    assert "prod: the index calls prod/u7/1 open, but its stream has no open session" in (
+        caplog.text
+    ), "the operator is told"
     runtime.glasses_connected("u7").wait(timeout_s=5)
     assert harness.eventually(lambda: getattr(runtime.session("u7"), "stream", "") == "prod/u7/2")
     harness.stop()
