@@ -130,6 +130,14 @@ class Listener:
             await asyncio.sleep(0.01)
         return None
 
+    async def health_settled(self, within_s: float = 2.0) -> list[str]:
+        """The last health heard, once it is `ok` or `within_s` has passed: the host hears
+        audio before the health that the first chunk leads the session to announce."""
+        deadline = time.monotonic() + within_s
+        while self.healths[-1:] != ["ok"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.healths[-1:]
+
     def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -194,7 +202,7 @@ async def seed_story() -> dict[str, Any]:
         return {
             "time_to_audio_ms": times,
             "prod_generation": final["session"]["generation"],
-            "prod_health": listeners["prod"].healths[-1:],
+            "prod_health": await listeners["prod"].health_settled(),
         }
 
 
